@@ -1,0 +1,32 @@
+# The two commands: `make demo` and `make test`. Both create .venv when missing.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export RAY_USAGE_STATS_ENABLED := 0
+
+.PHONY: demo test venv data bench-train bench-denoise clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+# Real Fashion-MNIST from Debian (optional; used by benchmarks and the quality sweep, not by tests).
+data:
+	@test -d /usr/share/datasets/fashion-mnist || \
+	  (command -v apt-get >/dev/null && (apt-get install -y -q dataset-fashion-mnist || \
+	   (apt-get update -q && apt-get install -y -q dataset-fashion-mnist))) || \
+	  echo "could not install dataset-fashion-mnist; the fashion-mnist source will be unavailable"
+
+demo: $(STAMP)
+	$(BIN)/python -m jobs.demo --out demo_out
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+clean:
+	rm -rf demo_out bench_out .pytest_cache

@@ -1,0 +1,18 @@
+"""Shared fixtures: one local Ray for the whole test session (ray.init costs ~3 s)."""
+
+import os
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    import ray
+
+    if not ray.is_initialized():
+        # "local": always a fresh private instance, never a cluster some other process started.
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
