@@ -1,0 +1,51 @@
+"""Small pieces every job uses: logging, the resolved config next to the outputs, progress lines."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+from . import storage
+from .config import config_dict
+
+log = logging.getLogger("dae")
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    if not log.handlers:
+        h = logging.StreamHandler(sys.stdout)
+        h.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s", "%H:%M:%S"))
+        log.addHandler(h)
+        log.propagate = False
+    log.setLevel(level)
+
+
+def save_resolved_config(cfg, out_dir: str, name: str = "config.resolved.json", **extra) -> str:
+    path = storage.join(out_dir, name)
+    storage.write_json(path, {**config_dict(cfg), **extra})
+    return path
+
+
+class Progress:
+    """'done/total, rate/s, ETA' lines at most every ``every`` seconds, for long loops."""
+
+    def __init__(self, what: str, total: int | None = None, every: float = 10.0, unit: str = "images"):
+        self.what, self.total, self.every, self.unit = what, total, every, unit
+        self.start = self.last = time.perf_counter()
+        self.done = 0
+
+    def update(self, n: int) -> None:
+        self.done += n
+        now = time.perf_counter()
+        if now - self.last >= self.every:
+            self.last = now
+            self.report()
+
+    def report(self) -> None:
+        el = time.perf_counter() - self.start
+        rate = self.done / el if el > 0 else 0.0
+        eta = f", ETA {(self.total - self.done) / rate:.0f}s" if self.total and rate > 0 else ""
+        tot = f"/{self.total}" if self.total else ""
+        log.info("%s: %d%s %s, %.1f %s/s, %.0fs elapsed%s", self.what, self.done, tot, self.unit,
+                 rate, self.unit, el, eta)
