@@ -1,0 +1,206 @@
+"""A folder of images (recursive): PNG, JPEG, TIFF, BMP; gray, RGB, RGBA, 16-bit gray.
+
+* ids are the relative paths (``cats/001.png``), so they are unique and stable;
+* the train/test split hashes the relative path (:func:`dae.sources.is_test`): the same file lands
+  in the same split whatever else is in the folder and however many workers read it;
+* with ``labels_from_subdirs`` the first path component is the class; sorted class names map to
+  0, 1, ... (the job saves the mapping as ``classes.json``);
+* RGBA/LA images lose their alpha channel (counted in ``stats["alpha_dropped"]``), 16-bit gray stays
+  16-bit (:func:`dae.shards.image_to_array`);
+* unreadable files go to ``Prepared.errors`` (path + reason; the job writes ``errors.jsonl``) and
+  are never silently skipped.
+
+Large folders (``parallel_min_files`` files or more) are decoded with Ray Data: a list of paths,
+``map_batches`` of the pure :func:`decode_files_batch` (read + decode + PNG encode in the worker),
+block order preserved so records come back sorted by id whatever the parallelism. Small folders are
+decoded in this process by the same function, so both paths give identical shards.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import warnings
+from typing import Iterator
+
+import numpy as np
+from PIL import Image
+
+from .. import shards, storage
+from . import Encoded, Prepared, SourceError, is_test, read_raw
+
+log = logging.getLogger("dae")
+
+EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+
+
+# ---------------------------------------------------------------- pure per-file / per-batch work
+
+
+def decode_file(data: bytes, max_pixels: int = shards.DEFAULT_MAX_PIXELS) -> tuple[Encoded, bool]:
+    """(PNG-encoded image, whether an alpha channel was dropped) of one file's bytes.
+    Raises :class:`dae.shards.ImageDecodeError` for anything unreadable."""
+    had_alpha = False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # decode_png below applies the decompression-bomb guard
+            import io
+
+            head = Image.open(io.BytesIO(data))  # lazy: reads the header only
+            had_alpha = head.mode in ALPHA_MODES or (head.mode == "P" and "transparency" in head.info)
+    except Exception:
+        pass  # decode_png gives the real reason
+    a = shards.decode_png(data, max_pixels)  # (H, W, C) uint8/uint16, alpha dropped
+    return Encoded(shards.encode_png(a), a.shape[0], a.shape[1], a.shape[2]), had_alpha
+
+
+def decode_files_batch(batch: dict) -> dict:
+    """Ray Data batch function: ``{"path": full paths/URIs, "id": relative paths}`` ->
+    ``{"id", "png", "height", "width", "channels", "alpha", "error"}``, one row per input row.
+    A file that cannot be read or decoded keeps its row, with empty ``png`` and the reason in
+    ``error`` (so the driver can list it)."""
+    ids = [str(i) for i in batch["id"]]
+    n = len(ids)
+    png = np.empty(n, dtype=object)
+    height = np.zeros(n, np.int32)
+    width = np.zeros(n, np.int32)
+    channels = np.zeros(n, np.int8)
+    alpha = np.zeros(n, bool)
+    error = np.empty(n, dtype=object)
+    for k, path in enumerate(batch["path"]):
+        png[k], error[k] = b"", ""
+        try:
+            enc, alpha[k] = decode_file(read_raw(str(path)))
+        except shards.ImageDecodeError as e:
+            error[k] = str(e)
+            continue
+        except Exception as e:  # unreadable file (permissions, vanished, network)
+            error[k] = f"unreadable file: {type(e).__name__}: {e}"
+            continue
+        png[k], height[k], width[k], channels[k] = enc.png, enc.height, enc.width, enc.channels
+    return {"id": np.array(ids, dtype=object), "png": png, "height": height, "width": width,
+            "channels": channels, "alpha": alpha, "error": error}
+
+
+# ---------------------------------------------------------------- listing
+
+
+def list_images(input_dir: str) -> tuple[list[str], list[str]]:
+    """(sorted relative paths of image files, relative paths of other files) under ``input_dir``.
+    Relative paths use "/" on every OS, so ids do not depend on the machine."""
+    base = str(input_dir).rstrip("/") or "/"
+    if not storage.is_dir(base):
+        raise SourceError(f"--input {input_dir} is not a directory")
+    images, other = [], []
+    for full in storage.list_files(base, recursive=True):
+        rel = full[len(storage.join(base, "")):] if full.startswith(storage.join(base, "")) else full
+        rel = rel.replace(os.sep, "/")
+        (images if rel.lower().endswith(EXTENSIONS) else other).append(rel)
+    return sorted(images), sorted(other)
+
+
+def class_of(rel: str) -> str | None:
+    parts = rel.split("/")
+    return parts[0] if len(parts) > 1 else None
+
+
+# ---------------------------------------------------------------- reading
+
+
+def _read_serial(items: list[dict], batch_size: int) -> Iterator[dict]:
+    for start in range(0, len(items), batch_size):
+        chunk = items[start:start + batch_size]
+        yield decode_files_batch({"path": [i["path"] for i in chunk], "id": [i["id"] for i in chunk]})
+
+
+def _read_parallel(items: list[dict], files_per_task: int) -> Iterator[dict]:
+    import ray
+
+    from .. import raylib
+
+    raylib.init_ray()
+    cpus = int(raylib.available_cpus())
+    if cpus < 1:
+        # Every CPU is held (e.g. by actors of another stage): a task would wait forever.
+        log.warning("folder: no free CPU in the Ray cluster (%s); decoding in this process instead",
+                    ray.available_resources())
+        yield from _read_serial(items, files_per_task)
+        return
+    n_blocks = max(1, math.ceil(len(items) / files_per_task))
+    # Tasks, not actors: a task holds its CPU only while it runs, so with 2 CPUs this never
+    # deadlocks against other work; size the pool from what is free now.
+    workers = max(1, min(cpus, n_blocks))
+    ds = ray.data.from_items(items, override_num_blocks=n_blocks)
+    # from_items copies the current DataContext, so this only affects this dataset: blocks come
+    # back in input order (sorted by id), which keeps shard contents independent of parallelism.
+    ds.context.execution_options.preserve_order = True
+    ds = ds.map_batches(decode_files_batch, batch_size=files_per_task, batch_format="numpy",
+                        compute=ray.data.TaskPoolStrategy(size=workers), num_cpus=1)
+    log.info("folder: decoding %d files with Ray Data (%d blocks, up to %d tasks)", len(items), n_blocks, workers)
+    yield from ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2)
+
+
+def _records(items: list[dict], labels: dict[str, int] | None, prepared: Prepared, parallel: bool,
+             files_per_task: int):
+    if not items:
+        return
+    batches = _read_parallel(items, files_per_task) if parallel else _read_serial(items, files_per_task)
+    expected = iter(items)
+    for b in batches:
+        for k in range(len(b["id"])):
+            rid = str(b["id"][k])
+            want = next(expected)["id"]
+            if rid != want:  # the order guarantee is what makes shard names deterministic
+                raise RuntimeError(f"folder: records out of order ({rid!r} arrived where {want!r} was expected)")
+            if b["error"][k]:
+                prepared.errors.append({"path": rid, "reason": str(b["error"][k])})
+                continue
+            if b["alpha"][k]:
+                prepared.stats["alpha_dropped"] += 1
+            enc = Encoded(bytes(b["png"][k]), int(b["height"][k]), int(b["width"][k]), int(b["channels"][k]))
+            yield rid, enc, (labels[class_of(rid)] if labels is not None else None)
+
+
+def prepare(input_dir: str, dataset: str | None = None, labels_from_subdirs: bool = False,
+            test_fraction: float = 0.1, limit: int | None = None, parallel_min_files: int = 2000,
+            files_per_task: int = 256) -> Prepared:
+    if not 0.0 <= test_fraction <= 1.0:
+        raise SourceError(f"--test-fraction must be in [0, 1], got {test_fraction}")
+    if files_per_task < 1:
+        raise SourceError(f"files_per_task must be >= 1, got {files_per_task}")
+    dataset = dataset or os.path.basename(str(input_dir).rstrip("/")) or "folder"
+    rels, other = list_images(input_dir)
+    if other:
+        log.info("folder: ignoring %d files that are not %s (e.g. %s)", len(other), "/".join(EXTENSIONS),
+                 ", ".join(other[:3]))
+    if not rels:
+        raise SourceError(f"no image files ({', '.join(EXTENSIONS)}) under {input_dir}")
+    prepared = Prepared(dataset=dataset, source=f"folder:{input_dir}", splits={},
+                        stats={"alpha_dropped": 0, "files": len(rels), "ignored_other_files": len(other)},
+                        errors=[])
+    labels = None
+    if labels_from_subdirs:
+        classes = sorted({c for c in map(class_of, rels) if c is not None})
+        if not classes:
+            raise SourceError(f"--labels-from-subdirs: no sub-folders with images under {input_dir}")
+        labels = {c: i for i, c in enumerate(classes)}
+        prepared.classes = classes
+        for r in rels:
+            if class_of(r) is None:
+                prepared.errors.append({"path": r, "reason": "not inside a class sub-folder (--labels-from-subdirs)"})
+        rels = [r for r in rels if class_of(r) is not None]
+    per_split: dict[str, list[dict]] = {"train": [], "test": []}
+    for r in rels:
+        per_split["test" if is_test(r, test_fraction) else "train"].append(
+            {"path": storage.join(str(input_dir).rstrip("/"), r), "id": r})
+    if limit is not None:
+        per_split = {s: v[:limit] for s, v in per_split.items()}
+    total = sum(len(v) for v in per_split.values())
+    parallel = total >= parallel_min_files
+    log.info("folder: %d image files under %s -> train %d, test %d%s", len(rels), input_dir,
+             len(per_split["train"]), len(per_split["test"]),
+             f", {len(other)} other files ignored" if other else "")
+    prepared.splits = {s: _records(v, labels, prepared, parallel, files_per_task) for s, v in per_split.items()}
+    return prepared

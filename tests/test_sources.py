@@ -1,0 +1,443 @@
+"""Per-source readers on small files in exactly the real formats, plus the bundled offline data."""
+
+import gzip
+import io
+import os
+import struct
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dae import shards
+from dae.sources import SourceError, cifar, folder, get_source, hash_unit, idx, is_test, list_sources, offline, svhn, tv
+
+RNG = np.random.default_rng(1234)
+
+
+# ---------------------------------------------------------------- helpers writing real formats
+
+
+def idx_bytes(a: np.ndarray) -> bytes:
+    """IDX encoding of a uint8 array: magic 0x0000 08 NDIM, big-endian uint32 dims, values."""
+    assert a.dtype == np.uint8
+    return struct.pack(">BBBB", 0, 0, 0x08, a.ndim) + struct.pack(f">{a.ndim}I", *a.shape) + a.tobytes()
+
+
+def write_idx_dir(d, images, labels, test_images, test_labels, gz: bool, dotted: bool = False):
+    os.makedirs(d, exist_ok=True)
+    sep = "." if dotted else "-"
+    for prefix, im, lab in (("train", images, labels), ("t10k", test_images, test_labels)):
+        for kind, n, arr in (("images", 3, im), ("labels", 1, lab)):
+            name = f"{prefix}-{kind}{sep}idx{n}-ubyte"
+            data = idx_bytes(arr)
+            if gz:
+                with gzip.open(os.path.join(d, name + ".gz"), "wb") as fh:
+                    fh.write(data)
+            else:
+                with open(os.path.join(d, name), "wb") as fh:
+                    fh.write(data)
+
+
+def small_idx(n_train=7, n_test=3, h=28, w=28):
+    return (RNG.integers(0, 256, (n_train, h, w), dtype=np.uint8), RNG.integers(0, 10, n_train, dtype=np.uint8),
+            RNG.integers(0, 256, (n_test, h, w), dtype=np.uint8), RNG.integers(0, 10, n_test, dtype=np.uint8))
+
+
+def cifar_record_bytes(images: np.ndarray, labels: np.ndarray) -> bytes:
+    """CIFAR-10 binary records: label byte, then the R, G and B 32x32 planes (row-major)."""
+    out = bytearray()
+    for img, lab in zip(images, labels):
+        out.append(int(lab))
+        for c in range(3):
+            out += img[:, :, c].tobytes()
+    return bytes(out)
+
+
+def write_svhn_mat(path, images: np.ndarray, digits: np.ndarray):
+    """SVHN format 2: X (32, 32, 3, N) uint8, y (N, 1) with 10 for the digit 0."""
+    import scipy.io
+
+    X = np.ascontiguousarray(np.transpose(images, (1, 2, 3, 0)))
+    y = np.where(digits == 0, 10, digits).astype(np.uint8).reshape(-1, 1)
+    scipy.io.savemat(path, {"X": X, "y": y})
+
+
+def consume(prepared):
+    return {s: list(recs) for s, recs in prepared.splits.items()}
+
+
+# ---------------------------------------------------------------- registry and split helpers
+
+
+def test_registry_lists_valid_sources():
+    assert {"idx", "svhn", "cifar10", "folder", "torchvision", "mnist5k", "fashion-mnist", "sklearn-digits",
+            "photos"} <= set(list_sources())
+    with pytest.raises(ValueError, match="valid sources: idx, svhn, cifar10"):
+        get_source("imagenet")
+
+
+def test_hash_split_is_stable_and_close_to_fraction():
+    # A fixed value guards against an accidental change of the hash (it would reshuffle splits).
+    assert hash_unit("a/b.png") == hash_unit("a/b.png")
+    assert 0 <= hash_unit("x") < 1
+    share = np.mean([is_test(f"img/{i}.png", 0.2) for i in range(5000)])
+    assert 0.18 < share < 0.22
+    assert not any(is_test(f"{i}", 0.0) for i in range(100)) and all(is_test(f"{i}", 1.0) for i in range(100))
+
+
+# ---------------------------------------------------------------- idx
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_idx_roundtrip(tmp_path, gz):
+    tr, trl, te, tel = small_idx()
+    write_idx_dir(tmp_path, tr, trl, te, tel, gz=gz)
+    out = consume(idx.prepare(str(tmp_path), dataset="mnist"))
+    assert [r[0] for r in out["train"]] == [f"mnist/train/{i:06d}" for i in range(7)]
+    np.testing.assert_array_equal(np.stack([r[1] for r in out["train"]]), tr)
+    np.testing.assert_array_equal(np.stack([r[1] for r in out["test"]]), te)
+    assert [r[2] for r in out["train"]] == trl.tolist() and [r[2] for r in out["test"]] == tel.tolist()
+
+
+def test_idx_dotted_names_and_limit(tmp_path):
+    tr, trl, te, tel = small_idx()
+    write_idx_dir(tmp_path, tr, trl, te, tel, gz=False, dotted=True)
+    out = consume(idx.prepare(str(tmp_path), limit=2))
+    assert len(out["train"]) == 2 and len(out["test"]) == 2
+    assert out["train"][0][0] == f"{tmp_path.name}/train/000000"  # dataset defaults to the folder name
+
+
+def test_idx_parse_errors():
+    a = RNG.integers(0, 256, (2, 4, 4), dtype=np.uint8)
+    good = idx_bytes(a)
+    np.testing.assert_array_equal(idx.parse_idx(good), a)
+    with pytest.raises(SourceError, match="not an IDX file"):
+        idx.parse_idx(b"\x01\x02" + good[2:])
+    with pytest.raises(SourceError, match="unknown IDX data type 0x07"):
+        idx.parse_idx(good[:2] + b"\x07" + good[3:])
+    with pytest.raises(SourceError, match="truncated: header says"):
+        idx.parse_idx(good[:-5], "f")
+    with pytest.raises(SourceError, match="truncated IDX header"):
+        idx.parse_idx(good[:9])
+    with pytest.raises(SourceError, match="trailing bytes"):
+        idx.parse_idx(good + b"\x00")
+    # big-endian int32 payloads are decoded with the right byte order
+    vals = np.array([1, -2, 70000], dtype=">i4")
+    data = struct.pack(">BBBBI", 0, 0, 0x0C, 1, 3) + vals.tobytes()
+    assert idx.parse_idx(data).tolist() == [1, -2, 70000]
+
+
+def test_idx_file_errors(tmp_path):
+    tr, trl, te, tel = small_idx()
+    write_idx_dir(tmp_path, tr, trl, te, tel, gz=True)
+    # truncated gzip
+    p = tmp_path / "t10k-images-idx3-ubyte.gz"
+    p.write_bytes(p.read_bytes()[:40])
+    with pytest.raises(SourceError, match="corrupt or truncated gzip"):
+        idx.prepare(str(tmp_path))
+    # images/labels count mismatch
+    with gzip.open(p, "wb") as fh:
+        fh.write(idx_bytes(te[:2]))
+    with pytest.raises(SourceError, match="2 images .* but 3 labels"):
+        idx.prepare(str(tmp_path))
+    # labels file with image dims
+    with gzip.open(tmp_path / "t10k-labels-idx1-ubyte.gz", "wb") as fh:
+        fh.write(idx_bytes(te[:2]))
+    with pytest.raises(SourceError, match="expected uint8 labels"):
+        idx.prepare(str(tmp_path))
+    os.remove(tmp_path / "train-labels-idx1-ubyte.gz")
+    with pytest.raises(SourceError, match="no train labels file"):
+        idx.prepare(str(tmp_path))
+
+
+# ---------------------------------------------------------------- svhn
+
+
+def test_svhn_mat_roundtrip(tmp_path):
+    imgs = {s: RNG.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8) for s, n in (("train", 6), ("test", 4))}
+    digits = {"train": np.array([0, 1, 9, 0, 5, 3]), "test": np.array([7, 0, 2, 2])}
+    for s in imgs:
+        write_svhn_mat(tmp_path / f"{s}_32x32.mat", imgs[s], digits[s])
+    out = consume(svhn.prepare(str(tmp_path)))
+    for s in imgs:
+        np.testing.assert_array_equal(np.stack([r[1] for r in out[s]]), imgs[s])
+        assert [r[2] for r in out[s]] == digits[s].tolist()  # 10 -> 0
+    assert out["test"][1][0] == "svhn/test/000001"
+    # pixel (row 3, col 5, green) of image 2 in the real X layout (H, W, C, N)
+    import scipy.io
+
+    X = scipy.io.loadmat(tmp_path / "train_32x32.mat")["X"]
+    assert out["train"][2][1][3, 5, 1] == X[3, 5, 1, 2]
+
+
+def test_svhn_errors(tmp_path):
+    import scipy.io
+
+    with pytest.raises(SourceError, match="missing SVHN file"):
+        svhn.prepare(str(tmp_path))
+    scipy.io.savemat(tmp_path / "train_32x32.mat", {"X": np.zeros((3, 32, 32, 2), np.uint8), "y": np.ones((3, 1))})
+    with pytest.raises(SourceError, match=r"X must be uint8 of shape \(H, W, 3, N\)"):
+        svhn.load_mat(str(tmp_path / "train_32x32.mat"))
+    scipy.io.savemat(tmp_path / "train_32x32.mat", {"X": np.zeros((32, 32, 3, 2), np.uint8), "y": np.ones((3, 1))})
+    with pytest.raises(SourceError, match="y must have shape"):
+        svhn.load_mat(str(tmp_path / "train_32x32.mat"))
+    (tmp_path / "bad.mat").write_bytes(b"not a mat file at all" * 10)
+    with pytest.raises(SourceError, match="not a readable MATLAB"):
+        svhn.load_mat(str(tmp_path / "bad.mat"))
+
+
+# ---------------------------------------------------------------- cifar10
+
+
+def write_cifar_dir(d, n_per_batch=3, n_test=4):
+    os.makedirs(d, exist_ok=True)
+    data = {"train": [], "test": []}
+    for name in cifar.FILES["train"] + cifar.FILES["test"]:
+        split = "test" if name.startswith("test") else "train"
+        n = n_test if split == "test" else n_per_batch
+        im = RNG.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+        lab = RNG.integers(0, 10, n)
+        with open(os.path.join(d, name), "wb") as fh:
+            fh.write(cifar_record_bytes(im, lab))
+        data[split].append((im, lab))
+    return {s: (np.concatenate([a for a, _ in v]), np.concatenate([b for _, b in v])) for s, v in data.items()}
+
+
+def test_cifar_binary_roundtrip(tmp_path):
+    truth = write_cifar_dir(tmp_path / "cifar-10-batches-bin")
+    prepared = cifar.prepare(str(tmp_path))  # finds the cifar-10-batches-bin sub-folder
+    assert prepared.classes[0] == "airplane"
+    out = consume(prepared)
+    for s in ("train", "test"):
+        np.testing.assert_array_equal(np.stack([r[1] for r in out[s]]), truth[s][0])
+        assert [r[2] for r in out[s]] == truth[s][1].tolist()
+    assert len(out["train"]) == 15 and out["train"][14][0] == "cifar10/train/000014"
+    # one record by hand: byte 1 + 1024*1 + 32*2 + 7 is green at row 2, col 7 of the first image
+    raw = (tmp_path / "cifar-10-batches-bin" / "data_batch_1.bin").read_bytes()
+    assert out["train"][0][1][2, 7, 1] == raw[1 + 1024 + 32 * 2 + 7] and out["train"][0][2] == raw[0]
+
+
+def test_cifar_errors(tmp_path):
+    with pytest.raises(SourceError, match="no CIFAR-10 binary files"):
+        cifar.prepare(str(tmp_path))
+    write_cifar_dir(tmp_path)
+    with open(tmp_path / "data_batch_3.bin", "ab") as fh:
+        fh.write(b"\x00" * 10)
+    with pytest.raises(SourceError, match="not a positive multiple of 3073"):
+        cifar.prepare(str(tmp_path))
+    with pytest.raises(SourceError, match="out of range 0..9"):
+        cifar.parse_batch(bytes([42]) + bytes(3072))
+    (tmp_path / "data_batch_3.bin").write_bytes((tmp_path / "data_batch_3.bin").read_bytes()[:-10])
+    os.remove(tmp_path / "data_batch_5.bin")
+    with pytest.raises(SourceError, match="missing CIFAR-10 file .*data_batch_5.bin"):
+        cifar.prepare(str(tmp_path))
+
+
+# ---------------------------------------------------------------- folder
+
+
+def make_image_folder(root) -> dict:
+    """Images of every supported format and mode; returns {relative path: expected array}."""
+    expected = {}
+
+    def save(rel, arr, fmt, mode=None, **kw):
+        p = os.path.join(root, rel)
+        os.makedirs(os.path.dirname(p), exist_ok=True)
+        Image.fromarray(arr, mode=mode).save(p, format=fmt, **kw) if mode else Image.fromarray(arr).save(p, format=fmt, **kw)
+
+    g = RNG.integers(0, 256, (10, 12), dtype=np.uint8)
+    save("cats/gray.png", g, "PNG"); expected["cats/gray.png"] = g[:, :, None]
+    rgb = RNG.integers(0, 256, (9, 11, 3), dtype=np.uint8)
+    save("cats/rgb.tiff", rgb, "TIFF"); expected["cats/rgb.tiff"] = rgb
+    rgba = RNG.integers(0, 256, (8, 8, 4), dtype=np.uint8)
+    save("dogs/rgba.png", rgba, "PNG"); expected["dogs/rgba.png"] = rgba[:, :, :3]
+    g16 = RNG.integers(0, 65536, (7, 6), dtype=np.uint16)
+    Image.fromarray(g16).save(os.path.join(root, "dogs", "g16.png")); expected["dogs/g16.png"] = g16[:, :, None]
+    save("dogs/rgb.bmp", rgb[:5, :6], "BMP"); expected["dogs/rgb.bmp"] = rgb[:5, :6]
+    g16t = RNG.integers(0, 65536, (4, 5), dtype=np.uint16)
+    Image.fromarray(g16t).save(os.path.join(root, "birds", "sub", "g16.tif")) if os.makedirs(
+        os.path.join(root, "birds", "sub"), exist_ok=True) is None else None
+    expected["birds/sub/g16.tif"] = g16t[:, :, None]
+    smooth = np.tile(np.arange(0, 256, 8, dtype=np.uint8), (16, 1))
+    save("birds/photo.JPG", np.stack([smooth] * 3, axis=2), "JPEG", quality=95)
+    expected["birds/photo.JPG"] = None  # lossy: checked by shape only
+    return expected
+
+
+def test_folder_decode_modes_and_errors(tmp_path):
+    expected = make_image_folder(tmp_path)
+    (tmp_path / "dogs" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 20)
+    (tmp_path / "notes.txt").write_text("not an image")
+    prepared = folder.prepare(str(tmp_path), test_fraction=0.0, labels_from_subdirs=True)
+    assert prepared.classes == ["birds", "cats", "dogs"]
+    out = consume(prepared)
+    assert out["test"] == []
+    got = {r[0]: r for r in out["train"]}
+    assert sorted(got) == sorted(expected)  # ids are relative paths; the .txt is ignored
+    assert [r[0] for r in out["train"]] == sorted(got)  # sorted by id
+    for rel, want in expected.items():
+        rid, enc, label = got[rel]
+        arr = shards.decode_png(enc.png)
+        assert (enc.height, enc.width, enc.channels) == arr.shape
+        assert label == ["birds", "cats", "dogs"].index(rel.split("/")[0])
+        if want is None:
+            assert arr.shape == (16, 32, 3) and arr.dtype == np.uint8
+        else:
+            assert arr.dtype == want.dtype, rel
+            np.testing.assert_array_equal(arr, want)
+    assert prepared.stats["alpha_dropped"] == 1
+    assert len(prepared.errors) == 1 and prepared.errors[0]["path"] == "dogs/broken.png"
+    assert "undecodable" in prepared.errors[0]["reason"]
+
+
+def test_folder_root_files_without_class_are_errors(tmp_path):
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "loose.png")
+    os.makedirs(tmp_path / "a")
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "a" / "x.png")
+    prepared = folder.prepare(str(tmp_path), labels_from_subdirs=True, test_fraction=0.0)
+    out = consume(prepared)
+    assert [r[0] for r in out["train"]] == ["a/x.png"]
+    assert prepared.errors == [{"path": "loose.png", "reason": "not inside a class sub-folder (--labels-from-subdirs)"}]
+
+
+def test_folder_split_by_path_hash_and_limit(tmp_path):
+    for i in range(40):
+        Image.fromarray(np.full((3, 3), i, np.uint8)).save(tmp_path / f"{i:03d}.png")
+    out = consume(folder.prepare(str(tmp_path), test_fraction=0.3))
+    for s in ("train", "test"):
+        assert all(is_test(r[0], 0.3) == (s == "test") for r in out[s])
+        assert all(r[2] is None for r in out[s])
+    assert 0 < len(out["test"]) < 40 and len(out["train"]) + len(out["test"]) == 40
+    limited = consume(folder.prepare(str(tmp_path), test_fraction=0.3, limit=2))
+    assert [r[0] for r in limited["train"]] == [r[0] for r in out["train"][:2]]
+
+
+def test_folder_empty_and_missing(tmp_path):
+    with pytest.raises(SourceError, match="no image files"):
+        folder.prepare(str(tmp_path))
+    with pytest.raises(SourceError, match="not a directory"):
+        folder.prepare(str(tmp_path / "nope"))
+
+
+def test_decode_files_batch_is_pure_and_keeps_bad_rows(tmp_path):
+    p = tmp_path / "a.bmp"
+    Image.fromarray(np.full((2, 3, 3), 7, np.uint8)).save(p)
+    out = folder.decode_files_batch({"path": np.array([str(p), str(tmp_path / "missing.png")]),
+                                     "id": np.array(["a.bmp", "missing.png"])})
+    assert out["id"].tolist() == ["a.bmp", "missing.png"]
+    assert out["error"][0] == "" and "unreadable file" in out["error"][1] and out["png"][1] == b""
+    assert shards.decode_png(out["png"][0]).shape == (2, 3, 3)
+
+
+# ---------------------------------------------------------------- torchvision (offline)
+
+
+def test_torchvision_mnist_offline(tmp_path):
+    # torchvision 0.29 MNIST reads ROOT/MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte
+    # (uncompressed; existence checked, no MD5) when there is no legacy processed/ folder.
+    tr, trl, te, tel = small_idx(n_train=5, n_test=4)
+    write_idx_dir(tmp_path / "MNIST" / "raw", tr, trl, te, tel, gz=False)
+    prepared = tv.prepare("mnist", root=str(tmp_path))
+    out = consume(prepared)
+    assert prepared.dataset == "mnist" and prepared.classes[0] == "0 - zero"
+    np.testing.assert_array_equal(np.stack([r[1][:, :, 0] for r in out["train"]]), tr)
+    np.testing.assert_array_equal(np.stack([r[1][:, :, 0] for r in out["test"]]), te)
+    assert [r[2] for r in out["test"]] == tel.tolist()
+    assert out["train"][4][0] == "mnist/train/000004"
+
+
+def test_torchvision_missing_files_names_layout(tmp_path):
+    with pytest.raises(SourceError, match="MNIST/raw/.*--download"):
+        tv.prepare("MNIST", root=str(tmp_path))
+    with pytest.raises(ValueError, match="valid: MNIST, FashionMNIST, SVHN, CIFAR10"):
+        tv.prepare("ImageNet", root=str(tmp_path))
+
+
+# ---------------------------------------------------------------- offline bundled data
+
+
+def test_mnist5k_real_digits():
+    images, labels = offline.load_mnist5k()
+    assert images.shape == (5000, 28, 28) and images.dtype == np.uint8
+    prepared = offline.mnist5k()
+    out = consume(prepared)
+    assert len(out["train"]) == 4000 and len(out["test"]) == 1000
+    assert np.bincount([r[2] for r in out["test"]]).tolist() == [100] * 10
+    assert [r[2] for r in out["train"][:10]] == list(range(10))  # round-robin: every prefix has all digits
+    ids = [r[0] for r in out["train"] + out["test"]]
+    assert len(set(ids)) == 5000
+    row = int(out["test"][3][0].rsplit("/", 1)[1])  # ids carry the CSV row
+    np.testing.assert_array_equal(out["test"][3][1], images[row])
+    assert out["test"][3][2] == labels[row]
+    # real handwriting, not noise: mostly background with a stroke of bright pixels
+    assert 0.05 < (images > 128).mean() < 0.3
+
+
+def test_sklearn_digits_scaled():
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    out = consume(offline.sklearn_digits(test_fraction=0.2))
+    assert len(out["train"]) + len(out["test"]) == 1797 and 250 < len(out["test"]) < 470
+    rid, img, label = out["test"][0]
+    i = int(rid.rsplit("/", 1)[1])
+    assert img.shape == (8, 8) and img.dtype == np.uint8 and label == d.target[i]
+    np.testing.assert_array_equal(img, np.rint(d.images[i] * 255 / 16).astype(np.uint8))
+    assert max(int(r[1].max()) for r in out["train"]) == 255
+
+
+def test_photos_grid_gray_and_split_by_photo():
+    import skimage.data
+
+    prepared = offline.photos(photos=["camera", "coffee", "chelsea"], patch_size=64, color="gray",
+                              test_fraction=0.34)
+    out = consume(prepared)
+    train_photos = {r[0].split("/")[2] for r in out["train"]}
+    test_photos = {r[0].split("/")[2] for r in out["test"]}
+    assert train_photos and test_photos and not train_photos & test_photos
+    assert all(r[1].shape == (64, 64) for r in out["train"] + out["test"])
+    cam = [r for r in out["train"] + out["test"] if r[0].split("/")[2] == "camera"]
+    assert len(cam) == 64  # 512 / 64 = 8 x 8 grid
+    rid, patch, label = cam[9]
+    assert rid.endswith("camera/y0064-x0064") and label == 0
+    np.testing.assert_array_equal(patch, skimage.data.camera()[64:128, 64:128])
+    coffee = [r for r in out["train"] + out["test"] if "/coffee/" in r[0]]
+    assert len(coffee) == (400 // 64) * (600 // 64)
+    want = np.asarray(Image.fromarray(skimage.data.coffee()).convert("L"))[:64, 64:128]
+    np.testing.assert_array_equal(coffee[1][1], want)
+
+
+def test_photos_random_rgb_seeded_and_split_by_patch():
+    kw = dict(photos=["astronaut", "camera"], patch_size=32, mode="random", patches_per_photo=50,
+              split_by="patch", test_fraction=0.2)
+    a = consume(offline.photos(seed=3, **kw))
+    b = consume(offline.photos(seed=3, **kw))
+    c = consume(offline.photos(seed=4, **kw))
+    assert [r[0] for r in a["train"]] == [r[0] for r in b["train"]]
+    assert [r[0] for r in a["train"]] != [r[0] for r in c["train"]]
+    assert len(a["train"]) + len(a["test"]) == 100 and a["test"]
+    assert all(r[1].shape == (32, 32, 3) and r[1].dtype == np.uint8 for r in a["train"])
+    gray = [r for r in a["train"] if "/camera/" in r[0]][0]  # gray photo repeated on 3 channels
+    assert (gray[1][:, :, 0] == gray[1][:, :, 2]).all()
+    with pytest.raises(SourceError, match="valid photos: astronaut"):
+        offline.photos(photos=["mona-lisa"])
+
+
+def test_fashion_mnist_from_debian_package():
+    if not os.path.isdir(offline.FASHION_MNIST_DIR):
+        pytest.skip(f"{offline.FASHION_MNIST_DIR} missing: Debian package dataset-fashion-mnist not installed")
+    out = consume(offline.fashion_mnist(limit=5))
+    assert len(out["train"]) == 5 and len(out["test"]) == 5
+    # independent check: the raw IDX payload of the first test image and label
+    with gzip.open(os.path.join(offline.FASHION_MNIST_DIR, "t10k-images-idx3-ubyte.gz")) as fh:
+        raw = fh.read(16 + 784)
+    with gzip.open(os.path.join(offline.FASHION_MNIST_DIR, "t10k-labels-idx1-ubyte.gz")) as fh:
+        lab = fh.read(9)[8]
+    np.testing.assert_array_equal(out["test"][0][1], np.frombuffer(raw[16:], np.uint8).reshape(28, 28))
+    assert out["test"][0][2] == lab and out["test"][0][0] == "fashion-mnist/test/000000"
+
+
+def test_fashion_mnist_missing_names_debian_package(tmp_path):
+    with pytest.raises(SourceError, match="dataset-fashion-mnist"):
+        offline.fashion_mnist(str(tmp_path / "absent"))
