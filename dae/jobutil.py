@@ -23,7 +23,8 @@ def setup_logging(level: int = logging.INFO) -> None:
 
 def save_resolved_config(cfg, out_dir: str, name: str = "config.resolved.json", **extra) -> str:
     path = storage.join(out_dir, name)
-    storage.write_json(path, {**config_dict(cfg), **extra})
+    # redact: URIs with userinfo, secret-looking keys and live AWS credential values never hit disk.
+    storage.write_json(path, storage.redact({**config_dict(cfg), **extra}))
     return path
 
 

@@ -12,6 +12,8 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import ray  # noqa: E402
 
+from . import storage  # noqa: E402
+
 log = logging.getLogger("dae")
 
 
@@ -23,12 +25,14 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
     on a laptop never attaches by accident to some other cluster that happens to be running.
     """
     if ray.is_initialized():
+        storage.share_with_ray()  # S3 settings for this job's workers (see dae.storage)
         return False
     address = address or os.environ.get("RAY_ADDRESS") or "local"
     kwargs: dict = {"address": address, "log_to_driver": True}
     if address == "local":
         kwargs.update(include_dashboard=False, num_cpus=num_cpus)
     ray.init(**kwargs)
+    storage.share_with_ray()
     log.info("ray: %s, resources %s", address, ray.cluster_resources())
     return True
 

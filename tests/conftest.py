@@ -16,3 +16,18 @@ def ray_session():
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+# ---- S3-compatible server (SeaweedFS) for tests/test_s3.py; see tests/s3server.py
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    from s3server import S3Server, S3ServerUnavailable
+
+    try:
+        srv = S3Server.start(str(tmp_path_factory.mktemp("seaweedfs")))
+    except S3ServerUnavailable as e:
+        pytest.skip(f"S3 server (SeaweedFS) cannot start here: {e}")
+    try:
+        yield srv
+    finally:
+        srv.stop()

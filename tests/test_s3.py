@@ -1,0 +1,372 @@
+"""Object storage end to end against a real S3-compatible server (SeaweedFS on 127.0.0.1).
+
+The server is started once per session by the ``s3_server`` fixture (tests/conftest.py,
+tests/s3server.py); tests needing it skip only when it cannot start, saying why.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import uuid
+
+import numpy as np
+import pyarrow.fs as pafs
+import pytest
+
+from dae import storage
+
+BUCKET = "dae-test"
+
+
+@pytest.fixture(scope="module")
+def s3(s3_server):
+    """The server with AWS_* variables pointing at it and the test bucket created."""
+    s3_server.create_bucket(BUCKET)
+    with s3_server.env():
+        yield s3_server
+
+
+@pytest.fixture
+def prefix(s3):
+    """A fresh s3://BUCKET/PREFIX for one test."""
+    return f"s3://{BUCKET}/t-{uuid.uuid4().hex[:10]}"
+
+
+# ---------------------------------------------------------------- basic round trips
+
+
+def test_roundtrip(prefix):
+    p = storage.join(prefix, "a", "b.bin")
+    assert not storage.exists(p)
+    storage.write_bytes(p, b"hello" * 1000)
+    assert storage.exists(p) and storage.read_bytes(p) == b"hello" * 1000
+    storage.write_json(storage.join(prefix, "x.json"), {"k": [1, 2]})
+    assert storage.read_json(storage.join(prefix, "x.json")) == {"k": [1, 2]}
+    storage.write_bytes(storage.join(prefix, "a", "_SUCCESS"), b"")  # hidden from listings
+    assert storage.list_files(prefix, recursive=True) == [storage.join(prefix, "a", "b.bin"),
+                                                          storage.join(prefix, "x.json")]
+    assert storage.list_files(prefix, ".json") == [storage.join(prefix, "x.json")]
+    assert storage.is_dir(storage.join(prefix, "a"))
+    storage.delete(p)
+    assert not storage.exists(p)
+    storage.delete(prefix)
+    assert storage.list_files(prefix, recursive=True) == []
+
+
+def test_write_bytes_never_shows_partial_object(prefix, s3):
+    """The completeness rule on object storage: a reader polling while a 12 MiB object (several
+    multipart parts) and then its marker are written sees the data object missing or whole, and
+    whenever the marker exists the data is complete."""
+    path = storage.join(prefix, "big.bin")
+    marker = path + ".done"
+    data = np.arange(12 << 20, dtype=np.uint32).astype(np.uint8).tobytes()
+    seen: list[tuple[str, bool]] = []
+    done = threading.Event()
+
+    def poll():
+        while not done.is_set():
+            has_marker = storage.exists(marker)  # checked first: the data must be complete after it
+            try:
+                got = storage.read_bytes(path)
+            except FileNotFoundError:
+                seen.append(("marker" if has_marker else "missing", not has_marker))
+                continue
+            seen.append(("marker" if has_marker else "found", got == data))
+
+    t = threading.Thread(target=poll)
+    t.start()
+    try:
+        time.sleep(0.05)
+        storage.write_bytes(path, data)
+        storage.write_bytes(marker, b"")
+        deadline = time.monotonic() + 30
+        while not any(k == "marker" for k, _ in seen) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        done.set()
+        t.join()
+    assert storage.read_bytes(path) == data
+    kinds = {k for k, _ in seen}
+    assert "missing" in kinds and "marker" in kinds, f"poller too slow to tell: saw only {kinds}"
+    bad = [s for s in seen if not s[1]]
+    assert not bad, f"partial or missing data seen: {bad[:5]} of {len(seen)} polls"
+
+
+def test_killed_upload_leaves_no_object(prefix, s3):
+    """A writer killed mid-upload (parts sent, upload never completed) leaves no object behind."""
+    path = storage.join(prefix, "killed.bin")
+    code = textwrap.dedent(f"""
+        import sys, time
+        from dae import storage
+        fs, p = storage.resolve({path!r})
+        f = fs.open_output_stream(p)
+        f.write(b"x" * (12 << 20))   # > one multipart part: parts go out before close
+        f.flush()
+        print("written", flush=True)
+        time.sleep(60)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                            env=os.environ.copy())
+    try:
+        assert proc.stdout.readline().strip() == "written"
+        proc.kill()
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    time.sleep(0.5)
+    assert not storage.exists(path)
+    assert storage.list_files(prefix, recursive=True) == []
+
+
+# ---------------------------------------------------------------- shards, Ray Data, models
+
+
+def test_shards_and_ray_data_from_bucket(prefix, ray_session):
+    from dae import data, shards
+
+    rng = np.random.default_rng(0)
+    imgs = rng.integers(0, 256, (25, 12, 10), dtype=np.uint8)
+    with shards.ShardWriter(prefix, "train", dataset="t", source="test", rows_per_shard=10) as w:
+        for i, im in enumerate(imgs):
+            w.add(id=f"t/{i:03d}", image=im, label=i % 3)
+    files = shards.list_shards(prefix, "train")
+    assert [f.rsplit("/", 1)[1] for f in files] == ["part-00000.parquet", "part-00001.parquet",
+                                                    "part-00002.parquet"]
+    assert all(f.startswith("s3://") for f in files)
+    t = shards.read_shard(files[1])
+    assert t.num_rows == 10 and shards.shard_metadata(files[1])["dae.dataset"] == "t"
+    np.testing.assert_array_equal(shards.decode_png(t.column("image")[0].as_py())[:, :, 0], imgs[10])
+
+    ds = data.read_shards(prefix, "train")
+    rows = sorted(ds.take_all(), key=lambda r: r["id"])
+    assert [r["id"] for r in rows] == [f"t/{i:03d}" for i in range(25)]
+    np.testing.assert_array_equal(shards.decode_png(rows[24]["image"])[:, :, 0], imgs[24])
+
+    # Ray Data writing into the bucket with the same filesystem, then reading it back.
+    out = storage.join(prefix, "copy")
+    fs, inner = storage.resolve(out)
+    ds.map_batches(shards.decode_batch, batch_format="numpy").drop_columns(["image"]).write_parquet(
+        inner, filesystem=fs)
+    import ray.data
+    written = storage.list_files(out, ".parquet")
+    assert written and all(f.startswith("s3://") for f in written)
+    ids = sorted(r["id"] for r in ray.data.read_parquet([storage.resolve(f)[1] for f in written],
+                                                        filesystem=fs).take_all())
+    assert ids == [f"t/{i:03d}" for i in range(25)]
+
+
+def test_model_to_and_from_bucket(prefix):
+    import torch
+
+    from dae.checkpoint import load_model, save_model
+    from dae.models import create_model
+
+    torch.manual_seed(0)
+    m = create_model("keras_blog", channels=1)
+    d = storage.join(prefix, "model")
+    save_model(m, d, noise="gaussian:0.5")
+    assert storage.exists(storage.join(d, "config.json")) and storage.exists(storage.join(d, "model.safetensors"))
+    m2, cfg = load_model(d)
+    assert cfg["noise"] == "gaussian:0.5"
+    x = torch.rand(2, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(m.eval()(x), m2(x))
+
+
+# ---------------------------------------------------------------- access checks
+
+
+def test_check_access_ok(prefix):
+    storage.check_access(prefix, write=True)
+    storage.check_access(prefix, write=False)
+    assert storage.list_files(prefix, recursive=True) == [], "the write probe must be cleaned up"
+    with pytest.raises(storage.StorageError, match="does not exist"):
+        storage.check_access(storage.join(prefix, "nothing"), must_exist=True)
+
+
+def test_check_access_missing_bucket(s3):
+    t0 = time.perf_counter()
+    with pytest.raises(storage.StorageError) as e:
+        storage.check_access("s3://no-such-bucket-dae/x", write=True)
+    assert str(e.value) == f"bucket 'no-such-bucket-dae' does not exist at endpoint {s3.endpoint}"
+    assert time.perf_counter() - t0 < 10
+
+
+@pytest.mark.parametrize("write", [False, True])
+def test_check_access_bad_credentials(s3, write):
+    with s3.env(AWS_SECRET_ACCESS_KEY="wrong-secret-123456"):
+        t0 = time.perf_counter()
+        with pytest.raises(storage.StorageError, match="credentials rejected by endpoint " + s3.endpoint) as e:
+            storage.check_access(f"s3://{BUCKET}/x", write=write)
+        assert time.perf_counter() - t0 < 10
+        assert "wrong-secret-123456" not in str(e.value)
+    with s3.env(AWS_ACCESS_KEY_ID="nobody-at-all"):
+        with pytest.raises(storage.StorageError, match="credentials rejected"):
+            storage.check_access(f"s3://{BUCKET}/x", write=write)
+
+
+def test_check_access_unreachable_endpoint(s3):
+    from s3server import _free_ports
+
+    dead = f"http://127.0.0.1:{_free_ports(1)[0]}"
+    with s3.env(AWS_ENDPOINT_URL=dead, AWS_ENDPOINT_URL_S3=dead):
+        t0 = time.perf_counter()
+        with pytest.raises(storage.StorageError, match=f"cannot reach endpoint {dead}"):
+            storage.check_access(f"s3://{BUCKET}/x")
+        assert time.perf_counter() - t0 < 10
+
+
+def test_check_access_local(tmp_path):
+    storage.check_access(str(tmp_path / "new" / "dir"), write=True)
+    with pytest.raises(storage.StorageError, match="does not exist"):
+        storage.check_access(str(tmp_path / "missing"), must_exist=True)
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(storage.StorageError, match="not a writable directory"):
+        storage.check_access(str(f / "sub"), write=True)
+
+
+def test_bad_uri_and_endpoint_errors():
+    with pytest.raises(ValueError, match="must not carry credentials"):
+        storage.resolve("s3://AKIA:topsecret@bucket/x")
+    with pytest.raises(ValueError, match=r"http\(s\)://host"):
+        storage.configure(endpoint="127.0.0.1:9000")
+    with pytest.raises(ValueError, match="valid: path, virtual"):
+        storage.configure(addressing="sideways")
+
+
+# ---------------------------------------------------------------- configuration and redaction
+
+
+def test_configure_endpoint_reaches_ray_workers(s3, ray_session):
+    """configure(endpoint=...) works with no endpoint in the environment, and a Ray worker (started
+    before any of this was set) reads and writes the bucket through the settings shared with it."""
+    import ray
+
+    path = f"s3://{BUCKET}/cfg-{uuid.uuid4().hex[:8]}/from-driver.txt"
+    with s3.env(AWS_ENDPOINT_URL=None, AWS_ENDPOINT_URL_S3=None, AWS_ACCESS_KEY_ID=None,
+                AWS_SECRET_ACCESS_KEY=None):
+        storage.configure(endpoint=s3.endpoint, access_key=s3.access_key, secret_key=s3.secret_key)
+        assert os.environ["AWS_ENDPOINT_URL"] == s3.endpoint
+        assert storage.worker_env() == {"AWS_ENDPOINT_URL_S3": s3.endpoint, "AWS_REGION": s3.region}
+        storage.write_bytes(path, b"driver")
+
+        @ray.remote(num_cpus=0)
+        def in_worker(p):
+            from dae import storage as st
+            env_has_endpoint = bool(os.environ.get("AWS_ENDPOINT_URL"))
+            st.write_bytes(p + ".worker", st.read_bytes(p) + b"+worker")
+            return env_has_endpoint
+
+        ray.get(in_worker.remote(path), timeout=60)
+        assert storage.read_bytes(path + ".worker") == b"driver+worker"
+    # The fixture's variables are back; the published settings follow them again.
+    storage.share_with_ray()
+
+
+def test_redact():
+    r = storage.redact
+    assert r("s3://AKIAXYZ:s3cr3t@bucket/x") == "s3://***@bucket/x"
+    assert r("see http://user:pw@host:9000/path and s3://bucket/p") == "see http://***@host:9000/path and s3://bucket/p"
+    assert r("AWS_SECRET_ACCESS_KEY=abc/def+ghi next") == "AWS_SECRET_ACCESS_KEY=*** next"
+    cfg = {"data": "s3://k:v@b/d", "epochs": 3, "secret_key": "zzz", "s3_access_key_id": "AKIA",
+           "max_tokens": 5, "nested": [{"password": "hunter2"}], "endpoint": "http://127.0.0.1:9000"}
+    out = r(cfg)
+    assert out == {"data": "s3://***@b/d", "epochs": 3, "secret_key": "***", "s3_access_key_id": "***",
+                   "max_tokens": 5, "nested": [{"password": "***"}], "endpoint": "http://127.0.0.1:9000"}
+    assert cfg["secret_key"] == "zzz", "redact must not modify its input"
+    old = os.environ.get("AWS_SECRET_ACCESS_KEY")
+    os.environ["AWS_SECRET_ACCESS_KEY"] = "live-secret-value"
+    try:
+        assert r({"log": "error with live-secret-value inside"}) == {"log": "error with *** inside"}
+    finally:
+        if old is None:
+            os.environ.pop("AWS_SECRET_ACCESS_KEY")
+        else:
+            os.environ["AWS_SECRET_ACCESS_KEY"] = old
+
+
+def test_saved_config_is_redacted(prefix, s3):
+    import dataclasses
+
+    from dae.jobutil import save_resolved_config
+
+    @dataclasses.dataclass(frozen=True)
+    class Cfg:
+        data: str = "s3://AKIAEXAMPLE:sup3rsecret@bucket/shards"
+        out: str = ""
+
+    p = save_resolved_config(Cfg(out=prefix), prefix, note=f"key {s3.secret_key}")
+    text = storage.read_bytes(p).decode()
+    assert "sup3rsecret" not in text and s3.secret_key not in text and s3.access_key not in text
+    assert json.loads(text)["data"] == "s3://***@bucket/shards"
+
+
+def test_filesystem_repr_has_no_secret(s3):
+    fs, _ = storage.resolve(f"s3://{BUCKET}/x")
+    assert s3.secret_key not in repr(fs) and s3.secret_key not in str(fs)
+
+
+# ---------------------------------------------------------------- Ray Train checkpoints in the bucket
+
+
+def test_train_checkpoint_and_resume_by_name_in_bucket(prefix, ray_session):
+    """A TorchTrainer with storage in the bucket: run 1 reports checkpoints for epochs 0-1 and then
+    dies; run 2 with the same name starts from the epoch-1 checkpoint read back from the bucket."""
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    # Defined here (pickled by value to the worker): resume from the latest checkpoint, if any.
+    def probe_loop(config):
+        import json
+        import os
+        import tempfile
+
+        import ray.train
+
+        start = 0
+        ckpt = ray.train.get_checkpoint()
+        if ckpt:
+            with ckpt.as_directory() as d:
+                with open(os.path.join(d, "state.json")) as fh:
+                    start = json.load(fh)["epoch"] + 1
+        for epoch in range(start, config["epochs"]):
+            if epoch == config["fail_after"] + 1:
+                raise RuntimeError("simulated crash")
+            with tempfile.TemporaryDirectory() as d:
+                with open(os.path.join(d, "state.json"), "w") as fh:
+                    json.dump({"epoch": epoch}, fh)
+                ray.train.report({"epoch": epoch, "started_from": start},
+                                 checkpoint=ray.train.Checkpoint.from_directory(d))
+
+    storage_path, fs = storage.ray_storage(storage.join(prefix, "runs"))
+    assert isinstance(fs, pafs.S3FileSystem) and storage_path.startswith(BUCKET + "/")
+
+    def run(fail_after):
+        return TorchTrainer(
+            probe_loop, train_loop_config={"epochs": 4, "fail_after": fail_after},
+            scaling_config=ScalingConfig(num_workers=1, use_gpu=False, resources_per_worker={"CPU": 1}),
+            run_config=RunConfig(name="probe", storage_path=storage_path, storage_filesystem=fs,
+                                 failure_config=FailureConfig(max_failures=0)),
+        ).fit()
+
+    with pytest.raises(Exception):
+        run(fail_after=1)
+    ckpts = [f for f in storage.list_files(storage.join(prefix, "runs", "probe"), recursive=True)
+             if f.endswith("state.json")]
+    assert len(ckpts) == 2, ckpts
+
+    result = run(fail_after=-1)
+    assert result.metrics["epoch"] == 3
+    assert result.metrics["started_from"] == 2
+    assert result.checkpoint is not None and result.checkpoint.path.startswith(storage_path)
+    with result.checkpoint.as_directory() as d:
+        with open(os.path.join(d, "state.json")) as fh:
+            assert json.load(fh)["epoch"] == 3
