@@ -1,0 +1,393 @@
+"""The inference stage of ``jobs.denoise``: pure batch functions, the model actor, tiling.
+
+Pipeline (one streaming Ray Data pipeline over all pending input files)::
+
+    read_parquet (input file path on every row)
+      -> prepare_batch   decode PNG, channel check/convert, synthetic noise     CPU tasks
+      -> Denoiser        model loaded once per actor, fixed-size forward passes  actor pool (GPU or CPU)
+      -> finish_batch    PNG encode, per-image PSNR/SSIM                         CPU tasks
+      -> driver          rows grouped by input file, one output file per input
+
+Every batch function maps ``dict[str, np.ndarray] -> dict[str, np.ndarray]``. A row that fails at
+any stage is never dropped: it keeps flowing with its reason in ``error`` (``""`` when fine) and the
+stage in ``error_stage``, and the driver writes it to the errors dataset.
+
+Numerics that do not depend on batching. CPU convolutions (oneDNN) pick their algorithm from the
+batch size, so the same image can differ in the last float bit between a batch of 7 and one of 64,
+enough to flip a rounded pixel now and then. The model therefore only ever sees forward batches of
+one fixed size per input shape (``chunk_size``); partial chunks are zero-padded up to it
+(``deterministic=True``). With a fixed batch size, an image's output does not depend on its position or
+its companions (checked bitwise on CPU), so results are the same whatever the actor count, Ray
+batch size or block layout.
+
+Big images are cut into overlapping ``tile`` x ``tile`` pieces, denoised, and blended back with
+weights that ramp linearly over the overlap, so memory is bounded by the tile, not the photo.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import defaultdict
+from contextlib import nullcontext
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from . import metrics as M
+from .noise import NoiseSpec, image_rng
+from .shards import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_png, encode_png, from_float, to_float
+
+ERROR = "error"
+ERROR_STAGE = "error_stage"
+PATH = "path"  # the input file of the row (Ray's include_paths column)
+INPUT = "input"  # the model's input image, float32 (H, W, C) in [0, 1]
+CLEAN = "clean"
+DENOISED = "denoised"
+DEPTH = "depth"  # 8 or 16: bit depth the denoised PNG is written with
+METRIC_COLUMNS = ("psnr_noisy", "psnr_denoised", "ssim_denoised")
+# ITU-R BT.601 luma, the weights Pillow's convert("L") uses: RGB -> gray for --convert-channels.
+LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+# ---------------------------------------------------------------- small helpers
+
+
+def _column(values: Sequence, dtype=object) -> np.ndarray:
+    out = np.empty(len(values), dtype=dtype)
+    out[:] = list(values)
+    return out
+
+
+def _stack_or_ragged(arrays: Sequence[np.ndarray]) -> np.ndarray:
+    """(B, H, W, C) float32 when all shapes agree, else a 1-D object array (Ray turns it into a
+    variable-shaped tensor column)."""
+    if arrays and all(a.shape == arrays[0].shape for a in arrays):
+        return np.stack(arrays)
+    return _column(arrays)
+
+
+def _placeholder(like: Sequence[np.ndarray], channels: int) -> np.ndarray:
+    # A failed row still needs an image cell; take the batch's common shape so the column stays
+    # a fixed-shape tensor (cheaper than a ragged one) when every good image has the same size.
+    shapes = {a.shape for a in like}
+    shape = next(iter(shapes)) if len(shapes) == 1 else (1, 1, channels)
+    return np.zeros(shape, np.float32)
+
+
+def convert_channels(x: np.ndarray, channels: int) -> np.ndarray:
+    """float (H, W, C) -> (H, W, channels): gray -> RGB by replication, RGB -> gray by BT.601 luma."""
+    c = x.shape[2]
+    if c == channels:
+        return x
+    if c == 1 and channels == 3:
+        return np.repeat(x, 3, axis=2)
+    if c == 3 and channels == 1:
+        return (x @ LUMA)[:, :, None].astype(np.float32)
+    raise ValueError(f"cannot convert {c} channels to {channels}")
+
+
+def channel_mismatch_message(image_channels: int, model_channels: int) -> str:
+    return (f"image has {image_channels} channel(s) but the model was trained on {model_channels}; "
+            f"pass --convert-channels to convert (RGB->gray by BT.601 luma, gray->RGB by replication) "
+            f"or use a model trained on {image_channels}-channel images")
+
+
+def quantize(x: np.ndarray, depth: int) -> np.ndarray:
+    """Round a float image to what its PNG will hold (8 or 16 bit), back as float32."""
+    return to_float(from_float(x, np.uint16 if depth == 16 else np.uint8))
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def export_name(image_id: str, suffix: str = ".png") -> str:
+    """A file name from an untrusted id that can never leave its folder: runs of characters other than
+    letters, digits, ``._-`` become ``_``, leading/trailing dots go (no ``..``), the stem is capped at
+    80 characters, and a hash of the full id keeps distinct ids (``a/b`` vs ``a_b``) apart."""
+    raw = str(image_id)
+    stem = _UNSAFE.sub("_", raw).strip("._")[:80] or "image"
+    digest = hashlib.blake2b(raw.encode("utf-8", "surrogatepass"), digest_size=6).hexdigest()
+    return f"{stem}-{digest}{suffix}"
+
+
+# ---------------------------------------------------------------- stage 1: prepare (CPU)
+
+
+def prepare_batch(batch: dict, model_channels: int, noise: str | None = None, seed: int = 0,
+                  convert: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
+    """Shard rows -> rows with ``input`` (float32 (H, W, C), what the model sees), ``depth`` and, with
+    ``noise``, ``clean`` (the reference for metrics). Bad rows get ``error``/``error_stage``.
+
+    With noise, the noisy image is rounded to its PNG bit depth before the model sees it, so the
+    ``noisy`` PNG written later is exactly the model's input and metrics recompute from the files.
+    """
+    spec = NoiseSpec.parse(noise) if noise else None
+    ids = batch["id"]
+    n = len(ids)
+    errors, stages = [""] * n, [""] * n
+    depth = np.full(n, 8, np.int8)
+    inputs: list[np.ndarray | None] = [None] * n
+    cleans: list[np.ndarray | None] = [None] * n
+    for i in range(n):
+        try:
+            a = decode_png(batch["image"][i], max_pixels)
+        except ImageDecodeError as e:
+            errors[i], stages[i] = str(e), "decode"
+            continue
+        # 16-bit survives only for gray output; Pillow writes no 16-bit RGB PNG.
+        depth[i] = 16 if a.dtype == np.uint16 and model_channels == 1 else 8
+        x = to_float(a)
+        if x.shape[2] != model_channels:
+            if not convert:
+                errors[i], stages[i] = channel_mismatch_message(x.shape[2], model_channels), "channels"
+                continue
+            x = quantize(convert_channels(x, model_channels), int(depth[i]))
+        if spec is not None:
+            cleans[i] = x
+            x = quantize(spec.apply(x, image_rng(seed, str(ids[i]))), int(depth[i]))
+        inputs[i] = x
+    good = [x for x in inputs if x is not None]
+    hole = _placeholder(good, model_channels)
+    out = {k: v for k, v in batch.items() if k != INPUT}
+    out[INPUT] = _stack_or_ragged([hole if x is None else x for x in inputs])
+    if spec is not None:
+        out[CLEAN] = _stack_or_ragged([hole if x is None else x for x in cleans])
+    out[DEPTH] = depth
+    out[ERROR] = _column(errors)
+    out[ERROR_STAGE] = _column(stages)
+    return out
+
+
+# ---------------------------------------------------------------- stage 2: the model (actor)
+
+
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets of tiles of size ``tile`` covering [0, length) with at least ``overlap`` shared
+    pixels between neighbours; the last tile is flush with the end."""
+    if length <= tile:
+        return [0]
+    stride = tile - overlap
+    starts = list(range(0, length - tile, stride))
+    return starts + [length - tile]
+
+
+def ramp(n: int, overlap: int) -> np.ndarray:
+    """1-D blend weights: linear from 1/(overlap+1) up to 1 over ``overlap`` pixels at both ends.
+    Never 0, so a pixel covered by a single tile (image borders) keeps that tile's value exactly."""
+    i = np.arange(n, dtype=np.float32)
+    return np.minimum(1.0, np.minimum(i + 1, n - i) / np.float32(overlap + 1)).astype(np.float32)
+
+
+def chunk_size(h: int, w: int, forward_batch: int, forward_pixels: int) -> int:
+    """Images per forward pass for pieces of h x w: ``forward_batch``, fewer for big pieces so one
+    pass holds at most ~``forward_pixels`` pixels. A function of the shape only (determinism)."""
+    return max(1, min(forward_batch, forward_pixels // max(1, h * w)))
+
+
+def denoise_images(model: torch.nn.Module, images: Sequence[np.ndarray], device: str | torch.device = "cpu",
+                   tile: int = 512, overlap: int = 32, forward_batch: int = 64,
+                   forward_pixels: int = 4 * 1024 * 1024, deterministic: bool = True,
+                   bf16: bool = True) -> list[np.ndarray]:
+    """Denoise float32 (H, W, C) images of any sizes; returns float32 (H, W, C) arrays.
+
+    Every image becomes pieces: itself when it fits in ``tile`` x ``tile``, else overlapping tiles.
+    Pieces are pooled by shape across the images (the tiles of several photos share one pass) and
+    run ``chunk_size`` at a time, zero-padded up to it when ``deterministic``.
+    """
+    if overlap < 0 or overlap >= tile:
+        raise ValueError(f"tile overlap must be in [0, tile={tile}), got {overlap}")
+    device = torch.device(device)
+    amp = (torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and device.type == "cuda"
+           else nullcontext())  # bf16 on GPU only: CPU bf16 is slow and changes numerics
+    results: list[np.ndarray | None] = [None] * len(images)
+    acc: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # tiled image -> (weighted sum, weight sum)
+    groups: dict[tuple[int, int], list[tuple[int, int, int]]] = defaultdict(list)  # (h, w) -> [(image, y, x)]
+    for idx, img in enumerate(images):
+        h, w = img.shape[:2]
+        if h <= tile and w <= tile:
+            groups[(h, w)].append((idx, -1, -1))
+            continue
+        th, tw = min(tile, h), min(tile, w)
+        acc[idx] = (np.zeros(img.shape, np.float32), np.zeros((h, w, 1), np.float32))
+        for y in tile_starts(h, th, overlap):
+            for x in tile_starts(w, tw, overlap):
+                groups[(th, tw)].append((idx, y, x))
+    weights = {}
+    for (h, w), pieces in sorted(groups.items()):
+        n = chunk_size(h, w, forward_batch, forward_pixels)
+        c = images[pieces[0][0]].shape[2]
+        for start in range(0, len(pieces), n):
+            chunk = pieces[start:start + n]
+            # (N, H, W, C) numpy -> (N, C, H, W) tensor; padded rows stay zero.
+            x = np.zeros((n if deterministic else len(chunk), h, w, c), np.float32)
+            for j, (idx, y0, x0) in enumerate(chunk):
+                x[j] = images[idx] if y0 < 0 else images[idx][y0:y0 + h, x0:x0 + w]
+            t = torch.from_numpy(x).permute(0, 3, 1, 2).to(device)
+            with torch.inference_mode(), amp:
+                out = model(t)
+            out = out.float().permute(0, 2, 3, 1).cpu().numpy()  # (N, H, W, C)
+            for j, (idx, y0, x0) in enumerate(chunk):
+                if y0 < 0:
+                    results[idx] = np.ascontiguousarray(out[j])
+                    continue
+                if (h, w) not in weights:
+                    weights[(h, w)] = np.outer(ramp(h, overlap), ramp(w, overlap))[:, :, None]
+                wsum_img, wsum = acc[idx]
+                wgt = weights[(h, w)]
+                wsum_img[y0:y0 + h, x0:x0 + w] += out[j] * wgt
+                wsum[y0:y0 + h, x0:x0 + w] += wgt
+    for idx, (num, den) in acc.items():
+        results[idx] = num / den
+    return results  # type: ignore[return-value]
+
+
+def pick_device(device: str = "auto") -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' requested but this worker has no CUDA GPU (use --device cpu or auto)")
+    return device
+
+
+class Denoiser:
+    """Ray Data actor: loads the model once, then maps batches ``input`` -> ``denoised``.
+
+    A failing forward pass (e.g. out of memory on one odd image) is retried image by image so only the
+    images that really fail become error rows.
+    """
+
+    def __init__(self, model_dir: str, device: str = "auto", tile: int = 512, overlap: int = 32,
+                 forward_batch: int = 64, forward_pixels: int = 4 * 1024 * 1024, deterministic: bool = True,
+                 bf16: bool = True, torch_threads: int = 0, keep_input: bool = False):
+        from .checkpoint import load_model
+
+        if torch_threads > 0:
+            # Fixed thread count: results (and speed) must not depend on how Ray sized OMP for this actor.
+            torch.set_num_threads(torch_threads)
+        self.device = pick_device(device)
+        self.model, self.config = load_model(model_dir, self.device)
+        self.channels = int(self.config["channels"])
+        self.kw = dict(tile=tile, overlap=overlap, forward_batch=forward_batch, forward_pixels=forward_pixels,
+                       deterministic=deterministic, bf16=bf16)
+        self.keep_input = keep_input
+
+    def run(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        return denoise_images(self.model, images, self.device, **self.kw)
+
+    def __call__(self, batch: dict) -> dict:
+        errors = list(batch[ERROR])
+        stages = list(batch[ERROR_STAGE])
+        inputs = list(batch[INPUT])
+        good = [i for i, e in enumerate(errors) if not e]
+        outs: dict[int, np.ndarray] = {}
+        try:
+            outs = dict(zip(good, self.run([inputs[i] for i in good])))
+        except Exception:
+            if self.device == "cuda":
+                torch.cuda.empty_cache()
+            for i in good:  # one by one: fail only the culprits
+                try:
+                    outs[i] = self.run([inputs[i]])[0]
+                except Exception as e:
+                    errors[i], stages[i] = f"{type(e).__name__}: {e}"[:2000], "infer"
+        hole = _placeholder(list(outs.values()), self.channels)
+        out = {k: v for k, v in batch.items() if k != INPUT or self.keep_input}
+        out[DENOISED] = _stack_or_ragged([outs.get(i, hole) for i in range(len(errors))])
+        out[ERROR] = _column(errors)
+        out[ERROR_STAGE] = _column(stages)
+        return out
+
+
+# ---------------------------------------------------------------- stage 3: encode + metrics (CPU)
+
+
+def finish_batch(batch: dict, with_noise: bool = False) -> dict:
+    """Denoised (and noisy) images -> PNG bytes; with noise, per-image metrics against ``clean``:
+    ``psnr_noisy`` (noisy vs clean), ``psnr_denoised`` and ``ssim_denoised`` (the denoised image as
+    stored, i.e. after rounding to its PNG bit depth, vs clean). Image columns are dropped."""
+    errors = list(batch[ERROR])
+    stages = list(batch[ERROR_STAGE])
+    n = len(errors)
+    den_png, noisy_png = [b""] * n, [b""] * n
+    stored: dict[int, np.ndarray] = {}
+    for i in range(n):
+        if errors[i]:
+            continue
+        try:
+            dtype = np.uint16 if int(batch[DEPTH][i]) == 16 else np.uint8
+            q = from_float(batch[DENOISED][i], dtype)
+            den_png[i] = encode_png(q)
+            if with_noise:
+                noisy_png[i] = encode_png(from_float(batch[INPUT][i], dtype))
+                stored[i] = to_float(q)
+        except Exception as e:
+            errors[i], stages[i] = f"{type(e).__name__}: {e}", "encode"
+    drop = {INPUT, CLEAN, DENOISED, DEPTH}
+    out = {k: v for k, v in batch.items() if k not in drop}
+    out[DENOISED] = _column(den_png)
+    if with_noise:
+        out["noisy"] = _column(noisy_png)
+        vals = {k: np.full(n, np.nan) for k in METRIC_COLUMNS}
+        by_shape: dict[tuple, list[int]] = defaultdict(list)
+        for i in stored:
+            if not errors[i]:
+                by_shape[stored[i].shape].append(i)
+        for shape, idx in by_shape.items():
+            # one (N, H, W, C) call per shape; metrics are per image either way
+            clean = np.stack([batch[CLEAN][i] for i in idx])
+            noisy = np.stack([batch[INPUT][i] for i in idx])
+            den = np.stack([stored[i] for i in idx])
+            vals["psnr_noisy"][idx] = M.psnr(noisy, clean).numpy()
+            vals["psnr_denoised"][idx] = M.psnr(den, clean).numpy()
+            if min(shape[:2]) >= 3:  # SSIM needs a 3x3 window; smaller images keep NaN
+                vals["ssim_denoised"][idx] = M.ssim(den, clean).numpy()
+        out.update(vals)
+    out[ERROR] = _column(errors)
+    out[ERROR_STAGE] = _column(stages)
+    return out
+
+
+# ---------------------------------------------------------------- sizing the actor pool
+
+
+def plan_actors(cpus: float, gpus: float, device: str = "auto", min_actors: int = 1, max_actors: int = 0,
+                cpus_per_actor: float = 1.0, gpus_per_actor: float = 1.0) -> dict:
+    """Actor pool bounds and per-actor resources that fit the cluster.
+
+    The read, prepare and finish stages are Ray tasks that need CPUs too: a pool holding every CPU
+    starves them and the pipeline hangs without an error (2 one-CPU actors on 2 CPUs never finish).
+    So at least one CPU (half the cluster on a 1-CPU machine) stays free for them, and requests above
+    what fits are lowered, with a note saying so.
+    """
+    notes = []
+    if device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"invalid device {device!r}; valid: auto, cpu, cuda")
+    if device == "cuda" and gpus <= 0:
+        raise ValueError("--device cuda but the Ray cluster has no GPU; valid here: auto, cpu")
+    use_gpu = device == "cuda" or (device == "auto" and gpus > 0)
+    if cpus <= 0:
+        raise ValueError("the Ray cluster reports no CPUs")
+    reserve = 1.0 if cpus >= 2 else cpus / 2
+    actor_cpus = float(cpus_per_actor)
+    if actor_cpus > cpus - reserve:
+        notes.append(f"cpus_per_actor {actor_cpus:g} lowered to {cpus - reserve:g} to leave {reserve:g} CPU "
+                     f"for reads on a {cpus:g}-CPU cluster")
+        actor_cpus = cpus - reserve
+    cap = max(1, int((cpus - reserve) / actor_cpus + 1e-9))
+    actor_gpus = 0.0
+    if use_gpu:
+        actor_gpus = float(gpus_per_actor)
+        if actor_gpus <= 0 or actor_gpus > gpus:
+            raise ValueError(f"gpus_per_actor must be in (0, {gpus:g}] on this cluster, got {gpus_per_actor:g}")
+        cap = min(cap, max(1, int(gpus / actor_gpus + 1e-9)))
+    hi = cap if max_actors <= 0 else min(max_actors, cap)
+    if max_actors > cap:
+        notes.append(f"max_actors {max_actors} lowered to {cap}: more would not fit the cluster "
+                     f"({cpus:g} CPU, {gpus:g} GPU) next to the read tasks")
+    lo = min(max(1, min_actors), hi)
+    if min_actors > hi:
+        notes.append(f"min_actors {min_actors} lowered to {hi}")
+    return {"min_actors": lo, "max_actors": hi, "actor_cpus": actor_cpus, "actor_gpus": actor_gpus,
+            "device": "cuda" if use_gpu else "cpu", "notes": notes}
