@@ -90,13 +90,17 @@ def check_config(cfg: PrepareConfig) -> None:
         raise ValueError(f"--test-fraction must be in [0, 1], got {cfg.test_fraction}")
 
 
-def clear_outputs(out: str, overwrite: bool) -> None:
-    """Refuse to mix a new run's shards with an old run's (a smaller run would leave stale
-    part files behind); with --overwrite, delete the old split folders and side files."""
+def check_outputs(out: str, overwrite: bool) -> None:
+    """Refuse to mix a new run's shards with an old run's (a smaller run would leave stale part
+    files behind) unless --overwrite."""
     old = [s for s in ("train", "test") if shards.list_shards(out, s)]
     if old and not overwrite:
         raise FileExistsError(f"{out} already has shards in {', '.join(old)}; pass --overwrite to replace them")
-    for name in ("train", "test", "errors.jsonl", "classes.json", "preview.png"):
+
+
+def clear_outputs(out: str) -> None:
+    """Delete an earlier run's split folders and side files (only called with --overwrite)."""
+    for name in ("train", "test", "errors.jsonl", "classes.json", "preview.png", "summary.json"):
         storage.delete(storage.join(out, name))
 
 
@@ -137,8 +141,10 @@ def main(args: argparse.Namespace) -> dict:
     cfg = resolve_config(PrepareConfig, args)
     check_config(cfg)
     start = time.perf_counter()
-    clear_outputs(cfg.out, cfg.overwrite)
-    prepared = open_source(cfg)
+    check_outputs(cfg.out, cfg.overwrite)
+    prepared = open_source(cfg)  # validates the input before anything old is deleted
+    if cfg.overwrite:
+        clear_outputs(cfg.out)
     log.info("prepare: %s from %s -> %s", prepared.dataset, prepared.source, cfg.out)
 
     splits, seen = {}, set()

@@ -1,7 +1,6 @@
 """Per-source readers on small files in exactly the real formats, plus the bundled offline data."""
 
 import gzip
-import io
 import os
 import struct
 
@@ -241,23 +240,27 @@ def make_image_folder(root) -> dict:
     """Images of every supported format and mode; returns {relative path: expected array}."""
     expected = {}
 
-    def save(rel, arr, fmt, mode=None, **kw):
+    def save(rel, arr, fmt=None, **kw):
         p = os.path.join(root, rel)
         os.makedirs(os.path.dirname(p), exist_ok=True)
-        Image.fromarray(arr, mode=mode).save(p, format=fmt, **kw) if mode else Image.fromarray(arr).save(p, format=fmt, **kw)
+        Image.fromarray(arr).save(p, format=fmt, **kw)
 
     g = RNG.integers(0, 256, (10, 12), dtype=np.uint8)
-    save("cats/gray.png", g, "PNG"); expected["cats/gray.png"] = g[:, :, None]
+    save("cats/gray.png", g, "PNG")
+    expected["cats/gray.png"] = g[:, :, None]
     rgb = RNG.integers(0, 256, (9, 11, 3), dtype=np.uint8)
-    save("cats/rgb.tiff", rgb, "TIFF"); expected["cats/rgb.tiff"] = rgb
+    save("cats/rgb.tiff", rgb, "TIFF")
+    expected["cats/rgb.tiff"] = rgb
     rgba = RNG.integers(0, 256, (8, 8, 4), dtype=np.uint8)
-    save("dogs/rgba.png", rgba, "PNG"); expected["dogs/rgba.png"] = rgba[:, :, :3]
+    save("dogs/rgba.png", rgba, "PNG")
+    expected["dogs/rgba.png"] = rgba[:, :, :3]
     g16 = RNG.integers(0, 65536, (7, 6), dtype=np.uint16)
-    Image.fromarray(g16).save(os.path.join(root, "dogs", "g16.png")); expected["dogs/g16.png"] = g16[:, :, None]
-    save("dogs/rgb.bmp", rgb[:5, :6], "BMP"); expected["dogs/rgb.bmp"] = rgb[:5, :6]
+    save("dogs/g16.png", g16, "PNG")
+    expected["dogs/g16.png"] = g16[:, :, None]
+    save("dogs/rgb.bmp", rgb[:5, :6], "BMP")
+    expected["dogs/rgb.bmp"] = rgb[:5, :6]
     g16t = RNG.integers(0, 65536, (4, 5), dtype=np.uint16)
-    Image.fromarray(g16t).save(os.path.join(root, "birds", "sub", "g16.tif")) if os.makedirs(
-        os.path.join(root, "birds", "sub"), exist_ok=True) is None else None
+    save("birds/sub/g16.tif", g16t, "TIFF")
     expected["birds/sub/g16.tif"] = g16t[:, :, None]
     smooth = np.tile(np.arange(0, 256, 8, dtype=np.uint8), (16, 1))
     save("birds/photo.JPG", np.stack([smooth] * 3, axis=2), "JPEG", quality=95)

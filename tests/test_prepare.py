@@ -1,0 +1,191 @@
+"""The prepare job end to end: every source to shards, metadata, side files, deterministic output."""
+
+import hashlib
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dae import shards
+from dae.sources import cifar, is_test
+from jobs import demo, prepare
+from test_sources import make_image_folder, small_idx, write_cifar_dir, write_idx_dir, write_svhn_mat
+
+
+def run(*argv):
+    return prepare.main(prepare.get_args_parser().parse_args([str(a) for a in argv]))
+
+
+def rows_of(root, split):
+    return list(shards.iter_rows(shards.list_shards(str(root), split)))
+
+
+def file_digests(root) -> dict[str, str]:
+    """{relative path: sha256} of every shard file under root."""
+    out = {}
+    for dirpath, _, names in os.walk(root):
+        for n in names:
+            if n.endswith(".parquet"):
+                p = os.path.join(dirpath, n)
+                out[os.path.relpath(p, root)] = hashlib.sha256(open(p, "rb").read()).hexdigest()
+    return out
+
+
+def test_idx_job_writes_shards_metadata_and_summary(tmp_path, capsys):
+    tr, trl, te, tel = small_idx(n_train=9, n_test=4)
+    write_idx_dir(tmp_path / "in", tr, trl, te, tel, gz=True)
+    out = tmp_path / "out"
+    summary = run("--source", "idx", "--input", tmp_path / "in", "--name", "mnist", "--out", out,
+                  "--rows-per-shard", 4, "--preview", 6)
+    assert summary["splits"] == {"train": {"images": 9, "files": 3}, "test": {"images": 4, "files": 1}}
+    files = shards.list_shards(str(out), "train")
+    assert [os.path.basename(f) for f in files] == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
+    md = shards.shard_metadata(files[0])
+    assert md["dae.dataset"] == "mnist" and md["dae.source"].startswith("idx:")
+    rows = rows_of(out, "train")
+    assert [r["id"] for r in rows] == [f"mnist/train/{i:06d}" for i in range(9)]
+    assert [r["label"] for r in rows] == trl.tolist() and {r["split"] for r in rows} == {"train"}
+    np.testing.assert_array_equal(shards.decode_png(rows[5]["image"])[:, :, 0], tr[5])
+    assert (out / "preview.png").exists() and (out / "summary.json").exists()
+    assert json.loads((out / "config.resolved.json").read_text())["source"] == "idx"
+    printed = capsys.readouterr().out
+    assert "train        9 images in 3 shard file(s)" in printed and "images/s" in printed
+
+
+def test_limit_and_existing_output(tmp_path):
+    tr, trl, te, tel = small_idx(n_train=9, n_test=4)
+    write_idx_dir(tmp_path / "in", tr, trl, te, tel, gz=False)
+    out = tmp_path / "out"
+    run("--source", "idx", "--input", tmp_path / "in", "--out", out, "--limit", 3)
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        run("--source", "idx", "--input", tmp_path / "in", "--out", out)
+    run("--source", "idx", "--input", tmp_path / "in", "--out", out, "--limit", 2, "--overwrite",
+        "--rows-per-shard", 1)
+    assert len(rows_of(out, "train")) == 2 and len(shards.list_shards(str(out), "train")) == 2
+
+
+def test_svhn_and_cifar_jobs_roundtrip_pixels(tmp_path):
+    rng = np.random.default_rng(5)
+    imgs = {s: rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8) for s, n in (("train", 5), ("test", 3))}
+    digits = {"train": np.array([0, 3, 9, 0, 1]), "test": np.array([2, 0, 4])}
+    (tmp_path / "svhn").mkdir()
+    for s in imgs:
+        write_svhn_mat(tmp_path / "svhn" / f"{s}_32x32.mat", imgs[s], digits[s])
+    run("--source", "svhn", "--input", tmp_path / "svhn", "--out", tmp_path / "svhn_out")
+    for s in imgs:
+        rows = rows_of(tmp_path / "svhn_out", s)
+        np.testing.assert_array_equal(np.stack([shards.decode_png(r["image"]) for r in rows]), imgs[s])
+        assert [r["label"] for r in rows] == digits[s].tolist()
+
+    truth = write_cifar_dir(tmp_path / "cifar")
+    summary = run("--source", "cifar10", "--input", tmp_path / "cifar", "--out", tmp_path / "cifar_out",
+                  "--limit", 10)
+    assert summary["splits"]["train"]["images"] == 10 and summary["splits"]["test"]["images"] == 4
+    rows = rows_of(tmp_path / "cifar_out", "train")
+    np.testing.assert_array_equal(np.stack([shards.decode_png(r["image"]) for r in rows]), truth["train"][0][:10])
+    assert [r["label"] for r in rows] == truth["train"][1][:10].tolist()
+    classes = json.loads((tmp_path / "cifar_out" / "classes.json").read_text())
+    assert classes["classes"] == cifar.CLASSES and classes["class_to_label"]["truck"] == 9
+
+
+def test_folder_job_in_process(tmp_path, capsys):
+    expected = make_image_folder(tmp_path / "imgs")
+    (tmp_path / "imgs" / "cats" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"\x00" * 50)
+    out = tmp_path / "out"
+    summary = run("--source", "folder", "--input", tmp_path / "imgs", "--out", out, "--labels-from-subdirs",
+                  "--test-fraction", 0.3)
+    rows = rows_of(out, "train") + rows_of(out, "test")
+    assert sorted(r["id"] for r in rows) == sorted(expected)
+    for r in rows:
+        assert is_test(r["id"], 0.3) == (r["split"] == "test")
+        assert r["label"] == ["birds", "cats", "dogs"].index(r["id"].split("/")[0])
+        want = expected[r["id"]]
+        if want is not None:
+            np.testing.assert_array_equal(shards.decode_png(r["image"]), want)
+    assert json.loads((out / "classes.json").read_text())["classes"] == ["birds", "cats", "dogs"]
+    errors = [json.loads(line) for line in (out / "errors.jsonl").read_text().splitlines()]
+    assert [e["path"] for e in errors] == ["cats/corrupt.jpg"] and errors[0]["reason"]
+    assert summary["errors"] == 1 and summary["stats"]["alpha_dropped"] == 1
+    printed = capsys.readouterr().out
+    assert "1 unreadable file(s)" in printed and "alpha channel dropped from 1 image(s)" in printed
+
+
+def test_folder_job_with_ray_data_matches_in_process(tmp_path, ray_session):
+    src = tmp_path / "imgs"
+    make_image_folder(src)
+    for i in range(30):  # enough files for several Ray Data blocks
+        os.makedirs(src / "cats", exist_ok=True)
+        Image.fromarray(np.full((5, 6, 3), i * 8, np.uint8)).save(src / "cats" / f"c{i:02d}.png")
+    (src / "dogs" / "broken.bmp").write_bytes(b"BM" + b"\x01" * 40)
+    common = ["--source", "folder", "--input", src, "--labels-from-subdirs", "--rows-per-shard", 7]
+    serial = run(*common, "--out", tmp_path / "serial")
+    parallel = run(*common, "--out", tmp_path / "ray", "--parallel-min-files", 0, "--files-per-task", 4)
+    assert serial["splits"] == parallel["splits"] and parallel["images"] == 37
+    assert file_digests(tmp_path / "serial") == file_digests(tmp_path / "ray")  # same names, same bytes
+    assert (tmp_path / "ray" / "errors.jsonl").read_text() == (tmp_path / "serial" / "errors.jsonl").read_text()
+    assert "broken.bmp" in (tmp_path / "ray" / "errors.jsonl").read_text()
+
+
+@pytest.mark.parametrize("source", ["mnist5k", "sklearn-digits", "photos"])
+def test_offline_sources_rerun_identical(tmp_path, source):
+    argv = ["--source", source, "--limit", 40, "--rows-per-shard", 16]
+    a = run(*argv, "--out", tmp_path / "a")
+    b = run(*argv, "--out", tmp_path / "a2")
+    run(*argv, "--out", tmp_path / "a", "--overwrite")
+    digests = file_digests(tmp_path / "a")
+    assert digests and digests == file_digests(tmp_path / "a2")
+    assert sorted(digests) == ["test/part-00000.parquet", "test/part-00001.parquet", "test/part-00002.parquet",
+                               "train/part-00000.parquet", "train/part-00001.parquet", "train/part-00002.parquet"]
+    assert a["splits"] == b["splits"]
+    ids = [r["id"] for s in ("train", "test") for r in rows_of(tmp_path / "a", s)]
+    assert len(ids) == len(set(ids)) == 80 and all(i.startswith(f"{source}/") for i in ids)
+
+
+def test_photos_gray_patches_job(tmp_path):
+    summary = run("--source", "photos", "--photos", "camera,coffee", "--color", "gray", "--patch-size", 100,
+                  "--out", tmp_path / "o", "--test-fraction", 0.5)
+    rows = rows_of(tmp_path / "o", "train") + rows_of(tmp_path / "o", "test")
+    assert {(r["height"], r["width"], r["channels"]) for r in rows} == {(100, 100, 1)}
+    assert summary["images"] == 25 + 4 * 6  # camera 512x512 -> 5x5, coffee 400x600 -> 4x6
+
+
+def test_torchvision_job_offline(tmp_path):
+    tr, trl, te, tel = small_idx(n_train=6, n_test=2)
+    write_idx_dir(tmp_path / "tv" / "MNIST" / "raw", tr, trl, te, tel, gz=False)
+    run("--source", "torchvision", "--tv-name", "MNIST", "--input", tmp_path / "tv", "--out", tmp_path / "o")
+    rows = rows_of(tmp_path / "o", "train")
+    np.testing.assert_array_equal(np.stack([shards.decode_png(r["image"])[:, :, 0] for r in rows]), tr)
+    assert shards.shard_metadata(shards.list_shards(str(tmp_path / "o"), "test")[0])["dae.dataset"] == "mnist"
+
+
+def test_fashion_mnist_job(tmp_path):
+    from dae.sources import offline
+
+    if not os.path.isdir(offline.FASHION_MNIST_DIR):
+        pytest.skip(f"{offline.FASHION_MNIST_DIR} missing: Debian package dataset-fashion-mnist not installed")
+    summary = run("--source", "fashion-mnist", "--limit", 20, "--out", tmp_path / "o")
+    assert summary["splits"]["train"]["images"] == 20
+    assert json.loads((tmp_path / "o" / "classes.json").read_text())["classes"][9] == "Ankle boot"
+
+
+def test_bad_arguments_list_valid_choices(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        prepare.get_args_parser().parse_args(["--source", "imagenet", "--out", "x"])
+    assert "choose from 'idx', 'svhn', 'cifar10', 'folder'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="--out is required"):
+        run("--source", "mnist5k")
+    with pytest.raises(ValueError, match="invalid source ''; valid: idx, svhn"):
+        run("--out", tmp_path)
+    with pytest.raises(ValueError, match="needs --input"):
+        run("--source", "svhn", "--out", tmp_path / "o")
+
+
+def test_demo_writes_shards_and_noisy_grid(tmp_path, capsys):
+    result = demo.main(demo.get_args_parser().parse_args(["--out", str(tmp_path / "d"), "--limit", "20",
+                                                          "--num-images", "5"]))
+    grid = Image.open(result["noisy_grid"])
+    assert grid.size[1] > 3 * 28  # three rows of scaled-up digits
+    assert len(rows_of(result["data"], "test")) == 20
+    assert "noisy_grid.png" in capsys.readouterr().out
