@@ -1,0 +1,43 @@
+"""Train a denoising autoencoder, data-parallel on Ray Train.
+
+    python -m jobs.train --data /tmp/dae-fashion-shards --model conv28k --noise gaussian:0.5 \
+        --epochs 10 --batch-size 128 --workers 2 --storage runs --run-name fashion-conv28k
+    python -m jobs.train --config train-fashion --workers 2          # a preset from jobs/presets/
+    ray job submit --working-dir . -- python -m jobs.train --config train-fashion --storage s3://bucket/runs
+
+Every field of :class:`dae.train.TrainConfig` is a flag (``--model-kwargs '{width: 32}'``); values
+come from defaults <- ``--config`` preset <- flags. ``--batch-size`` is the GLOBAL batch. Rerunning
+with the same ``--run-name`` and ``--storage`` resumes that run from its latest checkpoint (give a
+larger ``--epochs`` to train further).
+
+Outputs, in ``--out`` (default: the run directory STORAGE/RUN_NAME, next to Ray Train's
+checkpoints): best_model/ (load with dae.checkpoint.load_model), metrics.jsonl, curves.png,
+samples.png, config.resolved.json, summary.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from dae.config import add_config_args, resolve_config
+from dae.jobutil import setup_logging
+from dae.train import TrainConfig, format_summary, run
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_args(parser, TrainConfig)
+    return parser
+
+
+def main(args: argparse.Namespace) -> dict:
+    """Returns the run summary: out, best_model, best_epoch, best, last, history, ..."""
+    setup_logging()
+    cfg = resolve_config(TrainConfig, args)
+    summary = run(cfg)
+    print(format_summary(summary), flush=True)
+    return summary
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())
