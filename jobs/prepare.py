@@ -166,7 +166,7 @@ def main(args: argparse.Namespace) -> dict:
     total = sum(s["images"] for s in splits.values())
     summary = {"dataset": prepared.dataset, "source": prepared.source, "out": cfg.out, "splits": splits,
                "images": total, "errors": len(prepared.errors or []), "stats": prepared.stats,
-               "seconds": round(seconds, 3), "files": extra_files}
+               "seconds": round(seconds, 3), "side_files": extra_files}
     save_resolved_config(cfg, cfg.out)
     storage.write_json(storage.join(cfg.out, "summary.json"), summary)
 

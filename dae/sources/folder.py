@@ -161,6 +161,9 @@ def _records(items: list[dict], labels: dict[str, int] | None, prepared: Prepare
                 prepared.stats["alpha_dropped"] += 1
             enc = Encoded(bytes(b["png"][k]), int(b["height"][k]), int(b["width"][k]), int(b["channels"][k]))
             yield rid, enc, (labels[class_of(rid)] if labels is not None else None)
+    left = next(expected, None)
+    if left is not None:
+        raise RuntimeError(f"folder: the reader returned no row for {left['id']!r} (and maybe others)")
 
 
 def prepare(input_dir: str, dataset: str | None = None, labels_from_subdirs: bool = False,
