@@ -398,6 +398,12 @@ def train_loop(loop_cfg: dict) -> None:
         train_s = time.perf_counter() - t0
         loss_total, seen_total, data_s = reduce_sums([float(loss_sum), float(n_seen), t_data])
         t1 = time.perf_counter()
+        if world > 1:
+            # BatchNorm running stats drift per rank after the last step (DDP broadcasts rank 0's
+            # buffers only at the start of each forward): validate every rank with rank 0's, the
+            # ones the checkpoint holds.
+            for buf in raw_model.buffers():
+                torch.distributed.broadcast(buf, 0)
         ps, ss = val_metrics(raw_model)
         ps, ss = reduce_sums([ps, ss])
         val_s = time.perf_counter() - t1
