@@ -44,7 +44,7 @@ class PrepareConfig:
     out: str = field(default="", metadata={"help": "output root (local path or s3:// URI)"})
     input: str = field(default="", metadata={"help": "input directory / root (idx, svhn, cifar10, folder, "
                                                      "torchvision; fashion-mnist: override the Debian path)"})
-    name: str = field(default="", metadata={"help": "dataset name for ids and metadata (default: per source)"})
+    name: str = field(default="", metadata={"help": "dataset name for ids and metadata; empty: the source's own name"})
     rows_per_shard: int = field(default=10_000, metadata={"help": "images per Parquet file"})
     limit: Optional[int] = field(default=None, metadata={"help": "at most this many images per split"})
     test_fraction: float = field(default=0.1, metadata={
@@ -61,7 +61,7 @@ class PrepareConfig:
     download: bool = field(default=False, metadata={"help": "torchvision: download into --input (needs internet)"})
     # photos
     photos: str = field(default="", metadata={
-        "help": f"photos: comma list (default: {','.join(offline_sources.DEFAULT_PHOTOS)})"})
+        "help": f"photos: comma list; empty: {','.join(offline_sources.DEFAULT_PHOTOS)}"})
     patch_size: int = field(default=32, metadata={"help": "photos: patch side in pixels"})
     color: str = field(default="rgb", metadata={"help": "photos: patch colors", "choices": list(offline_sources.COLORS)})
     patch_mode: str = field(default="grid", metadata={"help": "photos: how patches are cut",

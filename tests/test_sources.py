@@ -444,3 +444,12 @@ def test_fashion_mnist_from_debian_package():
 def test_fashion_mnist_missing_names_debian_package(tmp_path):
     with pytest.raises(SourceError, match="dataset-fashion-mnist"):
         offline.fashion_mnist(str(tmp_path / "absent"))
+
+
+def test_folder_lists_underscore_files_and_ignores_hidden(tmp_path):
+    Image.fromarray(np.zeros((2, 2), np.uint8)).save(tmp_path / "_under.png")
+    Image.fromarray(np.zeros((2, 2), np.uint8)).save(tmp_path / ".hidden.png")
+    (tmp_path / "x").mkdir()
+    Image.fromarray(np.zeros((2, 2), np.uint8)).save(tmp_path / "x" / "a.PNG")
+    images, other = folder.list_images(str(tmp_path))
+    assert images == ["_under.png", "x/a.PNG"] and other == [".hidden.png"]

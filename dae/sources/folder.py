@@ -88,16 +88,25 @@ def decode_files_batch(batch: dict) -> dict:
 
 
 def list_images(input_dir: str) -> tuple[list[str], list[str]]:
-    """(sorted relative paths of image files, relative paths of other files) under ``input_dir``.
-    Relative paths use "/" on every OS, so ids do not depend on the machine."""
-    base = str(input_dir).rstrip("/") or "/"
-    if not storage.is_dir(base):
+    """(sorted relative paths of image files, relative paths of all other files) under
+    ``input_dir``, recursively. Relative paths use "/" on every OS, so ids do not depend on the
+    machine. Hidden files (".DS_Store", "._x.jpg") count as other files: listed, never read."""
+    import posixpath
+
+    import pyarrow.fs as pafs
+
+    if not storage.is_dir(input_dir):
         raise SourceError(f"--input {input_dir} is not a directory")
+    fs, base = storage.resolve(input_dir)
+    infos = fs.get_file_info(pafs.FileSelector(base, recursive=True))
     images, other = [], []
-    for full in storage.list_files(base, recursive=True):
-        rel = full[len(storage.join(base, "")):] if full.startswith(storage.join(base, "")) else full
-        rel = rel.replace(os.sep, "/")
-        (images if rel.lower().endswith(EXTENSIONS) else other).append(rel)
+    for info in infos:
+        if info.type != pafs.FileType.File:
+            continue
+        rel = posixpath.relpath(info.path.replace(os.sep, "/"), base.replace(os.sep, "/"))
+        name = posixpath.basename(rel)
+        ok = rel.lower().endswith(EXTENSIONS) and not name.startswith(".")
+        (images if ok else other).append(rel)
     return sorted(images), sorted(other)
 
 
@@ -151,7 +160,7 @@ def _records(items: list[dict], labels: dict[str, int] | None, prepared: Prepare
     for b in batches:
         for k in range(len(b["id"])):
             rid = str(b["id"][k])
-            want = next(expected)["id"]
+            want = next(expected, {"id": None})["id"]
             if rid != want:  # the order guarantee is what makes shard names deterministic
                 raise RuntimeError(f"folder: records out of order ({rid!r} arrived where {want!r} was expected)")
             if b["error"][k]:
