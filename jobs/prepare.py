@@ -167,6 +167,11 @@ def main(args: argparse.Namespace) -> dict:
     summary = {"dataset": prepared.dataset, "source": prepared.source, "out": cfg.out, "splits": splits,
                "images": total, "errors": len(prepared.errors or []), "stats": prepared.stats,
                "seconds": round(seconds, 3), "side_files": extra_files}
+    if prepared.errors:
+        log.warning("prepare: %d unreadable file(s) left out, listed in %s (first: %s: %s)", len(prepared.errors),
+                    storage.join(cfg.out, "errors.jsonl"), prepared.errors[0]["path"], prepared.errors[0]["reason"])
+    if total == 0:
+        log.warning("prepare: no images written (check --input, --limit and errors.jsonl)")
     save_resolved_config(cfg, cfg.out)
     storage.write_json(storage.join(cfg.out, "summary.json"), summary)
 
@@ -174,7 +179,7 @@ def main(args: argparse.Namespace) -> dict:
     for split, s in splits.items():
         print(f"  {split:5s} {s['images']:8d} images in {s['files']} shard file(s)")
     if prepared.errors is not None:
-        print(f"  errors {len(prepared.errors):7d} unreadable file(s), listed in "
+        print(f"  errors{len(prepared.errors):8d} unreadable file(s), listed in "
               f"{storage.join(cfg.out, 'errors.jsonl')}")
     if prepared.stats.get("alpha_dropped"):
         print(f"  alpha channel dropped from {prepared.stats['alpha_dropped']} image(s)")

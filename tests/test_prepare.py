@@ -119,13 +119,15 @@ def test_folder_job_with_ray_data_matches_in_process(tmp_path, ray_session):
         os.makedirs(src / "cats", exist_ok=True)
         Image.fromarray(np.full((5, 6, 3), i * 8, np.uint8)).save(src / "cats" / f"c{i:02d}.png")
     (src / "dogs" / "broken.bmp").write_bytes(b"BM" + b"\x01" * 40)
+    (src / "cats" / "junk.png").write_bytes(b"junk")  # Pillow's message names an object address
     common = ["--source", "folder", "--input", src, "--labels-from-subdirs", "--rows-per-shard", 7]
     serial = run(*common, "--out", tmp_path / "serial")
     parallel = run(*common, "--out", tmp_path / "ray", "--parallel-min-files", 0, "--files-per-task", 4)
     assert serial["splits"] == parallel["splits"] and parallel["images"] == 37
     assert file_digests(tmp_path / "serial") == file_digests(tmp_path / "ray")  # same names, same bytes
     assert (tmp_path / "ray" / "errors.jsonl").read_text() == (tmp_path / "serial" / "errors.jsonl").read_text()
-    assert "broken.bmp" in (tmp_path / "ray" / "errors.jsonl").read_text()
+    errors = (tmp_path / "ray" / "errors.jsonl").read_text()
+    assert "broken.bmp" in errors and "junk.png" in errors
 
 
 @pytest.mark.parametrize("source", ["mnist5k", "sklearn-digits", "photos"])

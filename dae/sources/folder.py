@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import warnings
 from typing import Iterator
 
@@ -34,6 +35,13 @@ log = logging.getLogger("dae")
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+# Pillow's messages name the in-memory file object ("<_io.BytesIO object at 0x7f...>"): replaced, so
+# errors.jsonl is the same on every run.
+_OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
+
+
+def _reason(text: str) -> str:
+    return _OBJECT_REPR.sub("<file>", text)
 
 
 # ---------------------------------------------------------------- pure per-file / per-batch work
@@ -74,10 +82,10 @@ def decode_files_batch(batch: dict) -> dict:
         try:
             enc, alpha[k] = decode_file(read_raw(str(path)))
         except shards.ImageDecodeError as e:
-            error[k] = str(e)
+            error[k] = _reason(str(e))
             continue
         except Exception as e:  # unreadable file (permissions, vanished, network)
-            error[k] = f"unreadable file: {type(e).__name__}: {e}"
+            error[k] = _reason(f"unreadable file: {type(e).__name__}: {e}")
             continue
         png[k], height[k], width[k], channels[k] = enc.png, enc.height, enc.width, enc.channels
     return {"id": np.array(ids, dtype=object), "png": png, "height": height, "width": width,
