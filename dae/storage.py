@@ -146,6 +146,24 @@ def configure(endpoint: str | None = None, region: str | None = None, addressing
     share_with_ray()
 
 
+def add_s3_args(parser) -> None:
+    """``--s3-endpoint`` / ``--s3-region`` / ``--s3-addressing`` for a job's argparse parser. Apply them
+    with :func:`configure_from_args`. (No credential flags: command lines end up in shell history,
+    ``ps`` and job specs; credentials come from the environment.)"""
+    g = parser.add_argument_group("object storage (s3:// paths)")
+    g.add_argument("--s3-endpoint", default=None, metavar="URL",
+                   help="S3-compatible endpoint, e.g. http://minio:9000 (default: AWS_ENDPOINT_URL[_S3], else AWS)")
+    g.add_argument("--s3-region", default=None, help="region (default: AWS_REGION / AWS_DEFAULT_REGION)")
+    g.add_argument("--s3-addressing", default=None, choices=ADDRESSING,
+                   help="bucket addressing (default: path-style with an endpoint, virtual-hosted on AWS)")
+
+
+def configure_from_args(args) -> None:
+    """Apply :func:`add_s3_args` flags (absent or None ones leave the environment's settings)."""
+    configure(endpoint=getattr(args, "s3_endpoint", None), region=getattr(args, "s3_region", None),
+              addressing=getattr(args, "s3_addressing", None))
+
+
 def share_with_ray() -> bool:
     """Publish this process's S3 settings for the workers of the current Ray job (a no-op without
     Ray, or without any S3 setting). Returns True when published."""

@@ -245,30 +245,41 @@ def test_bad_uri_and_endpoint_errors():
 # ---------------------------------------------------------------- configuration and redaction
 
 
-def test_configure_endpoint_reaches_ray_workers(s3, ray_session):
-    """configure(endpoint=...) works with no endpoint in the environment, and a Ray worker (started
-    before any of this was set) reads and writes the bucket through the settings shared with it."""
+def test_endpoint_flag_reaches_ray_workers(s3, ray_session):
+    """--s3-endpoint (configure) works with no endpoint in the environment, and a Ray worker whose own
+    environment has no S3 settings at all reads and writes the bucket through the settings the driver
+    shared with this Ray job."""
+    import argparse
+
     import ray
 
     path = f"s3://{BUCKET}/cfg-{uuid.uuid4().hex[:8]}/from-driver.txt"
-    with s3.env(AWS_ENDPOINT_URL=None, AWS_ENDPOINT_URL_S3=None, AWS_ACCESS_KEY_ID=None,
-                AWS_SECRET_ACCESS_KEY=None):
-        storage.configure(endpoint=s3.endpoint, access_key=s3.access_key, secret_key=s3.secret_key)
+    with s3.env(AWS_ENDPOINT_URL=None, AWS_ENDPOINT_URL_S3=None):
+        parser = argparse.ArgumentParser()
+        storage.add_s3_args(parser)
+        storage.configure_from_args(parser.parse_args(["--s3-endpoint", s3.endpoint]))
         assert os.environ["AWS_ENDPOINT_URL"] == s3.endpoint
         assert storage.worker_env() == {"AWS_ENDPOINT_URL_S3": s3.endpoint, "AWS_REGION": s3.region}
         storage.write_bytes(path, b"driver")
 
         @ray.remote(num_cpus=0)
         def in_worker(p):
-            from dae import storage as st
-            env_has_endpoint = bool(os.environ.get("AWS_ENDPOINT_URL"))
-            st.write_bytes(p + ".worker", st.read_bytes(p) + b"+worker")
-            return env_has_endpoint
+            import os
 
-        ray.get(in_worker.remote(path), timeout=60)
+            from dae import storage as st
+
+            names = [n for n in os.environ if n.startswith("AWS_")]
+            saved = {n: os.environ.pop(n) for n in names}  # as on a node that never had them
+            try:
+                st.write_bytes(p + ".worker", st.read_bytes(p) + b"+worker")
+                return sorted(st.settings())
+            finally:
+                os.environ.update(saved)
+
+        keys = ray.get(in_worker.remote(path), timeout=120)
         assert storage.read_bytes(path + ".worker") == b"driver+worker"
-    # The fixture's variables are back; the published settings follow them again.
-    storage.share_with_ray()
+        assert {"endpoint", "access_key", "secret_key"} <= set(keys)
+    storage.share_with_ray()  # the fixture's variables are back: publish them again
 
 
 def test_redact():
@@ -370,3 +381,103 @@ def test_train_checkpoint_and_resume_by_name_in_bucket(prefix, ray_session):
     with result.checkpoint.as_directory() as d:
         with open(os.path.join(d, "state.json")) as fh:
             assert json.load(fh)["epoch"] == 3
+
+
+# ---------------------------------------------------------------- the jobs end to end, bucket to bucket
+
+
+def _job(name):
+    import importlib
+
+    try:
+        return importlib.import_module(f"jobs.{name}")
+    except ModuleNotFoundError as e:
+        if e.name == f"jobs.{name}":
+            pytest.skip(f"jobs/{name}.py does not exist yet")
+        raise
+
+
+def _run_job(name, *argv):
+    mod = _job(name)
+    return mod.main(mod.get_args_parser().parse_args([str(a) for a in argv]))
+
+
+@pytest.fixture(scope="module")
+def e2e(s3, ray_session):
+    """s3://BUCKET/e2e-XXXX with mnist5k shards prepared into it by the prepare job."""
+    root = f"s3://{BUCKET}/e2e-{uuid.uuid4().hex[:8]}"
+    data = storage.join(root, "data")
+    summary = _run_job("prepare", "--source", "mnist5k", "--limit", 64, "--rows-per-shard", 32, "--out", data)
+    return {"root": root, "data": data, "prepare": summary}
+
+
+def test_prepare_job_to_bucket(e2e, s3):
+    from dae import shards
+
+    s = e2e["prepare"]
+    assert s["splits"]["train"] == {"images": 64, "files": 2} and s["splits"]["test"]["images"] == 64
+    files = shards.list_shards(e2e["data"], "train")
+    assert [f.rsplit("/", 1)[1] for f in files] == ["part-00000.parquet", "part-00001.parquet"]
+    assert shards.read_shard(files[0]).num_rows == 32
+    for name in ("summary.json", "config.resolved.json"):
+        text = storage.read_bytes(storage.join(e2e["data"], name)).decode()
+        assert s3.secret_key not in text and s3.access_key not in text
+
+
+def test_train_job_in_bucket_interrupted_then_resumed(e2e, s3, monkeypatch, tmp_path):
+    """Run 1 dies at the start of epoch 2 (after the epoch-1 checkpoint went to the bucket);
+    run 2 with the same --run-name and --storage continues from that checkpoint."""
+    import inspect
+
+    import dae.train
+    from dae.train import FAIL_AT_EPOCH_ENV, FAIL_MARKER_ENV
+
+    if "storage_filesystem" not in inspect.getsource(dae.train.run):
+        pytest.xfail("dae/train.py run() passes --storage to RunConfig as a bare URI, so Ray Train resolves it "
+                     "with pyarrow's from_uri in the controller, without the endpoint/credentials of "
+                     "dae.storage; needs: storage_path, storage_filesystem = storage.ray_storage(...) -> "
+                     "RunConfig(storage_path=..., storage_filesystem=...)")
+    runs = storage.join(e2e["root"], "runs")
+    args = ["--data", e2e["data"], "--model", "keras_blog", "--epochs", 2, "--batch-size", 32,
+            "--workers", 1, "--samples", 4, "--storage", runs, "--run-name", "e2e", "--max-failures", 0]
+    monkeypatch.setenv(FAIL_AT_EPOCH_ENV, "2")
+    monkeypatch.setenv(FAIL_MARKER_ENV, str(tmp_path / "failed-once"))
+    with pytest.raises(Exception):
+        _run_job("train", *args)
+    assert (tmp_path / "failed-once").exists(), "run 1 did not reach the injected failure"
+    ckpts = [f for f in storage.list_files(storage.join(runs, "e2e"), recursive=True) if f.endswith("state.pt")]
+    assert len(ckpts) == 1, f"expected the epoch-1 checkpoint in the bucket, found {ckpts}"
+
+    monkeypatch.delenv(FAIL_AT_EPOCH_ENV)
+    summary = _run_job("train", *args)
+    assert [h["epoch"] for h in summary["history"]] == [1, 2]
+    assert summary["history"][1]["setup_s"] >= 0 and summary["out"] == storage.join(runs, "e2e")
+    assert storage.exists(storage.join(summary["best_model"], "model.safetensors"))
+    for name in ("summary.json", "config.resolved.json", "metrics.jsonl", "curves.png"):
+        assert storage.exists(storage.join(summary["out"], name)), name
+    text = storage.read_bytes(storage.join(summary["out"], "config.resolved.json")).decode()
+    assert s3.secret_key not in text and s3.access_key not in text
+    e2e["model"] = summary["best_model"]
+
+
+def _bucket_model(e2e):
+    """The trained model when the train test ran, else a fresh model saved to the bucket."""
+    if "model" in e2e:
+        return e2e["model"]
+    from dae.checkpoint import save_model
+    from dae.models import create_model
+
+    return save_model(create_model("keras_blog", channels=1), storage.join(e2e["root"], "fresh_model"),
+                      noise="gaussian:0.5")
+
+
+def test_evaluate_job_from_bucket(e2e, s3):
+    out = storage.join(e2e["root"], "eval")
+    _run_job("evaluate", "--data", e2e["data"], "--split", "test", "--noise", "gaussian:0.3",
+             "--models", _bucket_model(e2e), "--baselines", "median", "--limit", 16, "--tune-images", 4,
+             "--picture-images", 4, "--out", out)
+    report = storage.read_json(storage.join(out, "report.json"))
+    text = json.dumps(report)
+    assert s3.secret_key not in text and s3.access_key not in text
+    for name in ("report.md", "per_image.parquet", "comparison.png", "config.resolved.json"):
+        assert storage.exists(storage.join(out, name)), name
