@@ -40,6 +40,7 @@ import json
 import logging
 import math
 import os
+import sys
 import tempfile
 import time
 import warnings
@@ -239,13 +240,32 @@ def _make_scheduler(cfg: dict, opt, total_steps: int):
     return torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)
 
 
-def _maybe_fail(loop_cfg: dict, epoch: int, rank: int, world: int) -> None:
-    """Test hook: the last rank dies (hard exit, like a lost node) once, at the start of an epoch."""
+def _say(msg: str) -> None:
+    """One progress line from a worker. Not print(): Ray Train V2 patches print into its root
+    logger, whose handlers echo each line twice in the driver output."""
+    lg = logging.getLogger("dae.worker")
+    if not lg.handlers:
+        h = logging.StreamHandler(sys.stdout)
+        h.setFormatter(logging.Formatter("%(asctime)s dae %(message)s", "%H:%M:%S"))
+        lg.addHandler(h)
+        lg.propagate = False
+        lg.setLevel(logging.INFO)
+    lg.info(msg)
+    h = lg.handlers[0]
+    h.flush()
+
+
+def _maybe_fail(loop_cfg: dict, epoch: int, rank: int, world: int, last_report: float) -> None:
+    """Test hook: the last rank dies (hard exit, like a lost node) once, in the middle of an epoch
+    (after its first step). It first lets 5 s pass since the previous report: Train V2's controller
+    collects reports by polling the workers every 2 s, and a worker that dies before its last
+    report was collected takes that report (and its checkpoint's registration) with it."""
     at, marker = loop_cfg.get("_fail_at_epoch"), loop_cfg.get("_fail_marker")
     if at and marker and epoch + 1 == int(at) and rank == world - 1 and not os.path.exists(marker):
+        time.sleep(max(0.0, 5.0 - (time.perf_counter() - last_report)))
         with open(marker, "w") as fh:
-            fh.write(f"rank {rank} failed at epoch {epoch + 1}\n")
-        print(f"[dae test] rank {rank} exiting on purpose at the start of epoch {epoch + 1}", flush=True)
+            fh.write(f"rank {rank} failed in epoch {epoch + 1}\n")
+        _say(f"[test hook] rank {rank} exits on purpose in epoch {epoch + 1}")
         os._exit(1)
 
 
@@ -323,7 +343,7 @@ def train_loop(loop_cfg: dict) -> None:
                 for _ in range(min(int(state["steps_done"]), total_steps - 1)):
                     sched.step()
         if rank == 0:
-            print(f"[dae] resumed run {loop_cfg['run_name']} after epoch {start_epoch} (attempt {attempt})", flush=True)
+            _say(f"resumed run {loop_cfg['run_name']} after epoch {start_epoch} (attempt {attempt})")
     loss_fn = _loss_fn(cfg["loss"])
     steps_done = int(state["steps_done"]) if state is not None else 0
 
@@ -372,9 +392,8 @@ def train_loop(loop_cfg: dict) -> None:
                                                    local_shuffle_seed=seed * 1000 + epoch, prefetch_batches=2)
 
     out_dir = loop_cfg["out"]
-    t_run = time.perf_counter()
+    t_run = last_report = time.perf_counter()
     for epoch in range(start_epoch, cfg["epochs"]):
-        _maybe_fail(loop_cfg, epoch, rank, world)
         t0 = time.perf_counter()
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         n_seen = 0
@@ -392,6 +411,8 @@ def train_loop(loop_cfg: dict) -> None:
             if steps_done < total_steps:  # stream mode may yield a batch more than planned
                 sched.step()
             steps_done += 1
+            if n_seen == 0:
+                _maybe_fail(loop_cfg, epoch, rank, world, last_report)
             loss_sum += loss.detach().double() * len(clean)  # no host sync per step
             n_seen += len(clean)
             td = time.perf_counter()
@@ -432,13 +453,14 @@ def train_loop(loop_cfg: dict) -> None:
             report = {k: row[k] for k in ("epoch", "train_loss", "val_psnr", "val_ssim", "noisy_psnr",
                                           "noisy_ssim", "images_per_s")}
             ray.train.report(report, checkpoint=checkpoint)
+        last_report = time.perf_counter()
         row["report_s"] = time.perf_counter() - t2
         if rank == 0:
-            print(f"[dae] epoch {epoch + 1}/{cfg['epochs']}: loss {row['train_loss']:.5f}, "
+            _say(f"epoch {epoch + 1}/{cfg['epochs']}: loss {row['train_loss']:.5f}, "
                   f"val PSNR {row['val_psnr']:.2f} dB (noisy {noisy_psnr:.2f}), SSIM {row['val_ssim']:.4f} "
                   f"(noisy {noisy_ssim:.4f}), {row['images_per_s']:.0f} images/s, "
                   f"train {train_s:.1f}s val {val_s:.1f}s ckpt {row['report_s']:.1f}s, "
-                  f"{time.perf_counter() - t_run:.0f}s elapsed", flush=True)
+                  f"{time.perf_counter() - t_run:.0f}s elapsed")
 
 
 # ---------------------------------------------------------------- driver
