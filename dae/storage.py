@@ -48,6 +48,10 @@ class StorageError(RuntimeError):
     """Storage is unusable for a job: missing bucket, rejected credentials, unreachable endpoint."""
 
 
+class StorageNotFoundError(StorageError, FileNotFoundError):
+    """A bucket or an input path that does not exist (also a FileNotFoundError)."""
+
+
 # setting -> environment variables read, in order. configure() writes the first one of each.
 _ENV = {
     "endpoint": ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
@@ -333,7 +337,7 @@ def _classify(err: Exception, bucket: str, endpoint: str, what: str) -> StorageE
             f"credentials rejected by endpoint {endpoint} for bucket '{bucket}' ({what}): check "
             f"AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY and the bucket's permissions ({redact(text)})")
     if "NO_SUCH_BUCKET" in up or "NOSUCHBUCKET" in up or ("NOT FOUND" in up and "BUCKET" in up):
-        return StorageError(f"bucket '{bucket}' does not exist at endpoint {endpoint}")
+        return StorageNotFoundError(f"bucket '{bucket}' does not exist at endpoint {endpoint}")
     return StorageError(f"{what} failed on bucket '{bucket}' at endpoint {endpoint}: {redact(text)}")
 
 
@@ -368,15 +372,16 @@ def check_access(path: str, write: bool = False, must_exist: bool = False, timeo
     except OSError as e:
         raise _classify(e, bucket, endpoint, "HeadBucket") from None
     if info.type == pafs.FileType.NotFound:
-        raise StorageError(f"bucket '{bucket}' does not exist at endpoint {endpoint}")
+        raise StorageNotFoundError(f"bucket '{bucket}' does not exist at endpoint {endpoint}")
     inner = f"{bucket}/{key}" if key else bucket
     try:
         # Listing proves read permission (HeadBucket alone can succeed without it).
         fs.get_file_info(pafs.FileSelector(inner, recursive=False, allow_not_found=True))
-        if must_exist and fs.get_file_info(inner).type == pafs.FileType.NotFound:
-            raise StorageError(f"{path} does not exist (bucket '{bucket}' at endpoint {endpoint})")
+        found = fs.get_file_info(inner).type != pafs.FileType.NotFound
     except OSError as e:
         raise _classify(e, bucket, endpoint, "list") from None
+    if must_exist and not found:
+        raise StorageNotFoundError(f"{path} does not exist (bucket '{bucket}' at endpoint {endpoint})")
     if write:
         probe = f"{inner}/.dae-write-check-{uuid.uuid4().hex[:12]}"
         try:
@@ -395,11 +400,11 @@ def _check_local(path: str, write: bool, must_exist: bool) -> None:
         except Exception as e:
             raise StorageError(f"cannot access {redact(path)}: {redact(str(e))}") from None
         if must_exist and info.type == pafs.FileType.NotFound:
-            raise StorageError(f"{redact(path)} does not exist")
+            raise StorageNotFoundError(f"{redact(path)} does not exist")
         return
     p = os.path.abspath(path)
     if must_exist and not os.path.exists(p):
-        raise StorageError(f"{path} does not exist")
+        raise StorageNotFoundError(f"{path} does not exist")
     if write:
         d = p
         while not os.path.exists(d):

@@ -187,8 +187,11 @@ def test_check_access_ok(prefix):
     storage.check_access(prefix, write=True)
     storage.check_access(prefix, write=False)
     assert storage.list_files(prefix, recursive=True) == [], "the write probe must be cleaned up"
-    with pytest.raises(storage.StorageError, match="does not exist"):
+    with pytest.raises(storage.StorageError, match="does not exist") as e:
         storage.check_access(storage.join(prefix, "nothing"), must_exist=True)
+    assert isinstance(e.value, FileNotFoundError)
+    storage.write_bytes(storage.join(prefix, "one.parquet"), b"x")
+    storage.check_access(storage.join(prefix, "one.parquet"), must_exist=True)  # a file is fine too
 
 
 def test_check_access_missing_bucket(s3):
@@ -196,6 +199,7 @@ def test_check_access_missing_bucket(s3):
     with pytest.raises(storage.StorageError) as e:
         storage.check_access("s3://no-such-bucket-dae/x", write=True)
     assert str(e.value) == f"bucket 'no-such-bucket-dae' does not exist at endpoint {s3.endpoint}"
+    assert isinstance(e.value, FileNotFoundError)
     assert time.perf_counter() - t0 < 10
 
 
