@@ -177,8 +177,13 @@ def share_with_ray() -> bool:
     values = _env_settings()
     if not values:
         return False
-    from ray.experimental import internal_kv
-    internal_kv._internal_kv_put(_kv_key(ray), json.dumps(values), overwrite=True, namespace=_KV_NAMESPACE)
+    try:
+        from ray.experimental import internal_kv
+        internal_kv._internal_kv_put(_kv_key(ray), json.dumps(values), overwrite=True, namespace=_KV_NAMESPACE)
+    except Exception as e:  # e.g. Ray Client: workers then rely on their own environment
+        import logging
+        logging.getLogger("dae").warning("could not share S3 settings with Ray workers: %s", redact(str(e)))
+        return False
     return True
 
 
