@@ -457,7 +457,7 @@ def list_files(path: str, suffix: str = "", recursive: bool = False) -> list[str
 
 def read_bytes(path: str) -> bytes:
     fs, p = resolve(path)
-    with fs.open_input_stream(p) as f:
+    with fs.open_input_stream(p, compression=None) as f:
         return f.read()
 
 
