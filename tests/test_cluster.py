@@ -96,6 +96,13 @@ def cluster_processes(cluster_dir: str) -> dict[int, int]:
     return {p: start[p] for p in mine}
 
 
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
 def still_alive(procs: dict[int, int]) -> list[int]:
     out = []
     for pid, t0 in procs.items():
@@ -152,8 +159,10 @@ def cluster():
     c = LocalCluster(cluster_dir, port, dash)
     c.address_file_before = _default_address_file()
     try:
+        t0 = time.perf_counter()
         c.script("start.sh", "--port", str(port), "--dashboard-port", str(dash), "--workers", "1",
                  "--head-cpus", "2", "--worker-cpus", "2", "--object-store-mb", "200", timeout=420)
+        print(f"[cluster test] start.sh: {time.perf_counter() - t0:.1f}s (load {os.getloadavg()[0]:.1f})", flush=True)
         c.observe()
         yield c
     finally:
@@ -188,12 +197,12 @@ def test_cluster_is_up_with_two_nodes_and_token_auth(cluster):
     # Without the token, or with a wrong one, the job server and the GCS refuse; with it (ray.sh) they answer.
     no_token = _clean_env()
     wrong_token = {**no_token, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0" * 64}
-    for env in (no_token, wrong_token):
-        for cmd in (["job", "list", "--address", f"http://127.0.0.1:{cluster.dashboard_port}"],
-                    ["status", "--address", f"127.0.0.1:{cluster.port}"]):
-            cp = subprocess.run([str(RAY_BIN), *cmd], env=env, capture_output=True, text=True, timeout=120)
-            assert cp.returncode != 0, cp.stdout
-            assert "AuthenticationError" in cp.stdout + cp.stderr, cp.stderr[-2000:]
+    for env, cmd in ((no_token, ["job", "list", "--address", f"http://127.0.0.1:{cluster.dashboard_port}"]),
+                     (wrong_token, ["job", "list", "--address", f"http://127.0.0.1:{cluster.dashboard_port}"]),
+                     (no_token, ["status", "--address", f"127.0.0.1:{cluster.port}"])):
+        cp = subprocess.run([str(RAY_BIN), *cmd], env=env, capture_output=True, text=True, timeout=120)
+        assert cp.returncode != 0, cp.stdout
+        assert "AuthenticationError" in cp.stdout + cp.stderr, cp.stderr[-2000:]
     cluster.ray("job", "list")
     cluster.observe()
 
@@ -221,6 +230,7 @@ def shared(cluster):
 
 def submit(cluster: LocalCluster, shared: dict, job_id: str, *args: str, timeout: float = 600) -> str:
     """`ray job submit` (waits and streams the logs); asserts the job SUCCEEDED; returns its logs."""
+    t0 = time.perf_counter()
     runtime_env = {"env_vars": {"OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0"}}
     try:
         cp = cluster.ray("job", "submit", "--submission-id", job_id, "--working-dir", str(shared["wd"]),
@@ -235,6 +245,7 @@ def submit(cluster: LocalCluster, shared: dict, job_id: str, *args: str, timeout
     status = st.stdout + st.stderr
     assert cp.returncode == 0 and "succeeded" in status.lower(), (
         f"job {job_id}: exit {cp.returncode}, {status.strip()}\n{cp.stdout[-6000:]}\n{cp.stderr[-3000:]}")
+    print(f"[cluster test] job {job_id}: {time.perf_counter() - t0:.1f}s", flush=True)
     return cp.stdout
 
 
@@ -299,11 +310,22 @@ def test_stop_removes_every_process_and_only_this_clusters(cluster, ray_session)
     # Decoys: a process with another cluster's marker, and the session's own private Ray.
     decoy = subprocess.Popen(["sleep", "300"], env={**_clean_env(), "DAE_RAY_CLUSTER": cluster.dir + "-other"})
     try:
+        # A job still running at stop time: its driver runs in a session of its own (Ray starts
+        # entrypoints with start_new_session), so a process-group kill would miss it.
+        tag = f"dae-inflight-{os.getpid()}"
+        cluster.ray("job", "submit", "--no-wait", "--submission-id", tag, "--",
+                    "python", "-c", f"import time; time.sleep(600)  # {tag}")
+        deadline = time.time() + 120
+        while time.time() < deadline and not any(tag in _cmdline(p) for p in cluster_processes(cluster.dir)):
+            time.sleep(1)
         cluster.observe()
-        assert len(cluster.seen) >= 10, cluster.seen  # GCS, 2 raylets, dashboard, agents, ...
+        drivers = [p for p in cluster.seen if _cmdline(p).startswith("python") and tag in _cmdline(p)]
+        assert drivers, "the in-flight job's driver never started"
+        assert len(cluster.seen) >= 10, cluster.seen  # GCS, 2 raylets, dashboard, agents, driver, ...
         t0 = time.perf_counter()
         cluster.script("stop.sh", timeout=180)
         stop_s = time.perf_counter() - t0
+        print(f"[cluster test] stop.sh: {stop_s:.1f}s", flush=True)
         assert still_alive(cluster.seen) == [], f"left behind after {stop_s:.0f}s: {still_alive(cluster.seen)}"
         assert cluster_processes(cluster.dir) == {}
         for p in (cluster.port, cluster.dashboard_port):
