@@ -293,6 +293,11 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+# Directory names the jobs give every model dir (jobs.train writes OUT/best_model): the run's
+# directory (the parent) names the model instead.
+_GENERIC_DIR_NAMES = {"model", "best_model", "final_model", "checkpoint", "last_model"}
+
+
 def _model_entries(dirs: Sequence[str], taken: set[str]) -> list[dict]:
     """[{key, name, dir, config}] with unique display names (directory name, else config model)."""
     from .checkpoint import load_config
@@ -301,7 +306,11 @@ def _model_entries(dirs: Sequence[str], taken: set[str]) -> list[dict]:
     names = set(taken)
     for i, d in enumerate(dirs):
         cfg = load_config(d)
-        base = os.path.basename(str(d).rstrip("/")) or cfg.get("model", f"model{i}")
+        path = str(d).rstrip("/")
+        base = os.path.basename(path)
+        if base in _GENERIC_DIR_NAMES:  # runs/unet-g05/best_model -> "unet-g05"
+            base = os.path.basename(os.path.dirname(path)) or base
+        base = base or cfg.get("model", f"model{i}")
         name = base
         if name in names:
             name = f"{base}-{cfg.get('model', i)}"

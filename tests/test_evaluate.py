@@ -273,3 +273,11 @@ def test_noise_sigma_uses_level_or_estimate():
     assert baselines.noise_sigma("gaussian:0.3", flat) == pytest.approx(0.3)
     noisy = np.clip(flat + 0.1 * rng.standard_normal(flat.shape), 0, 1).astype(np.float32)
     assert baselines.noise_sigma("gaussian:0.05-0.3", noisy) == pytest.approx(0.1, rel=0.25)
+
+
+def test_model_names_from_run_dirs(tmp_path):
+    m = create_model("conv28k", channels=1, filters=4)
+    dirs = [save_model(m, str(tmp_path / run / "best_model")) for run in ("unet-g05", "conv-g05")]
+    dup = save_model(m, str(tmp_path / "x" / "unet-g05"))
+    names = [e["name"] for e in evaluation._model_entries([*dirs, dup], {"noisy"})]
+    assert names == ["unet-g05", "conv-g05", "unet-g05-conv28k"]
