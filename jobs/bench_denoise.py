@@ -169,13 +169,13 @@ class MemorySampler(threading.Thread):
     def __init__(self, every: float = 0.5):
         super().__init__(daemon=True)
         self.every, self.peak_rss, self.peak_uss, self.samples = every, 0, 0, 0
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def run(self):
         import psutil
 
         me = psutil.Process()
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             rss = uss = 0
             for p in [me, *me.children(recursive=True)]:
                 try:
@@ -186,10 +186,10 @@ class MemorySampler(threading.Thread):
                     pass
             self.peak_rss, self.peak_uss = max(self.peak_rss, rss), max(self.peak_uss, uss)
             self.samples += 1
-            self._stop.wait(self.every)
+            self._halt.wait(self.every)
 
     def stop(self):
-        self._stop.set()
+        self._halt.set()
         self.join()
 
 
