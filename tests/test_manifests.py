@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import re
 import shlex
-import tomllib
 from pathlib import Path
 
 import jsonschema
@@ -27,9 +26,9 @@ DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
 def _ray_pin() -> str:
-    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
-    (pin,) = [d for d in deps if d.startswith("ray[")]
-    return pin.split("==")[1]
+    # The `ray[...]==X` dependency pin in pyproject.toml (regex: tomllib needs Python 3.11).
+    (pin,) = re.findall(r'^\s*"ray\[[^\]]*\]==([^"]+)"', (REPO / "pyproject.toml").read_text(), re.M)
+    return pin
 
 
 RAY_VERSION = _ray_pin()
