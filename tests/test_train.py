@@ -156,21 +156,33 @@ def reference_run(ray_session, shards_root, tmp_path_factory):
     return read_metrics(res["out"])
 
 
-def test_resume_by_run_name_continues(ray_session, shards_root, tmp_path, reference_run):
-    first = train(shards_root, tmp_path, "resume", "--workers", 1, "--epochs", 1, "--schedule", "constant")
-    assert [h["epoch"] for h in read_metrics(first["out"])] == [1]
-    second = train(shards_root, tmp_path, "resume", "--workers", 1, "--epochs", 2, "--schedule", "constant")
-    hist = read_metrics(second["out"])
+@pytest.fixture(scope="module")
+def resumed_run(ray_session, shards_root, tmp_path_factory):
+    """The reference config trained 1 epoch, then rerun with the same name and storage for 2."""
+    storage = tmp_path_factory.mktemp("resume")
+    first = read_metrics(train(shards_root, storage, "resume", "--workers", 1, "--epochs", 1,
+                               "--schedule", "constant")["out"])
+    second = read_metrics(train(shards_root, storage, "resume", "--workers", 1, "--epochs", 2,
+                                "--schedule", "constant")["out"])
+    return first, second
+
+
+def test_resume_by_run_name_continues(resumed_run, reference_run):
+    first, hist = resumed_run
+    assert [h["epoch"] for h in first] == [1]
     assert [h["epoch"] for h in hist] == [1, 2]
     assert [h["attempt"] for h in hist] == [0, 1], "the rerun restarted from scratch instead of resuming"
+    assert hist[0] == first[0]  # epoch 1 kept from the first run, not retrained
     # Model, optimizer state, per-epoch shuffling and noise all restored: the resumed epoch 2 is
     # the uninterrupted run's epoch 2.
     assert hist[1]["train_loss"] == pytest.approx(reference_run[1]["train_loss"], rel=1e-6)
     assert hist[1]["val_psnr"] == pytest.approx(reference_run[1]["val_psnr"], abs=1e-6)
 
 
-def test_same_seed_same_metrics_one_worker(ray_session, shards_root, tmp_path, reference_run):
-    again = read_metrics(train(shards_root, tmp_path, "again", "--workers", 1, "--epochs", 1,
-                               "--schedule", "constant")["out"])
-    assert again[0]["train_loss"] == reference_run[0]["train_loss"]
-    assert again[0]["val_psnr"] == reference_run[0]["val_psnr"]
+def test_same_seed_same_metrics_one_worker(resumed_run, reference_run):
+    # Two separate runs with the same seed (1 worker, CPU): bit-identical epoch-1 metrics. With 2
+    # workers the rows per rank are fixed too (ids sorted, every 2nd per rank), so 2-worker runs
+    # also repeat exactly on CPU (seen in manual runs; not asserted here to keep the file short).
+    first, _ = resumed_run
+    for key in ("train_loss", "val_psnr", "val_ssim", "noisy_psnr"):
+        assert first[0][key] == reference_run[0][key], key
