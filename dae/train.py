@@ -394,7 +394,7 @@ def train_loop(loop_cfg: dict) -> None:
     out_dir = loop_cfg["out"]
     t_run = last_report = time.perf_counter()
     for epoch in range(start_epoch, cfg["epochs"]):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         n_seen = 0
         t_data = 0.0
@@ -417,7 +417,9 @@ def train_loop(loop_cfg: dict) -> None:
             n_seen += len(clean)
             td = time.perf_counter()
         train_s = time.perf_counter() - t0
-        loss_total, seen_total, data_s = reduce_sums([float(loss_sum), float(n_seen), t_data])
+        # CPU seconds of this process (all its threads): robust to other load on the machine
+        cpu_s = time.process_time() - c0
+        loss_total, seen_total, data_s, cpu_total = reduce_sums([float(loss_sum), float(n_seen), t_data, cpu_s])
         t1 = time.perf_counter()
         if world > 1:
             # BatchNorm running stats drift per rank after the last step (DDP broadcasts rank 0's
@@ -430,7 +432,7 @@ def train_loop(loop_cfg: dict) -> None:
         val_s = time.perf_counter() - t1
         row = {"epoch": epoch + 1, "train_loss": loss_total / seen_total, "val_psnr": ps / n_val,
                "val_ssim": ss / n_val, "noisy_psnr": noisy_psnr, "noisy_ssim": noisy_ssim,
-               "images_per_s": seen_total / train_s, "train_s": train_s, "data_s": data_s / world,
+               "images_per_s": seen_total / train_s, "train_s": train_s, "train_cpu_s": cpu_total, "data_s": data_s / world,
                "val_s": val_s, "lr": opt.param_groups[0]["lr"], "attempt": attempt, "workers": world,
                "setup_s": setup_s if epoch == start_epoch else 0.0}
         history.append(row)

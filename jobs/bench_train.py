@@ -79,6 +79,7 @@ def main(args) -> dict:
                             evaluate_every_epoch=False)
             h = r["history"][0]
             results["plain"] = {"images_per_s": h["images_per_s"], "epoch_s": h["epoch_s"], "noise_s": h["noise_s"],
+                                "images_per_cpu_s": h["images"] / h["cpu_s"],
                                 "wall_s": time.perf_counter() - t0}
         elif run in ("job1", "job2"):
             from jobs import train as train_job
@@ -94,6 +95,7 @@ def main(args) -> dict:
             in_epochs = sum(h["train_s"] + h["val_s"] for h in hist)
             results[run] = {
                 "images_per_s": [h["images_per_s"] for h in hist], "train_s": [h["train_s"] for h in hist],
+                "images_per_cpu_s": [h["images_per_s"] * h["train_s"] / h["train_cpu_s"] for h in hist],
                 "batch_prep_s": [h["data_s"] for h in hist], "val_s": [h["val_s"] for h in hist],
                 "driver_data_s": res["data_s"], "worker_setup_s": hist[0]["setup_s"],
                 "fit_s": res["fit_s"], "outside_epochs_s": res["fit_s"] - in_epochs, "data_mode": res["data_mode"],
@@ -103,15 +105,19 @@ def main(args) -> dict:
     print(f"\n{args.images} train images, {args.model}, batch {args.batch_size}, {args.noise}")
     if "plain" in results:
         p = results["plain"]
-        print(f"plain loop : {p['images_per_s']:7.0f} images/s  (epoch {p['epoch_s']:.1f}s, of which batch+noise "
-              f"{p['noise_s']:.1f}s)")
+        print(f"plain loop : {p['images_per_s']:7.0f} images/s, {p['images_per_cpu_s']:.0f} images per CPU-second  "
+              f"(epoch {p['epoch_s']:.1f}s, of which batch+noise {p['noise_s']:.1f}s)")
     for run in ("job1", "job2"):
         if run in results:
             j = results[run]
             rates = ", ".join(f"{x:.0f}" for x in j["images_per_s"])
             ratio = (f"  = {j['images_per_s'][-1] / results['plain']['images_per_s']:.2f}x plain"
                      if "plain" in results else "")
+            cpu = ", ".join(f"{x:.0f}" for x in j["images_per_cpu_s"])
+            cpu_ratio = (f"  = {j['images_per_cpu_s'][-1] / results['plain']['images_per_cpu_s']:.2f}x plain"
+                         if "plain" in results else "")
             print(f"{run} epochs : {rates} images/s{ratio}")
+            print(f"   per CPU-second (all workers' CPU time; robust to other load): {cpu} images{cpu_ratio}")
             print(f"   per epoch: train {', '.join(f'{x:.1f}' for x in j['train_s'])}s (batch+noise "
                   f"{', '.join(f'{x:.1f}' for x in j['batch_prep_s'])}s), val {', '.join(f'{x:.1f}' for x in j['val_s'])}s")
             print(f"   driver data prep {j['driver_data_s']:.1f}s; Ray Train fit {j['fit_s']:.1f}s of which "

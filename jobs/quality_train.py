@@ -124,7 +124,7 @@ def plain_train(root: str, model_name: str = "conv28k", model_kwargs: dict | Non
     t_start = time.perf_counter()
     for epoch in range(epochs):
         perm = np.random.default_rng([seed, epoch]).permutation(len(x_train))
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         t_noise = 0.0
         n_seen, loss_sum = 0, 0.0
         for b in range(steps):
@@ -142,8 +142,9 @@ def plain_train(root: str, model_name: str = "conv28k", model_kwargs: dict | Non
             loss_sum += float(loss.detach()) * len(idx)
             n_seen += len(idx)
         t_epoch = time.perf_counter() - t0
+        cpu_epoch = time.process_time() - c0  # CPU seconds, all threads: robust to other load
         row = {"epoch": epoch + 1, "train_loss": loss_sum / n_seen, "images_per_s": n_seen / t_epoch,
-               "epoch_s": t_epoch, "noise_s": t_noise, "images": n_seen}
+               "epoch_s": t_epoch, "cpu_s": cpu_epoch, "noise_s": t_noise, "images": n_seen}
         if evaluate_every_epoch or epoch == epochs - 1:
             v = evaluate(model, clean_val, noisy_val)
             row.update(val_psnr=v["psnr"], val_ssim=v["ssim"])
