@@ -1,7 +1,8 @@
 """Classical denoisers, as pure per-image functions: the yardstick the autoencoders are measured by.
 
     median     scipy.ndimage median filter, SIZE x SIZE per channel (the salt-and-pepper classic)
-    nlm        non-local means, skimage.restoration.denoise_nl_means (h = H_SCALE * sigma)
+    nlm        non-local means, skimage.restoration.denoise_nl_means (h = H_SCALE * sigma, told
+               SIGMA_SCALE * sigma)
     tv         total-variation (Chambolle), skimage.restoration.denoise_tv_chambolle
                (weight = WEIGHT_SCALE * sigma)
     bilateral  skimage.restoration.denoise_bilateral (sigma_color = COLOR_SCALE * sigma)
@@ -87,14 +88,18 @@ def median(img: np.ndarray, sigma: float, size: int = 3) -> np.ndarray:
     return _finish(ndimage.median_filter(img, size=(int(size), int(size), 1), mode="mirror"), img)
 
 
-def nlm(img: np.ndarray, sigma: float, h_scale: float = 0.8, patch_size: int = 5,
+def nlm(img: np.ndarray, sigma: float, h_scale: float = 0.8, sigma_scale: float = 1.0, patch_size: int = 5,
         patch_distance: int = 6, fast_mode: bool = False) -> np.ndarray:
     from skimage.restoration import denoise_nl_means
 
     # Passing sigma makes skimage subtract the expected noise from patch distances, so h is a
-    # fraction of sigma (skimage's examples use 0.6-0.8 sigma).
-    return _sk_call(denoise_nl_means, img, h=h_scale * sigma, sigma=sigma, patch_size=int(patch_size),
-                    patch_distance=int(patch_distance), fast_mode=bool(fast_mode))
+    # fraction of sigma (skimage's examples use 0.6-0.8 sigma). Strong Gaussian noise clipped to
+    # [0, 1] has a much smaller spread than its nominal sigma (gaussian:0.5 on Fashion-MNIST:
+    # ~0.28), and subtracting the nominal 2 sigma^2 makes every patch look alike: sigma_scale
+    # shrinks the sigma skimage is told (Fashion-MNIST gaussian:0.5, 32 train images: 11.3 dB
+    # at 1.0, 13.2 dB at 0.7).
+    return _sk_call(denoise_nl_means, img, h=h_scale * sigma, sigma=sigma_scale * sigma,
+                    patch_size=int(patch_size), patch_distance=int(patch_distance), fast_mode=bool(fast_mode))
 
 
 def tv(img: np.ndarray, sigma: float, weight_scale: float = 1.0) -> np.ndarray:
@@ -166,8 +171,10 @@ BASELINES: dict[str, Baseline] = {
         Baseline("median", median, "median filter (scipy.ndimage), size x size per channel",
                  defaults={"size": 3}, grid=_product(size=(3, 5))),
         Baseline("nlm", nlm, "non-local means (skimage), h = h_scale * sigma",
-                 defaults={"h_scale": 0.8, "patch_size": 5, "patch_distance": 6, "fast_mode": False},
-                 grid=_product(h_scale=(0.4, 0.6, 0.8, 1.0, 1.2), fast_mode=(False, True))),
+                 defaults={"h_scale": 0.8, "sigma_scale": 1.0, "patch_size": 5, "patch_distance": 6,
+                           "fast_mode": False},
+                 grid=_product(h_scale=(0.4, 0.6, 0.8, 1.0, 1.2), sigma_scale=(0.5, 0.75, 1.0),
+                               fast_mode=(False, True))),
         Baseline("tv", tv, "total variation, Chambolle (skimage), weight = weight_scale * sigma",
                  defaults={"weight_scale": 1.0}, grid=_product(weight_scale=(0.25, 0.5, 1.0, 1.5, 2.0))),
         Baseline("bilateral", bilateral, "bilateral filter (skimage), sigma_color = color_scale * sigma",
