@@ -281,3 +281,25 @@ def test_model_names_from_run_dirs(tmp_path):
     dup = save_model(m, str(tmp_path / "x" / "unet-g05"))
     names = [e["name"] for e in evaluation._model_entries([*dirs, dup], {"noisy"})]
     assert names == ["unet-g05", "conv-g05", "unet-g05-conv28k"]
+
+
+def test_shards_and_report_in_object_storage(s3_server, ray_session, data_root):
+    """--data and --out as s3:// URIs (SeaweedFS test server): every output goes through dae.storage."""
+    import uuid
+
+    from dae import storage
+
+    s3_server.create_bucket("dae-eval")
+    with s3_server.env():
+        prefix = f"s3://dae-eval/t-{uuid.uuid4().hex[:8]}"
+        ids, clean = _scored(data_root, n=6)
+        with ShardWriter(prefix, "test", dataset="cam", source="test", rows_per_shard=4) as w:
+            for i, img in zip(ids, clean):
+                w.add(id=i, image=shards.from_float(img))
+        out = storage.join(prefix, "eval")
+        r = _main(["--data", prefix, "--out", out, "--noise", "gaussian:0.2", "--baselines", "median",
+                   "--tune-images", "0", "--picture-images", "2"])
+        assert _entry(r, "gaussian:0.2", "median")["images"] == 6
+        for name in ("report.md", "report.json", "comparison.png", "per_image.parquet", "config.resolved.json"):
+            assert storage.exists(storage.join(out, name)), name
+        assert storage.read_json(storage.join(out, "report.json"))["results"][0]["method"] == "noisy"
