@@ -46,7 +46,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="conv28k", help="model name (dae.models.list_models())")
     p.add_argument("--model-kwargs", type=yaml.safe_load, default={}, help="YAML, e.g. '{width: 16}'")
     p.add_argument("--noise", default="gaussian:0.5")
-    p.add_argument("--rows-per-shard", type=int, default=5000)
+    p.add_argument("--rows-per-shard", type=int, default=2500,
+                   help="small enough that N/4 still has several files (same read parallelism as N)")
     p.add_argument("--batch-size", type=int, default=1024, help="the job's Ray Data batch size")
     p.add_argument("--forward-batch", type=int, default=256, help="images per forward pass (job and script)")
     p.add_argument("--job-args", default="", help="extra jobs.denoise flags, e.g. '--torch-threads 2'")
@@ -193,6 +194,24 @@ class MemorySampler(threading.Thread):
         self.join()
 
 
+def load() -> str:
+    with open("/proc/loadavg") as fh:
+        return " ".join(fh.read().split()[:3])
+
+
+def fresh_ray() -> float:
+    """Memory runs each start from a fresh local Ray, so idle workers of an earlier run do not count."""
+    import ray
+
+    from dae.raylib import init_ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    t = time.perf_counter()
+    init_ray()
+    return time.perf_counter() - t
+
+
 def run_job(input_root: str, model_dir: str, out: str, args, sample_memory: bool) -> dict:
     from jobs import denoise
 
@@ -218,7 +237,6 @@ def run_job(input_root: str, model_dir: str, out: str, args, sample_memory: bool
 
 def main(args: argparse.Namespace) -> dict:
     from dae.jobutil import setup_logging
-    from dae.raylib import init_ray
 
     setup_logging()
     skip = set(filter(None, args.skip.split(",")))
@@ -236,25 +254,24 @@ def main(args: argparse.Namespace) -> dict:
         res["forward_images_per_s"] = bench_forward(model, min(args.n, 50_000), args.forward_batch)
         print(f"bare forward pass:       {res['forward_images_per_s']:9.0f} images/s", flush=True)
     if "plain" not in skip:
+        print(f"load average {load()}", flush=True)
         p = plain_script(root, model, args.noise, 0, args.forward_batch, os.path.join(args.work, "plain-out"))
         res["plain"] = p
         print(f"plain script end to end: {p['images_per_s']:9.0f} images/s ({p['wall_s']:.1f}s)", flush=True)
         for k, v in p["stage_s"].items():
             print(f"    {k:8s} {v:7.2f}s  {100 * v / p['wall_s']:5.1f}%", flush=True)
-    if "job" not in skip or "memory" not in skip:
-        t = time.perf_counter()
-        init_ray()
-        res["ray_start_s"] = time.perf_counter() - t
-        print(f"ray start: {res['ray_start_s']:.1f}s (not counted below)", flush=True)
     if "memory" not in skip:
+        print(f"ray start: {fresh_ray():.1f}s (not counted); load average {load()}", flush=True)
         q = subset(root, 0.25, args.work)
         small = run_job(q, model_dir, os.path.join(args.work, "job-out-quarter"), args, True)
         res["job_quarter"] = small
         print(f"job on N/4 = {small['images']}: {small['images_per_s']:9.0f} images/s, peak RSS "
               f"{small['peak_rss_mb']:.0f} MiB, peak USS {small['peak_uss_mb']:.0f} MiB", flush=True)
     if "job" not in skip:
+        print(f"ray start: {fresh_ray():.1f}s (not counted); load average {load()}", flush=True)
         full = run_job(root, model_dir, os.path.join(args.work, "job-out"), args, "memory" not in skip)
         res["job"] = full
+        print(f"load average {load()}", flush=True)
         print(f"job end to end (N={full['images']}): {full['images_per_s']:9.0f} images/s ({full['wall_s']:.1f}s; "
               f"pipeline only {full['pipeline_images_per_s']} images/s), actors {full['actors']}", flush=True)
         if "plain" in res:

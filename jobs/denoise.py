@@ -234,7 +234,8 @@ def _parquet_bytes(t: pa.Table) -> bytes:
 def write_outputs(cfg: DenoiseConfig, f: InputFile, parts: list[pa.Table], fp: str) -> dict:
     """Data file, errors file (when any), exported PNGs, then the marker (last: it declares the rest done)."""
     with_noise = bool(cfg.add_noise)
-    t = pa.concat_tables(parts) if parts else None
+    # permissive: a batch whose labels are all set comes back int64, one with nulls float64 (NaN)
+    t = pa.concat_tables(parts, promote_options="permissive") if parts else None
     if t is None or t.num_rows == 0:
         ok = err = None
     else:
