@@ -353,6 +353,10 @@ def run(cfg: EvaluateConfig, command: str) -> dict:
             raise ValueError(f"{n} must be >= 0, got {lim}")
     if cfg.batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {cfg.batch_size}")
+    storage.check_access(cfg.data, must_exist=True)  # fail before any work, naming the cause
+    for m in cfg.models:
+        storage.check_access(m, must_exist=True)
+    storage.check_access(cfg.out, write=True)
     t_start = time.perf_counter()
 
     # Which classical methods can run here; a missing optional one is skipped with the reason.

@@ -24,7 +24,7 @@ import argparse
 import shlex
 import sys
 
-from dae import baselines
+from dae import baselines, storage
 from dae.config import add_config_args, config_dict, resolve_config
 from dae.evaluation import EvaluateConfig, run
 from dae.jobutil import setup_logging
@@ -35,6 +35,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                                      conflict_handler="resolve",
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(parser, EvaluateConfig)
+    storage.add_s3_args(parser)
     # Lists as plain space-separated words (`--noise gaussian:0.1 gaussian:0.5`), replacing the
     # generic YAML-text flags add_config_args made for these tuple fields.
     parser.add_argument("--noise", nargs="+", default=None, metavar="SPEC",
@@ -62,6 +63,7 @@ def command_line(cfg: EvaluateConfig) -> str:
 
 def main(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
     setup_logging()
+    storage.configure_from_args(args)
     cfg = resolve_config(EvaluateConfig, args)
     command = command_line(cfg)
     if argv is not None:
