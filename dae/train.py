@@ -489,6 +489,10 @@ def run(cfg: TrainConfig) -> dict:
     from .raylib import init_ray
 
     cfg = validate(cfg)
+    storage.check_access(cfg.data, must_exist=True)  # fail before any work, naming the cause
+    storage.check_access(cfg.storage, write=True)
+    if cfg.out:
+        storage.check_access(cfg.out, write=True)
     init_ray()
     t_start = time.perf_counter()
     train_desc = describe_split(cfg.data, cfg.train_split)
@@ -505,6 +509,9 @@ def run(cfg: TrainConfig) -> dict:
     threads = cfg.torch_threads or res["torch_threads"]
     storage_path = cfg.storage if storage.is_uri(cfg.storage) else os.path.abspath(cfg.storage)
     run_dir = storage.join(storage_path, cfg.run_name)
+    # Ray Train gets (path, filesystem): on s3:// the filesystem carries dae.storage's endpoint and
+    # credentials to the controller and workers (a bare URI would be re-resolved there from their env).
+    ray_storage_path, ray_storage_fs = storage.ray_storage(storage_path)
     out = cfg.out or run_dir
     storage.makedirs(out)
     save_resolved_config(cfg, out, data_mode=mode, resources=res, torch_threads=threads,
@@ -537,7 +544,7 @@ def run(cfg: TrainConfig) -> dict:
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.gpus_per_worker > 0,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
-            name=cfg.run_name, storage_path=storage_path,
+            name=cfg.run_name, storage_path=ray_storage_path, storage_filesystem=ray_storage_fs,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.num_to_keep,
                                                          checkpoint_score_attribute="val_psnr",
                                                          checkpoint_score_order="max"),

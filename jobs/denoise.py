@@ -426,6 +426,7 @@ def summarize(cfg: DenoiseConfig, files: list[InputFile], markers: dict[str, dic
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(parser, DenoiseConfig)
+    storage.add_s3_args(parser)
     return parser
 
 
@@ -451,6 +452,11 @@ def run(cfg: DenoiseConfig) -> dict:
 
     t0 = time.perf_counter()
     validate(cfg)
+    storage.check_access(cfg.input, must_exist=True)  # fail before any work, naming the cause
+    storage.check_access(cfg.model, must_exist=True)
+    storage.check_access(cfg.output, write=True)
+    if cfg.export_png:
+        storage.check_access(cfg.export_png, write=True)
     model_cfg = checkpoint.load_config(cfg.model)
     model_channels = int(model_cfg["channels"])
     files = list_inputs(cfg)
@@ -498,6 +504,7 @@ def run(cfg: DenoiseConfig) -> dict:
 def main(args: argparse.Namespace) -> dict:
     """Runs the job; returns the summary dict (also in OUTPUT/summary.json)."""
     setup_logging()
+    storage.configure_from_args(args)
     cfg = resolve_config(DenoiseConfig, args)
     return run(cfg)
 

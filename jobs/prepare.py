@@ -76,7 +76,9 @@ class PrepareConfig:
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Write train/test Parquet shards from a dataset or image folder",
                                      add_help=add_help)
-    return add_config_args(parser, PrepareConfig)
+    add_config_args(parser, PrepareConfig)
+    storage.add_s3_args(parser)
+    return parser
 
 
 def check_config(cfg: PrepareConfig) -> None:
@@ -138,8 +140,12 @@ def write_preview(out: str, n: int, per_row: int = 16) -> str | None:
 
 def main(args: argparse.Namespace) -> dict:
     setup_logging()
+    storage.configure_from_args(args)
     cfg = resolve_config(PrepareConfig, args)
     check_config(cfg)
+    storage.check_access(cfg.out, write=True)  # missing bucket / bad credentials / no endpoint: fail now
+    if cfg.input and storage.is_uri(cfg.input):
+        storage.check_access(cfg.input, must_exist=True)
     start = time.perf_counter()
     check_outputs(cfg.out, cfg.overwrite)
     prepared = open_source(cfg)  # validates the input before anything old is deleted

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 
+from dae import storage
 from dae.config import add_config_args, resolve_config
 from dae.jobutil import setup_logging
 from dae.train import TrainConfig, format_summary, run
@@ -27,12 +28,14 @@ from dae.train import TrainConfig, format_summary, run
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(parser, TrainConfig)
+    storage.add_s3_args(parser)
     return parser
 
 
 def main(args: argparse.Namespace) -> dict:
     """Returns the run summary: out, best_model, best_epoch, best, last, history, ..."""
     setup_logging()
+    storage.configure_from_args(args)
     cfg = resolve_config(TrainConfig, args)
     summary = run(cfg)
     print(format_summary(summary), flush=True)
