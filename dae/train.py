@@ -96,6 +96,9 @@ class TrainConfig:
     out: str = field(default="", metadata={"help": "output dir (default: the run dir STORAGE/RUN_NAME)"})
     num_to_keep: int = field(default=2, metadata={"help": "checkpoints kept (best by val_psnr, plus the latest)"})
     max_failures: int = field(default=3, metadata={"help": "worker-group failures recovered from the last checkpoint"})
+    placement_strategy: str = field(default="PACK", metadata={
+        "help": "how workers are placed on nodes (SPREAD: one per node where possible)",
+        "choices": ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")})
     samples: int = field(default=8, metadata={"help": "validation images shown in samples.png"})
 
 
@@ -542,7 +545,8 @@ def run(cfg: TrainConfig) -> dict:
         train_loop,
         train_loop_config=loop_cfg,
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.gpus_per_worker > 0,
-                                               resources_per_worker=resources),
+                                               resources_per_worker=resources,
+                                               placement_strategy=cfg.placement_strategy),
         run_config=ray.train.RunConfig(
             name=cfg.run_name, storage_path=ray_storage_path, storage_filesystem=ray_storage_fs,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.num_to_keep,
