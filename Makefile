@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: demo test venv data bench-train bench-denoise clean
+.PHONY: demo test venv data bench-train bench-denoise quality-train clean
 
 venv: $(STAMP)
 
@@ -27,6 +27,16 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
+
+# Benchmarks and quality checks: they print figures (never timed tests). Fashion-MNIST from `make data`.
+bench-train: $(STAMP) data
+	$(BIN)/python -m jobs.bench_train --data bench_out/fashion-mnist --work bench_out/train --images 20000 --epochs 2
+
+bench-denoise: $(STAMP) data
+	$(BIN)/python -m jobs.bench_denoise --n 100000 --work bench_out/denoise
+
+quality-train: $(STAMP) data
+	$(BIN)/python -m jobs.quality_train --data bench_out/fashion-mnist --out bench_out/quality --runs plain,job1,job2
 
 clean:
 	rm -rf demo_out bench_out .pytest_cache

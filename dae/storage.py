@@ -421,6 +421,11 @@ def _check_local(path: str, write: bool, must_exist: bool) -> None:
 # ---------------------------------------------------------------- file operations
 
 
+def absolute(path: str) -> str:
+    """A local path made absolute (Ray workers run in another directory); URIs unchanged."""
+    return path if not path or is_uri(path) else os.path.abspath(path)
+
+
 def join(base: str, *parts: str) -> str:
     if is_uri(base):
         return posixpath.join(str(base).rstrip("/"), *parts)

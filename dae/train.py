@@ -126,7 +126,9 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         cfg = dataclasses.replace(cfg, run_name=f"train-{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}")
     if "/" in cfg.run_name or cfg.run_name.startswith("."):
         raise ValueError(f"run_name must be a plain name, got {cfg.run_name!r}")
-    return cfg
+    # Workers write outputs and read data in their own working directory: pin local paths now.
+    return dataclasses.replace(cfg, data=storage.absolute(cfg.data), storage=storage.absolute(cfg.storage),
+                               out=storage.absolute(cfg.out))
 
 
 def describe_split(root: str, split: str) -> dict:
@@ -510,7 +512,7 @@ def run(cfg: TrainConfig) -> dict:
     res = plan_resources(cfg.workers, cfg.gpus_per_worker, cfg.cpus_per_worker,
                          reserve_cpus=0.0 if mode == "cache" else min(1.0, ray.cluster_resources().get("CPU", 0) / 4))
     threads = cfg.torch_threads or res["torch_threads"]
-    storage_path = cfg.storage if storage.is_uri(cfg.storage) else os.path.abspath(cfg.storage)
+    storage_path = cfg.storage
     run_dir = storage.join(storage_path, cfg.run_name)
     # Ray Train gets (path, filesystem): on s3:// the filesystem carries dae.storage's endpoint and
     # credentials to the controller and workers (a bare URI would be re-resolved there from their env).
