@@ -24,7 +24,7 @@ data:
 demo: $(STAMP)
 	$(BIN)/python -m jobs.demo --out demo_out
 
-test: $(STAMP)
+test: $(STAMP) data
 	$(BIN)/python -m pytest -q tests
 
 # Benchmarks and quality checks: they print figures (never timed tests). Fashion-MNIST from `make data`.
