@@ -37,6 +37,22 @@ default_cluster_dir() {
     echo "${DAE_CLUSTER_DIR:-${TMPDIR:-/tmp}/dae-ray-$port}"
 }
 
+# The options that pick a cluster, shared by ray.sh and status.sh: --dir DIR, --port P, -h.
+# Sets CLUSTER_DIR and leaves the arguments after them in REST_ARGS.
+select_cluster() {
+    local dir="" port=""
+    REST_ARGS=()
+    while [[ $# -gt 0 ]]; do
+        case "$1" in
+            --dir) dir="$2"; shift 2 ;;
+            --port) port="$2"; shift 2 ;;
+            -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+            *) REST_ARGS=("$@"); break ;;
+        esac
+    done
+    CLUSTER_DIR="${dir:-$(default_cluster_dir "$port")}"
+}
+
 load_cluster_env() {
     local dir="$1"
     [[ -f "$dir/cluster.env" ]] || die "no cluster at $dir (missing $dir/cluster.env); start one with cluster/local/start.sh"

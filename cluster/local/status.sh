@@ -8,17 +8,8 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-CLUSTER_DIR=""
-PORT_ARG=""
-while [[ $# -gt 0 ]]; do
-    case "$1" in
-        --dir) CLUSTER_DIR="$2"; shift 2 ;;
-        --port) PORT_ARG="$2"; shift 2 ;;
-        -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-        *) die "unknown option $1 (see --help)" ;;
-    esac
-done
-CLUSTER_DIR="${CLUSTER_DIR:-$(default_cluster_dir "$PORT_ARG")}"
+select_cluster "$@"
+[[ ${#REST_ARGS[@]} -eq 0 ]] || die "unknown option ${REST_ARGS[0]} (see --help)"
 load_cluster_env "$CLUSTER_DIR"
 
 echo "cluster dir:  $CLUSTER_DIR"
