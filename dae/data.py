@@ -22,4 +22,9 @@ def read_shards(root: str, split: str | None = None, files: list[str] | None = N
     files = files if files is not None else shard_files(root, split)
     fs, _ = storage.resolve(files[0])
     paths = [storage.resolve(f)[1] for f in files]
-    return ray.data.read_parquet(paths, filesystem=fs, columns=columns, **read_kwargs)
+    ds = ray.data.read_parquet(paths, filesystem=fs, **read_kwargs)
+    # select_columns is pushed down into the Parquet scan by Ray Data's optimizer (the read's own
+    # columns= argument is deprecated in Ray 2.58)
+    if not columns:
+        return ds
+    return ds.select_columns(list(columns) + (["path"] if read_kwargs.get("include_paths") else []))
