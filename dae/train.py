@@ -29,7 +29,8 @@ Each worker (:func:`train_loop`):
     and storage, resumes from the latest checkpoint (``ray.train.get_checkpoint``).
 
 Outputs (``out``, default the run directory ``STORAGE/RUN_NAME`` where Ray Train keeps its
-checkpoints): ``best_model/``, ``metrics.jsonl``, ``curves.png``, ``samples.png``,
+checkpoints): ``best_model/`` (best validation PSNR), ``final_model/`` (last epoch), ``metrics.jsonl``,
+``curves.png``, ``samples.png``,
 ``config.resolved.json``.
 """
 
@@ -482,6 +483,15 @@ def _read_samples(files: list[str], n: int) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(b["image"], dtype=np.float32)[order], np.asarray(b["id"]).astype(str)[order]
 
 
+def _export_model(checkpoint, model_dir: str) -> torch.nn.Module:
+    """Copies a Ray Train checkpoint's model/ (weights + config) to ``model_dir``; returns the model."""
+    with checkpoint.as_directory() as d:
+        model, mcfg = ckpt_lib.load_model(os.path.join(d, "model"))
+    ckpt_lib.save_model(model, model_dir, **{k: v for k, v in mcfg.items()
+                                             if k not in ("model", "model_kwargs", "channels", "format", "saved_at")})
+    return model
+
+
 def run(cfg: TrainConfig) -> dict:
     """Train with Ray Train; returns {"out", "best_model", "best_epoch", "best", "history", ...}."""
     import ray
@@ -566,12 +576,12 @@ def run(cfg: TrainConfig) -> dict:
     # ---- outputs
     history = [json.loads(line) for line in storage.read_bytes(storage.join(out, "metrics.jsonl")).decode().splitlines()
                if line.strip()]
-    best_ckpt = result.get_best_checkpoint("val_psnr", "max") or result.checkpoint
     best_model_dir = storage.join(out, "best_model")
-    with best_ckpt.as_directory() as d:
-        model, mcfg = ckpt_lib.load_model(os.path.join(d, "model"))
-        ckpt_lib.save_model(model, best_model_dir, **{k: v for k, v in mcfg.items()
-                                                      if k not in ("model", "model_kwargs", "channels", "format", "saved_at")})
+    final_model_dir = storage.join(out, "final_model")
+    # final_model (the last epoch) is what to score on the held-out split when val_split is that
+    # same split: best_model was picked on it.
+    _export_model(result.checkpoint, final_model_dir)
+    model = _export_model(result.get_best_checkpoint("val_psnr", "max") or result.checkpoint, best_model_dir)
     best = max(history, key=lambda h: h["val_psnr"])
     from .viz import save_curves, save_grid
 
@@ -585,7 +595,8 @@ def run(cfg: TrainConfig) -> dict:
             den = model(_to_nchw(noisy)).float().clamp(0, 1).numpy().transpose(0, 2, 3, 1)
         save_grid([("clean", list(clean)), ("noisy", list(noisy)), ("denoised", list(den))],
                   storage.join(out, "samples.png"))
-    summary = {"out": out, "run_dir": run_dir, "best_model": best_model_dir, "best_epoch": best["epoch"],
+    summary = {"out": out, "run_dir": run_dir, "best_model": best_model_dir, "final_model": final_model_dir,
+               "best_epoch": best["epoch"],
                "best": best, "last": history[-1], "history": history, "data_mode": mode, "data_s": data_s,
                "fit_s": fit_s, "total_s": time.perf_counter() - t_start, "resources": res, "torch_threads": threads,
                "config": config_dict(cfg)}

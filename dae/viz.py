@@ -61,18 +61,32 @@ def save_grid(rows: Sequence[tuple[str, Sequence[np.ndarray]]], path: str, **kw)
 def save_curves(series: dict[str, Sequence[float]], path: str, xlabel: str = "epoch",
                 title: str = "") -> str:
     """Line plots, one panel per series (e.g. {"train loss": [...], "val PSNR (dB)": [...]})."""
+    panels = {name: {"": (np.arange(1, len(ys) + 1), list(ys))} for name, ys in series.items()}
+    return save_lines(panels, path, xlabel=xlabel, title=title)
+
+
+def save_lines(panels: dict[str, dict[str, tuple[Sequence[float], Sequence[float]]]], path: str,
+               xlabel: str = "", title: str = "") -> str:
+    """One panel per key, one labelled line per (xs, ys) in it (a legend when lines are named)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(series), figsize=(4.5 * len(series), 3.4), squeeze=False)
-    for ax, (name, ys) in zip(axes[0], series.items()):
-        xs = np.arange(1, len(ys) + 1)
-        ax.plot(xs, list(ys), marker="o")
+    # one color per label across all panels
+    colors: dict[str, str] = {}
+    for lines in panels.values():
+        for label in lines:
+            colors.setdefault(label, f"C{len(colors) % 10}")
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.4), squeeze=False)
+    for ax, (name, lines) in zip(axes[0], panels.items()):
+        for label, (xs, ys) in lines.items():
+            ax.plot(list(xs), list(ys), marker="o", label=label or None, color=colors[label])
         ax.set_xlabel(xlabel)
         ax.set_title(name)
         ax.grid(alpha=0.3)
+        if any(lines):
+            ax.legend(fontsize=7)
     if title:
         fig.suptitle(title)
     fig.tight_layout()

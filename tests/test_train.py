@@ -115,7 +115,7 @@ def test_two_workers_train_and_checkpoint_reloads(ray_session, shards_root, tmp_
     assert last["val_psnr"] > last["noisy_psnr"] + 1.0, last
     assert last["val_ssim"] > last["noisy_ssim"], last
     for name in ("curves.png", "samples.png", "config.resolved.json", "best_model/config.json",
-                 "best_model/model.safetensors"):
+                 "best_model/model.safetensors", "final_model/config.json", "final_model/model.safetensors"):
         assert os.path.exists(os.path.join(res["out"], name)), name
     resolved = json.load(open(os.path.join(res["out"], "config.resolved.json")))
     assert resolved["workers"] == 2 and resolved["run_name"] == "two-workers"

@@ -1,0 +1,128 @@
+"""jobs.quality_sweep end to end on a tiny grid (real Ray, real shards, the real train and evaluate
+jobs): the table's numbers are the evaluate job's, each model appears at its own level and the blind
+one across its range, targets report margins, a rerun reuses every step and a changed setting fails."""
+
+import json
+import os
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from dae.config import build_config
+from jobs import quality_sweep as qs
+
+TINY = {
+    "datasets": {"mnist5k": {"source": "mnist5k", "limit": 160, "epochs": 1}},
+    "models": {"keras_blog": {"model": "keras_blog"}, "conv28k": {"model": "conv28k"}},
+    "grid": [{"data": "mnist5k", "models": ["keras_blog", "conv28k"], "noise": ["gaussian:0.3", "salt_pepper:0.2"]}],
+    "best": "conv28k",
+    "reference": "keras_blog",
+    "blind": "gaussian:0.2-0.4",
+    "batch_size": 32,
+    "lr": 0.005,
+    "val_limit": 32,
+    "eval_limit": 48,
+    "baselines": ["median", "tv"],
+    "bm3d_limit": 0,
+}
+
+
+def tiny(out, **over):
+    return build_config(qs.SweepConfig, {**TINY, "out": str(out), **over})
+
+
+@pytest.fixture(scope="module")
+def sweep(ray_session, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sweep")
+    res = qs.run(tiny(out), "test")
+    return out, res
+
+
+def test_table_holds_the_evaluate_numbers(sweep):
+    out, res = sweep
+    table = res["table"]["mnist5k"]
+    assert list(table) == ["gaussian:0.3", "salt_pepper:0.2"]
+    per_image = pq.read_table(os.path.join(out, "eval", "mnist5k", "per_image.parquet")).to_pandas()
+    for level, row in table.items():
+        for method, e in row.items():
+            name = e.get("run", method)  # models are named by their run directory in the report
+            v = per_image[(per_image.noise == level) & (per_image.method == name)].psnr
+            assert len(v) == e["images"] == 48, (level, method)
+            assert e["psnr_mean"] == pytest.approx(float(np.mean(v)), abs=1e-9), (level, method)
+    for level, row in table.items():
+        assert {"noisy", "median", "tv", "keras_blog", "conv28k"} <= set(row), (level, row.keys())
+
+
+def test_models_at_their_level_blind_across_its_range(sweep):
+    _, res = sweep
+    table = res["table"]["mnist5k"]
+    for level in ("gaussian:0.3", "salt_pepper:0.2"):
+        assert table[level]["conv28k"]["trained_noise"] == level
+        assert table[level]["keras_blog"]["run"] == "keras_blog-" + qs.slug(level)
+    assert table["gaussian:0.3"]["conv28k blind"]["trained_noise"] == "gaussian:0.2-0.4"
+    assert "conv28k blind" not in table["salt_pepper:0.2"]  # not in the blind range
+
+
+def test_targets_report_margins_and_unmeasured(sweep):
+    _, res = sweep
+    row = res["table"]["mnist5k"]
+    by = {(t["target"], t["where"]): t for t in res["targets"]}
+    t = by[("conv28k >= median + 6 dB", "mnist5k salt_pepper:0.2")]
+    need = row["salt_pepper:0.2"]["median"]["psnr_mean"] + 6
+    assert t["needed"] == pytest.approx(need)
+    assert t["margin"] == pytest.approx(row["salt_pepper:0.2"]["conv28k"]["psnr_mean"] - need)
+    assert t["status"] == ("met" if t["margin"] >= 0 else "missed")
+    b = by[("conv28k blind within 0.5 dB of conv28k", "mnist5k gaussian:0.3")]
+    assert b["value"] == pytest.approx(row["gaussian:0.3"]["conv28k blind"]["psnr_mean"])
+    # no Fashion-MNIST in this grid: those targets are "not measured", never passed
+    fm = [t for t in res["targets"] if t["where"].startswith("fashion-mnist")]
+    assert len(fm) == 2 and all(t["status"] == "not measured" for t in fm)
+
+
+def test_outputs_written(sweep):
+    out, res = sweep
+    md = open(os.path.join(out, "quality.md")).read()
+    assert "## mnist5k" in md and "## Targets" in md and "conv28k blind" in md
+    saved = json.load(open(os.path.join(out, "quality.json")))
+    assert saved["table"] == json.loads(json.dumps(res["table"]))
+    assert os.path.exists(os.path.join(out, "config.resolved.json"))
+    assert os.path.exists(os.path.join(out, "eval", "mnist5k", "comparison.png"))
+    assert res["charts"] == {"mnist5k": os.path.join(str(out), "psnr_mnist5k.png")}
+    assert open(res["charts"]["mnist5k"], "rb").read(4) == b"\x89PNG" and "(psnr_mnist5k.png)" in md
+    assert len(res["runs"]) == 5 and not any(r["reused"] for r in res["runs"])
+
+
+def test_rerun_reuses_every_step(sweep):
+    out, first = sweep
+    marker = os.path.join(out, "eval", "mnist5k", "report.json")
+    mtime = os.path.getmtime(marker)
+    again = qs.run(tiny(out), "test")
+    assert all(r["reused"] for r in again["runs"])
+    assert os.path.getmtime(marker) == mtime
+    assert again["table"] == first["table"]
+
+
+def test_changed_setting_fails_naming_the_run(sweep):
+    out, _ = sweep
+    with pytest.raises(ValueError, match="other settings.*lr"):
+        qs.run(tiny(out, lr=0.001), "test")
+
+
+@pytest.mark.parametrize("over, msg", [
+    ({"grid": [{"data": "nope", "models": ["conv28k"], "noise": ["gaussian:0.3"]}]}, "unknown dataset 'nope'; datasets: mnist5k"),
+    ({"grid": [{"data": "mnist5k", "models": ["vit"], "noise": ["gaussian:0.3"]}]}, "unknown model tag 'vit'; models: keras_blog, conv28k"),
+    ({"blind": "gaussian:0.3"}, "must be a range"),
+    ({"best": "unet"}, "not in models: keras_blog, conv28k"),
+    ({"models": {"conv28k": {"model": "nope"}, "keras_blog": {"model": "keras_blog"}}}, "model one of"),
+])
+def test_bad_plan_fails_listing_valid_choices(tmp_path, over, msg):
+    with pytest.raises(ValueError, match=msg):
+        qs.plan(tiny(tmp_path, **over))
+
+
+def test_presets_plan():
+    full, _ = qs.plan(build_config(qs.SweepConfig, preset="quality-sweep"))
+    assert len(full) == 3 * 8 * 5 + 3
+    cpu, levels = qs.plan(build_config(qs.SweepConfig, preset="quality-sweep-cpu"))
+    assert {"gaussian:0.1", "gaussian:0.5", "salt_pepper:0.2"} <= set(levels["fashion-mnist"])
