@@ -86,7 +86,11 @@ class S3Server:
         master, master_g, volume, volume_g, filer, filer_g, s3, s3_g = _free_ports(8)
         cmd = [weed, "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
                f"-master.port={master}", f"-master.port.grpc={master_g}", f"-master.dir={data}",
-               "-master.volumeSizeLimitMB=64", "-volume.max=16",
+               # Every bucket is a SeaweedFS collection that grows 7 volumes on its first write, and
+               # several test modules create buckets on this one session server: 16 slots ran out at
+               # the third bucket (UploadPart -> INTERNAL_FAILURE). Volume files are sparse, so 256
+               # slots cost nothing; minFreeSpace is absolute so a nearly full CI disk still works.
+               "-master.volumeSizeLimitMB=64", "-volume.max=256", "-volume.minFreeSpace=256MiB",
                f"-volume.port={volume}", f"-volume.port.grpc={volume_g}",
                "-filer", f"-filer.port={filer}", f"-filer.port.grpc={filer_g}",
                "-s3", f"-s3.port={s3}", f"-s3.port.grpc={s3_g}", f"-s3.config={config}",
