@@ -37,7 +37,7 @@ bench-denoise: $(STAMP) data
 quality-train: $(STAMP) data
 	$(BIN)/python -m jobs.quality_train --data bench_out/fashion-mnist --out bench_out/quality --runs plain,job1,job2
 
-# The README's quality table (about 1.5 h on 2 CPU cores; the full grid: --config quality-sweep on GPUs).
+# The README's quality table (about 2.5 h on 2 CPU cores; the full grid: --config quality-sweep on GPUs).
 quality-sweep: $(STAMP) data
 	$(BIN)/python -m jobs.quality_sweep --config quality-sweep-cpu --out bench_out/quality-sweep
 
