@@ -10,6 +10,7 @@ No Ray import.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from typing import Any
 
@@ -51,6 +52,12 @@ def load_config(path: str) -> dict:
     if not storage.exists(cfg_path):
         raise FileNotFoundError(f"{path} is not a model directory: no {CONFIG} in it")
     return storage.read_json(cfg_path)
+
+
+def weights_digest(path: str) -> str:
+    """A content hash of a model directory's weights: tells a retrained model from the one a
+    report was made with, whatever the directory is called."""
+    return hashlib.blake2b(storage.read_bytes(storage.join(path, WEIGHTS)), digest_size=16).hexdigest()
 
 
 def load_model(path: str, device: str | torch.device = "cpu") -> tuple[AnySize, dict]:

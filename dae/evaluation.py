@@ -300,7 +300,7 @@ _GENERIC_DIR_NAMES = {"model", "best_model", "final_model", "checkpoint", "last_
 
 def _model_entries(dirs: Sequence[str], taken: set[str]) -> list[dict]:
     """[{key, name, dir, config}] with unique display names (directory name, else config model)."""
-    from .checkpoint import load_config
+    from .checkpoint import load_config, weights_digest
 
     entries = []
     names = set(taken)
@@ -318,7 +318,7 @@ def _model_entries(dirs: Sequence[str], taken: set[str]) -> list[dict]:
         while name in names:
             name, k = f"{base}-{k}", k + 1
         names.add(name)
-        entries.append({"key": f"model{i}", "name": name, "dir": str(d), "config": cfg})
+        entries.append({"key": f"model{i}", "name": name, "dir": str(d), "config": cfg, "weights": weights_digest(d)})
     return entries
 
 
@@ -617,7 +617,8 @@ def run(cfg: EvaluateConfig, command: str) -> dict:
                  if "bm3d" in run_baselines else None),
         "tuning": tuning,
         "models": [{"name": m["name"], "dir": m["dir"], "model": m["config"].get("model"),
-                    "channels": m["config"].get("channels"), "trained_noise": m["config"].get("noise")}
+                    "channels": m["config"].get("channels"), "trained_noise": m["config"].get("noise"),
+                    "weights": m["weights"]}
                    for m in models],
         "model_actors": actors_info,
         "same_input": same_input,

@@ -221,6 +221,23 @@ def _collect(it) -> tuple[np.ndarray, np.ndarray]:
     return images[order], id_arr[order]
 
 
+# Below this output spread (std across validation images, mean over pixels, in [0, 1] units) the model
+# outputs one image whatever the input. Seen: conv28k/keras_blog with MSE on MNIST reach 0 exactly
+# (sigmoid saturated at 0 on the mostly black digits); trained models sit at 0.1-0.4.
+COLLAPSE_SPREAD = 1e-3
+
+
+def collapsed(row: dict) -> bool:
+    """Whether a metrics row (an epoch) comes from a collapsed model (rows without the field: no)."""
+    return row.get("output_spread", 1.0) < COLLAPSE_SPREAD
+
+
+def collapse_message(cfg: dict) -> str:
+    return (f"the model outputs the same image for every input (it collapsed; output spread < {COLLAPSE_SPREAD:g}). "
+            f"{cfg['model']} with --loss {cfg['loss']}, --lr {cfg['lr']:g}: for a sigmoid-output model on mostly dark "
+            f"images try --loss bce (the seeds' loss), or a lower --lr")
+
+
 def _loss_fn(name: str):
     if name == "mse":
         return F.mse_loss
@@ -360,10 +377,13 @@ def train_loop(loop_cfg: dict) -> None:
             torch.distributed.all_reduce(t)
         return t.tolist()
 
-    def val_metrics(net) -> tuple[float, float]:
+    def val_metrics(net) -> tuple[float, float, float]:
+        """(sum of PSNR, sum of SSIM, output spread) over this rank's validation images. The spread
+        (the largest per-batch mean over pixels of the std across images) is ~0 when the model
+        outputs one image for every input: a collapsed model."""
         # Unwrapped model: no DDP collective per forward, so ranks may run different batch counts.
         net.eval()
-        ps = ss = 0.0
+        ps = ss = spread = 0.0
         with torch.no_grad():
             for i in range(0, len(val_clean), 256):
                 x = val_noisy[i:i + 256].to(device)
@@ -372,8 +392,10 @@ def train_loop(loop_cfg: dict) -> None:
                 out = out.float().clamp(0, 1).cpu()
                 ps += float(metrics.psnr(out, val_clean[i:i + 256]).sum())
                 ss += float(metrics.ssim(out, val_clean[i:i + 256]).sum())
+                if len(out) > 1:
+                    spread = max(spread, float(out.std(dim=0).mean()))  # (N, C, H, W) -> (C, H, W) -> ()
         net.train()
-        return ps, ss
+        return ps, ss, spread
 
     noisy_sums = reduce_sums([float(metrics.psnr(val_noisy, val_clean).sum()),
                               float(metrics.ssim(val_noisy, val_clean).sum()), float(len(val_clean))])
@@ -433,13 +455,13 @@ def train_loop(loop_cfg: dict) -> None:
             # ones the checkpoint holds.
             for buf in raw_model.buffers():
                 torch.distributed.broadcast(buf, 0)
-        ps, ss = val_metrics(raw_model)
-        ps, ss = reduce_sums([ps, ss])
+        ps, ss, spread = val_metrics(raw_model)
+        ps, ss, spread = reduce_sums([ps, ss, spread / world])
         val_s = time.perf_counter() - t1
         row = {"epoch": epoch + 1, "train_loss": loss_total / seen_total, "val_psnr": ps / n_val,
                "val_ssim": ss / n_val, "noisy_psnr": noisy_psnr, "noisy_ssim": noisy_ssim,
                "images_per_s": seen_total / train_s, "train_s": train_s, "train_cpu_s": cpu_total, "data_s": data_s / world,
-               "val_s": val_s, "lr": opt.param_groups[0]["lr"], "attempt": attempt, "workers": world,
+               "val_s": val_s, "output_spread": spread, "lr": opt.param_groups[0]["lr"], "attempt": attempt, "workers": world,
                "setup_s": setup_s if epoch == start_epoch else 0.0}
         history.append(row)
         t2 = time.perf_counter()
@@ -469,6 +491,8 @@ def train_loop(loop_cfg: dict) -> None:
                   f"(noisy {noisy_ssim:.4f}), {row['images_per_s']:.0f} images/s, "
                   f"train {train_s:.1f}s val {val_s:.1f}s ckpt {row['report_s']:.1f}s, "
                   f"{time.perf_counter() - t_run:.0f}s elapsed")
+            if collapsed(row):
+                _say(f"warning: {collapse_message(cfg)}")
 
 
 # ---------------------------------------------------------------- driver
@@ -596,7 +620,7 @@ def run(cfg: TrainConfig) -> dict:
         save_grid([("clean", list(clean)), ("noisy", list(noisy)), ("denoised", list(den))],
                   storage.join(out, "samples.png"))
     summary = {"out": out, "run_dir": run_dir, "best_model": best_model_dir, "final_model": final_model_dir,
-               "best_epoch": best["epoch"],
+               "best_epoch": best["epoch"], "collapsed": collapsed(history[-1]),
                "best": best, "last": history[-1], "history": history, "data_mode": mode, "data_s": data_s,
                "fit_s": fit_s, "total_s": time.perf_counter() - t_start, "resources": res, "torch_threads": threads,
                "config": config_dict(cfg)}
@@ -618,4 +642,6 @@ def format_summary(s: dict) -> str:
         f"  outputs:     {s['out']}/(metrics.jsonl, curves.png, samples.png, config.resolved.json, summary.json)",
         f"  checkpoints: {s['run_dir']}",
     ]
+    if s.get("collapsed"):
+        lines.append(f"  WARNING: {collapse_message(cfg)}")
     return "\n".join(lines)

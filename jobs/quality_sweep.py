@@ -13,7 +13,8 @@ Steps, each one the corresponding job's own code, each skipped when its output i
 
 1. prepare every dataset of the grid (``jobs.prepare``) -> ``OUT/data/NAME``;
 2. train every cell (dataset, model, noise) of the grid with the train job (``dae.train.run``, Ray
-   Train), every model of a dataset with the same epochs, data, optimizer and schedule ->
+   Train), every model of a dataset with the same epochs, data, optimizer and schedule (the loss is
+   the model entry's: the two Keras seeds use their notebooks' binary cross-entropy) ->
    ``OUT/runs/NAME/TAG-NOISE/``; plus the best model trained blind on ``--blind`` (a range of
    levels) on every dataset;
 3. score, per dataset, every model and the classical baselines on the same noisy test images
@@ -47,10 +48,13 @@ log = logging.getLogger("dae")
 LEVELS = ("gaussian:0.1", "gaussian:0.3", "gaussian:0.5", "gaussian:0.7",
           "salt_pepper:0.05", "salt_pepper:0.1", "salt_pepper:0.2", "salt_pepper:0.3")
 SEED_MODELS = ("keras_blog", "conv28k", "bn_leaky", "svhn_ae")
-# Trained models: tag -> {model, model_kwargs}. The tag names the run and the table column.
+# Trained models: tag -> {model, model_kwargs, loss}. The tag names the run and the table column.
+# keras_blog and conv28k train with binary cross-entropy, as their Keras sources do: with MSE their
+# sigmoid output saturates at 0 on MNIST (mostly black pixels; measured: a constant 9.7 dB output at
+# every level, 3 seeds, either init) and MSE's gradient through a saturated sigmoid vanishes.
 MODELS = {
-    "keras_blog": {"model": "keras_blog"},
-    "conv28k": {"model": "conv28k"},
+    "keras_blog": {"model": "keras_blog", "loss": "bce"},
+    "conv28k": {"model": "conv28k", "loss": "bce"},
     "bn_leaky": {"model": "bn_leaky"},
     "svhn_ae": {"model": "svhn_ae"},
     "unet32": {"model": "unet", "model_kwargs": {"width": 32}},
@@ -73,7 +77,7 @@ class SweepConfig:
     datasets: dict = field(default_factory=lambda: dict(DATASETS), metadata={
         "help": "name -> jobs.prepare options, plus optional 'epochs' for this dataset's models"})
     models: dict = field(default_factory=lambda: dict(MODELS), metadata={
-        "help": "tag -> {model, model_kwargs}: the models a grid may name"})
+        "help": "tag -> {model, model_kwargs, loss}: the models a grid may name (loss: mse when not given)"})
     grid: tuple = field(default_factory=lambda: tuple({"data": d, "models": list(MODELS), "noise": list(LEVELS)}
                                                       for d in DATASETS), metadata={
         "help": "blocks {data, models, noise}: each trains every model at every noise level on that data"})
@@ -83,7 +87,7 @@ class SweepConfig:
         "help": "range the best model is also trained on blind, per dataset ('' = no blind model)"})
     epochs: int = field(default=10, metadata={"help": "training epochs where a dataset gives none"})
     batch_size: int = field(default=128, metadata={"help": "global training batch"})
-    lr: float = field(default=2e-3, metadata={"help": "peak learning rate (Adam, one-cycle, MSE: the seeds' setup)"})
+    lr: float = field(default=2e-3, metadata={"help": "peak learning rate (Adam, one-cycle; every model)"})
     seed: int = field(default=0, metadata={"help": "seed of training and of the scored noise"})
     workers: int = field(default=1, metadata={"help": "Ray Train workers per run"})
     gpus_per_worker: float = field(default=0.0, metadata={"help": "GPUs per training worker"})
@@ -162,10 +166,17 @@ def plan(cfg: SweepConfig) -> tuple[list[Cell], dict[str, list[str]]]:
     for tag in (cfg.best, cfg.reference):
         if tag not in cfg.models:
             raise ValueError(f"model tag {tag!r} (best/reference) is not in models: {', '.join(cfg.models)}")
+    from dae.train import LOSSES
+
     for tag, m in cfg.models.items():
         if not isinstance(m, dict) or m.get("model") not in list_models():
-            raise ValueError(f"models[{tag!r}] must be {{model, model_kwargs}} with model one of "
+            raise ValueError(f"models[{tag!r}] must be {{model, model_kwargs, loss}} with model one of "
                              f"{', '.join(list_models())}; got {m!r}")
+        extra = set(m) - {"model", "model_kwargs", "loss"}
+        if extra:
+            raise ValueError(f"models[{tag!r}]: unknown key(s) {sorted(extra)}; valid: model, model_kwargs, loss")
+        if m.get("loss", "mse") not in LOSSES:
+            raise ValueError(f"models[{tag!r}]: loss {m['loss']!r} is not one of {', '.join(LOSSES)}")
         if "/" in tag or tag.startswith("."):
             raise ValueError(f"model tag must be a plain name, got {tag!r}")
     if cfg.blind:
@@ -183,13 +194,26 @@ def epochs_of(cfg: SweepConfig, data: str) -> int:
     return int(cfg.datasets[data].get("epochs", cfg.epochs))
 
 
+def loss_of(cfg: SweepConfig, tag: str) -> str:
+    return cfg.models[tag].get("loss", "mse")
+
+
+def losses_text(cfg: SweepConfig, tags: list[str]) -> str:
+    """'MSE' or 'MSE; BCE for keras_blog, conv28k': the losses of the models of one table."""
+    other: dict[str, list[str]] = {}
+    for tag in dict.fromkeys(tags):
+        if loss_of(cfg, tag) != "mse":
+            other.setdefault(loss_of(cfg, tag).upper(), []).append(tag)
+    return "; ".join(["MSE"] + [f"{loss} for {', '.join(tags)}" for loss, tags in other.items()])
+
+
 def train_config(cfg: SweepConfig, cell: Cell):
     from dae.train import TrainConfig
 
     m = cfg.models[cell.tag]
     return TrainConfig(
         data=storage.join(cfg.out, "data", cell.data), model=m["model"], model_kwargs=dict(m.get("model_kwargs", {})),
-        noise=cell.noise, loss="mse", optimizer="adam", schedule="onecycle", lr=cfg.lr, epochs=epochs_of(cfg, cell.data),
+        noise=cell.noise, loss=loss_of(cfg, cell.tag), optimizer="adam", schedule="onecycle", lr=cfg.lr, epochs=epochs_of(cfg, cell.data),
         batch_size=cfg.batch_size, workers=cfg.workers, gpus_per_worker=cfg.gpus_per_worker, seed=cfg.seed,
         val_limit=cfg.val_limit, storage=storage.join(cfg.out, "runs", cell.data), run_name=cell.run_name)
 
@@ -240,7 +264,8 @@ def train_cell(cfg: SweepConfig, cell: Cell) -> dict:
 
 def evaluate_dataset(cfg: SweepConfig, name: str, levels: list[str], model_dirs: list[str]) -> dict:
     """One evaluate run per dataset (every model and baseline, every level); reused when its report
-    was made with exactly these settings."""
+    was made with exactly these settings and these very weights (a retrained model keeps its dir)."""
+    from dae.checkpoint import weights_digest
     from dae.evaluation import EvaluateConfig, run as eval_run
     from jobs.evaluate import command_line
 
@@ -252,7 +277,8 @@ def evaluate_dataset(cfg: SweepConfig, name: str, levels: list[str], model_dirs:
     if storage.exists(report_path):
         old = storage.read_json(report_path)
         want = {k: (list(v) if isinstance(v, tuple) else v) for k, v in config_dict(ecfg).items()}
-        if old.get("config") == want:
+        if old.get("config") == want and [m.get("weights") for m in old.get("models", [])] == [
+                weights_digest(d) for d in model_dirs]:
             log.info("sweep: eval %s: reusing %s", name, report_path)
             return old
     log.info("sweep: evaluate %s: %d models, %d levels", name, len(model_dirs), len(levels))
@@ -373,6 +399,8 @@ def save_charts(cfg: SweepConfig, table: dict) -> dict[str, str]:
 
 def render(cfg: SweepConfig, table: dict, targets: list[dict], reports: dict, trained: dict, command: str,
            wall: float) -> str:
+    from dae.train import collapsed
+
     lines = ["# Quality sweep", "",
              "Mean per-image PSNR (dB) on the test images of each dataset; every method saw the same noisy "
              "pixels (noise from the seed and the image id; the evaluate job checks the hashes). Each "
@@ -382,6 +410,7 @@ def render(cfg: SweepConfig, table: dict, targets: list[dict], reports: dict, tr
     for name, tab in table.items():
         rep = reports[name]
         epochs = epochs_of(cfg, name)
+        losses = losses_text(cfg, [c.tag for c in trained if c.data == name])
         methods: list[str] = []
         for row in tab.values():
             for m in row:
@@ -389,7 +418,7 @@ def render(cfg: SweepConfig, table: dict, targets: list[dict], reports: dict, tr
                     methods.append(m)
         lines += [f"## {name}", "",
                   f"{rep['data']['images_scored']} test images scored; models trained {epochs} epoch(s) on "
-                  f"`{cfg.out}/data/{name}` (batch {cfg.batch_size}, Adam, one-cycle lr {cfg.lr:g}, MSE). "
+                  f"`{cfg.out}/data/{name}` (batch {cfg.batch_size}, Adam, one-cycle lr {cfg.lr:g}, {losses}). "
                   f"Full report: `eval/{name}/report.md`, pictures `eval/{name}/comparison_*.png`.", "",
                   f"![PSNR against noise level, {name}](psnr_{slug(name)}.png)", "",
                   "| noise | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
@@ -419,12 +448,14 @@ def render(cfg: SweepConfig, table: dict, targets: list[dict], reports: dict, tr
         margin = "-" if t["margin"] is None else f"{t['margin']:+.2f}"
         lines.append(f"| {t['target']} | {t['where']} | {f(t['value'])} | {f(t['needed'])} | {margin} | "
                      f"{t['status']} | {t['detail']} |")
-    lines += ["", "## Training runs", "", "| dataset | run | epochs | seconds | last val PSNR (dB) |", "|---|---|---|---|---|"]
+    lines += ["", "## Training runs", "", "| dataset | run | loss | epochs | seconds | last val PSNR (dB) |",
+              "|---|---|---|---|---|---|"]
     for c, info in trained.items():
         last = info.get("last") or {}
         sec = info.get("seconds")
-        lines.append(f"| {c.data} | {c.run_name} | {epochs_of(cfg, c.data)} | {'-' if sec is None else f'{sec:.0f}'} | "
-                     f"{last.get('val_psnr', float('nan')):.2f} |")
+        note = " (collapsed: one output for every input)" if collapsed(last) else ""
+        lines.append(f"| {c.data} | {c.run_name} | {loss_of(cfg, c.tag)} | {epochs_of(cfg, c.data)} | "
+                     f"{'-' if sec is None else f'{sec:.0f}'} | {last.get('val_psnr', float('nan')):.2f}{note} |")
     lines += ["", f"Wall time of this invocation: {wall:.0f} s (reused steps are not counted).", ""]
     return "\n".join(lines)
 

@@ -315,12 +315,24 @@ def test_stop_removes_every_process_and_only_this_clusters(cluster, ray_session)
         tag = f"dae-inflight-{os.getpid()}"
         cluster.ray("job", "submit", "--no-wait", "--submission-id", tag, "--",
                     "python", "-c", f"import time; time.sleep(600)  # {tag}")
-        deadline = time.time() + 120
-        while time.time() < deadline and not any(tag in _cmdline(p) for p in cluster_processes(cluster.dir)):
+
+        def drivers() -> list[int]:
+            # The entrypoint runs as `/bin/sh -c 'python -c ...'` and dash then execs python in the
+            # same pid: wait for the python command line itself, not for the shell's (a CI run once
+            # stopped waiting in that window and found no driver).
+            return [p for p in cluster_processes(cluster.dir) if _cmdline(p).startswith("python") and tag in _cmdline(p)]
+
+        deadline = time.time() + 180
+        while time.time() < deadline and not drivers():
             time.sleep(1)
         cluster.observe()
-        drivers = [p for p in cluster.seen if _cmdline(p).startswith("python") and tag in _cmdline(p)]
-        assert drivers, "the in-flight job's driver never started"
+        if not drivers():
+            status = cluster.ray("job", "status", tag, check=False)
+            logs = cluster.ray("job", "logs", tag, check=False)
+            tagged = [_cmdline(p) for p in cluster_processes(cluster.dir) if tag in _cmdline(p)]
+            raise AssertionError(f"the in-flight job's driver never started (waited 180 s)\n"
+                                 f"processes with the tag: {tagged}\njob status: {status.stdout[-1500:]}"
+                                 f"{status.stderr[-1500:]}\njob logs: {logs.stdout[-1500:]}{logs.stderr[-1500:]}")
         assert len(cluster.seen) >= 10, cluster.seen  # GCS, 2 raylets, dashboard, agents, driver, ...
         t0 = time.perf_counter()
         cluster.script("stop.sh", timeout=180)

@@ -1,6 +1,7 @@
 """jobs.quality_sweep end to end on a tiny grid (real Ray, real shards, the real train and evaluate
 jobs): the table's numbers are the evaluate job's, each model appears at its own level and the blind
-one across its range, targets report margins, a rerun reuses every step and a changed setting fails."""
+one across its range, targets report margins, a rerun reuses every step, a retrained model is scored
+again and a changed setting fails."""
 
 import json
 import os
@@ -14,7 +15,7 @@ from jobs import quality_sweep as qs
 
 TINY = {
     "datasets": {"mnist5k": {"source": "mnist5k", "limit": 160, "epochs": 1}},
-    "models": {"keras_blog": {"model": "keras_blog"}, "conv28k": {"model": "conv28k"}},
+    "models": {"keras_blog": {"model": "keras_blog", "loss": "bce"}, "conv28k": {"model": "conv28k"}},
     "grid": [{"data": "mnist5k", "models": ["keras_blog", "conv28k"], "noise": ["gaussian:0.3", "salt_pepper:0.2"]}],
     "best": "conv28k",
     "reference": "keras_blog",
@@ -103,6 +104,34 @@ def test_rerun_reuses_every_step(sweep):
     assert again["table"] == first["table"]
 
 
+def test_each_model_trains_with_its_own_loss(sweep):
+    out, res = sweep
+    for r in res["runs"]:
+        cfg = json.load(open(os.path.join(out, "runs", r["data"], r["run"], "config.resolved.json")))
+        assert cfg["loss"] == ("bce" if r["tag"] == "keras_blog" else "mse"), r["run"]
+
+
+def test_retrained_model_is_scored_again(sweep):
+    """Same run dir, same settings, other weights (a run deleted and retrained): the evaluate step
+    must not reuse the report made with the old weights."""
+    from safetensors.torch import load_file, save_file
+
+    out, first = sweep
+    run = next(r for r in first["runs"] if r["run"] == "conv28k-gaussian_0.3")
+    weights = os.path.join(run["model_dir"], "model.safetensors")
+    state = load_file(weights)
+    save_file({k: v * 0.5 if v.is_floating_point() else v for k, v in state.items()}, weights)
+    marker = os.path.join(out, "eval", "mnist5k", "report.json")
+    mtime = os.path.getmtime(marker)
+    again = qs.run(tiny(out), "test")
+    assert all(r["reused"] for r in again["runs"])
+    assert os.path.getmtime(marker) != mtime
+    old, new = first["table"]["mnist5k"], again["table"]["mnist5k"]
+    assert new["gaussian:0.3"]["conv28k"]["psnr_mean"] != old["gaussian:0.3"]["conv28k"]["psnr_mean"]
+    assert new["gaussian:0.3"]["median"]["psnr_mean"] == old["gaussian:0.3"]["median"]["psnr_mean"]
+    assert new["salt_pepper:0.2"]["conv28k"]["psnr_mean"] == old["salt_pepper:0.2"]["conv28k"]["psnr_mean"]
+
+
 def test_changed_setting_fails_naming_the_run(sweep):
     out, _ = sweep
     with pytest.raises(ValueError, match="other settings.*lr"):
@@ -115,6 +144,10 @@ def test_changed_setting_fails_naming_the_run(sweep):
     ({"blind": "gaussian:0.3"}, "must be a range"),
     ({"best": "unet"}, "not in models: keras_blog, conv28k"),
     ({"models": {"conv28k": {"model": "nope"}, "keras_blog": {"model": "keras_blog"}}}, "model one of"),
+    ({"models": {"conv28k": {"model": "conv28k", "loss": "huber"}, "keras_blog": {"model": "keras_blog"}}},
+     "loss 'huber' is not one of mse, l1, bce"),
+    ({"models": {"conv28k": {"model": "conv28k", "lr": 1}, "keras_blog": {"model": "keras_blog"}}},
+     r"unknown key\(s\) \['lr'\]; valid: model, model_kwargs, loss"),
 ])
 def test_bad_plan_fails_listing_valid_choices(tmp_path, over, msg):
     with pytest.raises(ValueError, match=msg):

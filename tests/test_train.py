@@ -119,6 +119,7 @@ def test_two_workers_train_and_checkpoint_reloads(ray_session, shards_root, tmp_
         assert os.path.exists(os.path.join(res["out"], name)), name
     resolved = json.load(open(os.path.join(res["out"], "config.resolved.json")))
     assert resolved["workers"] == 2 and resolved["run_name"] == "two-workers"
+    assert last["output_spread"] > 0.05 and not res["collapsed"], last
 
     # The best model reloads from its directory alone and gives the same validation metrics.
     model, cfg = load_model(res["best_model"])
@@ -186,3 +187,21 @@ def test_same_seed_same_metrics_one_worker(resumed_run, reference_run):
     first, _ = resumed_run
     for key in ("train_loss", "val_psnr", "val_ssim", "noisy_psnr"):
         assert first[0][key] == reference_run[0][key], key
+
+
+@pytest.mark.parametrize("loss, collapses", [("mse", True), ("bce", False)])
+def test_collapse_is_flagged_and_bce_avoids_it(ray_session, shards_root, tmp_path, loss, collapses):
+    """conv28k (sigmoid output) with MSE on MNIST digits settles on one all-black output for every
+    input (seen in the quality sweep at every noise level); the job must say so, and BCE, the seed
+    notebooks' loss, trains the same model from the same start."""
+    from dae.train import format_summary
+
+    res = train(shards_root, tmp_path, f"collapse-{loss}", "--model", "conv28k", "--model-kwargs", "{}",
+                "--loss", loss, "--lr", "0.01", "--schedule", "constant", "--epochs", 3, "--samples", 0)
+    last = read_metrics(res["out"])[-1]
+    assert res["collapsed"] is collapses, last
+    assert (last["output_spread"] < 1e-3) is collapses, last
+    assert ("WARNING: the model outputs the same image for every input" in format_summary(res)) is collapses
+    if not collapses:
+        assert last["val_psnr"] > last["noisy_psnr"] + 1.0, last
+
