@@ -65,31 +65,49 @@ def save_curves(series: dict[str, Sequence[float]], path: str, xlabel: str = "ep
     return save_lines(panels, path, xlabel=xlabel, title=title)
 
 
+def line_styles(labels: Sequence[str], dashed: Sequence[str] = ()) -> dict[str, dict]:
+    """matplotlib line properties per label: one color per label (the default 10-color cycle, then
+    tab20's 20 colors: a sweep's chart has 13 methods), dashed with x markers for ``dashed``."""
+    from matplotlib import colormaps
+
+    cmap, dashed = colormaps["tab20"], set(dashed)
+    out = {}
+    for i, label in enumerate(labels):
+        color = f"C{i}" if len(labels) <= 10 else cmap(i % 20)
+        out[label] = dict(color=color, linestyle="--", marker="x") if label in dashed else dict(color=color, marker="o")
+    return out
+
+
 def save_lines(panels: dict[str, dict[str, tuple[Sequence[float], Sequence[float]]]], path: str,
-               xlabel: str = "", title: str = "") -> str:
-    """One panel per key, one labelled line per (xs, ys) in it (a legend when lines are named)."""
+               xlabel: str = "", title: str = "", dashed: Sequence[str] = ()) -> str:
+    """One panel per key, one labelled line per (xs, ys) in it; one legend for all panels, outside
+    them, when lines are named. Labels in ``dashed`` are drawn dashed with x markers (e.g. the
+    classical baselines next to the trained models)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    # one color per label across all panels
-    colors: dict[str, str] = {}
-    for lines in panels.values():
-        for label in lines:
-            colors.setdefault(label, f"C{len(colors) % 10}")
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.4), squeeze=False)
+    labels = list(dict.fromkeys(label for lines in panels.values() for label in lines))
+    style = line_styles(labels, dashed)
+    named = any(labels)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels) + (1.4 if named else 0), 3.4),
+                             squeeze=False)
     for ax, (name, lines) in zip(axes[0], panels.items()):
         for label, (xs, ys) in lines.items():
-            ax.plot(list(xs), list(ys), marker="o", label=label or None, color=colors[label])
+            ax.plot(list(xs), list(ys), label=label or None, **style[label])
+        xs_all = sorted({float(x) for xs, _ in lines.values() for x in xs})
+        if 0 < len(xs_all) <= 12:  # ticks at the data's own x values (noise levels, few epochs)
+            ax.set_xticks(xs_all)
         ax.set_xlabel(xlabel)
         ax.set_title(name)
         ax.grid(alpha=0.3)
-        if any(lines):
-            ax.legend(fontsize=7)
+    if named:
+        handles = [plt.Line2D([], [], **style[label]) for label in labels]
+        fig.legend(handles, labels, loc="center right", fontsize=7)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1 - 1.4 / fig.get_figwidth(), 1) if named else (0, 0, 1, 1))
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)

@@ -380,6 +380,7 @@ def check_targets(cfg: SweepConfig, table: dict) -> list[dict]:
 def save_charts(cfg: SweepConfig, table: dict) -> dict[str, str]:
     """OUT/psnr_NAME.png per dataset: PSNR against the noise level, one panel per noise kind, one
     line per method (a per-level model is a line through the levels it was trained at)."""
+    from dae.evaluation import NOISY
     from dae.viz import save_lines
 
     paths = {}
@@ -392,8 +393,8 @@ def save_charts(cfg: SweepConfig, table: dict) -> dict[str, str]:
                 if v is not None:
                     points.setdefault(f"{name}: {kind}", {}).setdefault(method, []).append((x, v))
         panels = {p: {m: tuple(zip(*sorted(pts))) for m, pts in ms.items()} for p, ms in points.items()}
-        paths[name] = save_lines(panels,
-                                 storage.join(cfg.out, f"psnr_{slug(name)}.png"), xlabel="noise level")
+        paths[name] = save_lines(panels, storage.join(cfg.out, f"psnr_{slug(name)}.png"), xlabel="noise level",
+                                 dashed=(NOISY, *baselines.BASELINES))
     return paths
 
 

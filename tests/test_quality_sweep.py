@@ -159,3 +159,18 @@ def test_presets_plan():
     assert len(full) == 3 * 8 * 5 + 3
     cpu, levels = qs.plan(build_config(qs.SweepConfig, preset="quality-sweep-cpu"))
     assert {"gaussian:0.1", "gaussian:0.5", "salt_pepper:0.2"} <= set(levels["fashion-mnist"])
+
+
+def test_chart_lines_have_distinct_colors_and_baselines_are_dashed(tmp_path):
+    """A sweep chart has 13 methods: past matplotlib's 10-color cycle two methods shared a color."""
+    from dae.viz import line_styles, save_lines
+
+    labels = ["noisy", "median", "nlm", "tv", "bilateral", "wavelet", "bm3d", "keras_blog", "conv28k",
+              "bn_leaky", "svhn_ae", "unet16", "unet16 blind"]
+    styles = line_styles(labels, dashed=labels[:7])
+    assert len({str(s["color"]) for s in styles.values()}) == len(labels)
+    assert [s.get("linestyle") == "--" for s in styles.values()] == [True] * 7 + [False] * 6
+    panels = {"gaussian": {m: ((0.1, 0.5), (20.0 + i, 10.0 + i)) for i, m in enumerate(labels)},
+              "salt_pepper": {m: ((0.2,), (15.0 + i,)) for i, m in enumerate(labels[:-1])}}
+    path = save_lines(panels, str(tmp_path / "chart.png"), xlabel="noise level", dashed=labels[:7])
+    assert open(path, "rb").read(4) == b"\x89PNG"
