@@ -318,8 +318,8 @@ def test_stop_removes_every_process_and_only_this_clusters(cluster, ray_session)
 
         def drivers() -> list[int]:
             # The entrypoint runs as `/bin/sh -c 'python -c ...'` and dash then execs python in the
-            # same pid: wait for the python command line itself, not for the shell's (a CI run once
-            # stopped waiting in that window and found no driver).
+            # same pid: wait for the python command line itself, not for the shell's (likely why a
+            # CI run once stopped waiting in that window and found no driver).
             return [p for p in cluster_processes(cluster.dir) if _cmdline(p).startswith("python") and tag in _cmdline(p)]
 
         deadline = time.time() + 180
