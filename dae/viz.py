@@ -95,7 +95,7 @@ def save_lines(panels: dict[str, dict[str, tuple[Sequence[float], Sequence[float
                              squeeze=False)
     for ax, (name, lines) in zip(axes[0], panels.items()):
         for label, (xs, ys) in lines.items():
-            ax.plot(list(xs), list(ys), label=label or None, **style[label])
+            ax.plot(list(xs), list(ys), **style[label])  # the legend is the figure's (below)
         xs_all = sorted({float(x) for xs, _ in lines.values() for x in xs})
         if 0 < len(xs_all) <= 12:  # ticks at the data's own x values (noise levels, few epochs)
             ax.set_xticks(xs_all)

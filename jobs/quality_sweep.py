@@ -200,11 +200,11 @@ def loss_of(cfg: SweepConfig, tag: str) -> str:
 
 def losses_text(cfg: SweepConfig, tags: list[str]) -> str:
     """'MSE' or 'MSE; BCE for keras_blog, conv28k': the losses of the models of one table."""
-    other: dict[str, list[str]] = {}
+    other: dict[str, list[str]] = {}  # LOSS -> tags trained with it
     for tag in dict.fromkeys(tags):
         if loss_of(cfg, tag) != "mse":
             other.setdefault(loss_of(cfg, tag).upper(), []).append(tag)
-    return "; ".join(["MSE"] + [f"{loss} for {', '.join(tags)}" for loss, tags in other.items()])
+    return "; ".join(["MSE"] + [f"{loss} for {', '.join(with_loss)}" for loss, with_loss in other.items()])
 
 
 def train_config(cfg: SweepConfig, cell: Cell):
