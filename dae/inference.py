@@ -352,14 +352,20 @@ def finish_batch(batch: dict, with_noise: bool = False) -> dict:
 # ---------------------------------------------------------------- sizing the actor pool
 
 
-def plan_actors(cpus: float, gpus: float, device: str = "auto", min_actors: int = 1, max_actors: int = 0,
-                cpus_per_actor: float = 1.0, gpus_per_actor: float = 1.0) -> dict:
-    """Actor pool bounds and per-actor resources that fit the cluster.
+def plan_actors(cpus: float, gpus: float, device: str = "auto", min_actors: int = 0, max_actors: int = 0,
+                cpus_per_actor: float = 0.0, gpus_per_actor: float = 1.0) -> dict:
+    """Actor pool bounds and per-actor resources that fit the cluster. 0 means automatic for
+    ``min_actors`` (= the upper bound: a fixed pool), ``max_actors`` and ``cpus_per_actor``.
 
     The read, prepare and finish stages are Ray tasks that need CPUs too: a pool holding every CPU
     starves them and the pipeline hangs without an error (2 one-CPU actors on 2 CPUs never finish).
     So at least one CPU (half the cluster on a 1-CPU machine) stays free for them, and requests above
     what fits are lowered, with a note saying so.
+
+    Automatic CPU pools get half the cluster's CPUs as half-CPU, single-thread actors: a model actor
+    waits for its input part of the time, and two of them per core keep the core busy while the
+    tasks decode and encode on the other half (on 2 cores: 2 actors; measured in jobs.bench_denoise).
+    With GPUs: one actor per GPU (``gpus_per_actor`` 1), 1 CPU each.
     """
     notes = []
     if device not in ("auto", "cpu", "cuda"):
@@ -370,12 +376,15 @@ def plan_actors(cpus: float, gpus: float, device: str = "auto", min_actors: int 
     if cpus <= 0:
         raise ValueError("the Ray cluster reports no CPUs")
     reserve = 1.0 if cpus >= 2 else cpus / 2
-    actor_cpus = float(cpus_per_actor)
+    auto = cpus_per_actor <= 0
+    actor_cpus = (1.0 if use_gpu else 0.5) if auto else float(cpus_per_actor)
     if actor_cpus > cpus - reserve:
-        notes.append(f"cpus_per_actor {actor_cpus:g} lowered to {cpus - reserve:g} to leave {reserve:g} CPU "
-                     f"for reads on a {cpus:g}-CPU cluster")
+        if not auto:
+            notes.append(f"cpus_per_actor {actor_cpus:g} lowered to {cpus - reserve:g} to leave {reserve:g} CPU "
+                         f"for reads on a {cpus:g}-CPU cluster")
         actor_cpus = cpus - reserve
-    cap = max(1, int((cpus - reserve) / actor_cpus + 1e-9))
+    budget = cpus - reserve if use_gpu or not auto else max(actor_cpus, min(cpus - reserve, cpus / 2))
+    cap = max(1, int(budget / actor_cpus + 1e-9))
     actor_gpus = 0.0
     if use_gpu:
         actor_gpus = float(gpus_per_actor)
@@ -386,7 +395,7 @@ def plan_actors(cpus: float, gpus: float, device: str = "auto", min_actors: int 
     if max_actors > cap:
         notes.append(f"max_actors {max_actors} lowered to {cap}: more would not fit the cluster "
                      f"({cpus:g} CPU, {gpus:g} GPU) next to the read tasks")
-    lo = min(max(1, min_actors), hi)
+    lo = hi if min_actors <= 0 else min(min_actors, hi)
     if min_actors > hi:
         notes.append(f"min_actors {min_actors} lowered to {hi}")
     return {"min_actors": lo, "max_actors": hi, "actor_cpus": actor_cpus, "actor_gpus": actor_gpus,

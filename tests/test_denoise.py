@@ -22,6 +22,8 @@ from PIL import Image
 
 from dae import inference, metrics, shards
 from dae.checkpoint import load_model, save_model
+from dae.denoise import outputs, read_outputs
+from dae.denoise.scan import bucket_of, find_duplicates, scan_files
 from dae.models import create_model
 from dae.noise import NoiseSpec, image_rng
 from jobs import denoise
@@ -72,13 +74,18 @@ def write_shards(root, rows, rows_per_shard, split="test"):
 
 
 def read_output(out):
-    files = sorted(glob.glob(os.path.join(out, "data", "*.parquet")))
-    return [r for f in files for r in pq.read_table(f).to_pylist()]
+    """The committed rows, through the documented reader."""
+    return read_outputs(str(out)).to_pylist()
 
 
 def read_errors(out):
-    files = sorted(glob.glob(os.path.join(out, "errors", "*.parquet")))
-    return [r for f in files for r in pq.read_table(f).to_pylist()]
+    return read_outputs(str(out), "errors").to_pylist()
+
+
+def raw_ids(out, what="data"):
+    """Every id in every Parquet file under OUT/what, committed or not: what a plain reader sees."""
+    files = sorted(glob.glob(os.path.join(out, what, "**", "*.parquet"), recursive=True))
+    return [i for f in files for i in pq.read_table(f, columns=["id"]).column("id").to_pylist()]
 
 
 HOSTILE = ["../../escape", "/abs/evil", "a/b", "a_b", "..", ".", "weird \n name \u2603", "C:\\win\\path", "x" * 300]
@@ -96,16 +103,21 @@ def test_export_name_never_leaves_the_folder():
 
 
 def test_plan_actors_leaves_cpu_for_reads():
+    # automatic CPU pool: half the CPUs, as half-CPU actors, fixed size
     p = inference.plan_actors(2, 0)
-    assert (p["min_actors"], p["max_actors"], p["actor_cpus"], p["device"]) == (1, 1, 1.0, "cpu")
-    p = inference.plan_actors(2, 0, min_actors=2, max_actors=2)  # would hang: lowered, and said so
+    assert (p["min_actors"], p["max_actors"], p["actor_cpus"], p["device"]) == (2, 2, 0.5, "cpu")
+    p = inference.plan_actors(16, 0)
+    assert (p["min_actors"], p["max_actors"], p["actor_cpus"]) == (16, 16, 0.5)
+    p = inference.plan_actors(2, 0, min_actors=1)  # an autoscaling pool when asked for
+    assert (p["min_actors"], p["max_actors"]) == (1, 2)
+    p = inference.plan_actors(2, 0, min_actors=2, max_actors=2, cpus_per_actor=1)  # would hang: lowered, said so
     assert p["max_actors"] == 1 and p["min_actors"] == 1 and len(p["notes"]) == 2
     p = inference.plan_actors(2, 0, min_actors=2, max_actors=2, cpus_per_actor=0.5)
     assert p["max_actors"] == 2 and not p["notes"]
     p = inference.plan_actors(1, 0)
-    assert p["actor_cpus"] == 0.5 and p["max_actors"] == 1
+    assert p["actor_cpus"] == 0.5 and p["max_actors"] == 1 and not p["notes"]
     p = inference.plan_actors(16, 2)
-    assert p["device"] == "cuda" and p["max_actors"] == 2 and p["actor_gpus"] == 1.0
+    assert p["device"] == "cuda" and p["max_actors"] == 2 and p["actor_gpus"] == 1.0 and p["actor_cpus"] == 1.0
     with pytest.raises(ValueError, match="no GPU"):
         inference.plan_actors(4, 0, device="cuda")
     with pytest.raises(ValueError, match="valid: auto, cpu, cuda"):
@@ -181,10 +193,16 @@ def test_mixed_sizes_metrics_tiles_and_safe_export(ray_session, tmp_path, model_
     n = len(rows)
     assert (s["rows_in"], s["rows_out"], s["rows_failed"], s["files"]) == (n, n, 0, 4)
     got = read_output(str(out))
-    assert [r["id"] for r in got] == [r[0] for r in rows]  # one file per input, input order kept
+    # grouped by input file (part-00000 .. part-00003, 7 rows each), sorted by id within a file
+    assert [r["id"] for r in got] == [i for k in range(0, n, 7) for i in sorted(r[0] for r in rows[k:k + 7])]
+    assert [r["input"] for r in got] == [f"test/part-{k // 7:05d}.parquet" for k in range(0, n, 7)
+                                         for _ in rows[k:k + 7]]
+    assert sorted(raw_ids(str(out))) == sorted(r[0] for r in rows)  # a finished run leaves no stray part
+    by_id = {r["id"]: r for r in got}
     spec = NoiseSpec.parse("gaussian:0.2")
     psnr_sum = 0.0
-    for (rid, img, label), r in zip(rows, got):
+    for rid, img, label in rows:
+        r = by_id[rid]
         assert r["label"] == label and r["split"] == "test" and r["height"] == img.shape[0]
         clean = shards.decode_png(r["image"])
         den, noisy = shards.decode_png(r["denoised"]), shards.decode_png(r["noisy"])
@@ -329,19 +347,106 @@ def test_resume_after_killed_driver_is_exactly_once(ray_session, tmp_path, model
             time.sleep(0.1)
     done = sorted(os.listdir(done_dir))
     assert 1 <= len(done) < 16, done
-    # a crash between data file and marker: the data file exists, its marker does not
+    committed = read_output(str(out))
+    ids = [r["id"] for r in committed]
+    assert len(ids) == len(set(ids)) == 25 * len(done)  # the reader sees committed inputs only, once
+    # As after a crash between an input's last part and its marker: its parts exist, its marker does
+    # not; add an orphan part (an earlier task attempt's) and a temporary, as a crash can leave them.
+    stem = done[0][:-len(".json")]
+    parts = sorted((out / "data" / stem).iterdir())
+    (out / "data" / stem / "part-orphan.parquet").write_bytes(parts[0].read_bytes())
+    (out / "data" / stem / "part-x.parquet.tmp-1-abc").write_bytes(b"half")
     os.remove(done_dir / done[0])
+    assert len(read_output(str(out))) == 25 * (len(done) - 1)
     s = run(*argv)
     assert s["files_skipped"] == len(done) - 1 and s["files_processed"] == 16 - len(done) + 1
     assert (s["rows_in"], s["rows_out"], s["rows_failed"]) == (400, 400, 0)
     got = [r["id"] for r in read_output(str(out))]
     assert sorted(got) == [r[0] for r in rows]  # every id exactly once
+    assert sorted(raw_ids(str(out))) == [r[0] for r in rows]  # no leftover: even a plain reader sees it once
+    assert not (out / "data" / stem / "part-orphan.parquet").exists()
     assert len(os.listdir(done_dir)) == 16 and len(os.listdir(out / "data")) == 16
     # a rerun of a complete output does nothing and changes nothing
-    before = {p: os.path.getmtime(p) for p in glob.glob(str(out / "data" / "*"))}
+    before = {p: os.path.getmtime(p) for p in glob.glob(str(out / "data" / "**"), recursive=True)}
     s2 = run(*argv)
     assert s2["files_processed"] == 0 and s2["rows_out"] == 400
-    assert before == {p: os.path.getmtime(p) for p in glob.glob(str(out / "data" / "*"))}
+    assert before == {p: os.path.getmtime(p) for p in glob.glob(str(out / "data" / "**"), recursive=True)}
     # a different seed into the same output is refused, not mixed in
     with pytest.raises(ValueError, match="different run"):
         run(*argv[:-4], "--seed", 1)
+
+
+# ---------------------------------------------------------------- duplicate ids, the driver's metadata
+
+
+def test_duplicate_finder_pieces(tmp_path):
+    """The scan task's buckets and the per-bucket finder, without Ray: within and across files."""
+    a = write_shards(tmp_path / "a", [("x", fashion(1)[0], 0), ("y", fashion(1)[0], 0), ("x", fashion(1)[0], 0)], 8)
+    b = write_shards(tmp_path / "b", [("y", fashion(1)[0], 0), ("z", fashion(1)[0], 0)], 8)
+    files = shards.list_shards(a, "test") + shards.list_shards(b, "test")
+    meta, *buckets = scan_files(files, 0, 3, True)
+    assert meta == [(3, {1: 3}), (2, {1: 2})] and sum(t.num_rows for t in buckets) == 5
+    ids = np.array(["x", "y", "z", "x"], object)
+    np.testing.assert_array_equal(bucket_of(ids, 3), bucket_of(ids.copy(), 3))  # stable
+    for j, t in enumerate(buckets):  # each id sits in the bucket its hash says, whatever the file
+        assert all(bucket_of(np.array([i], object), 3)[0] == j for i in t.column("id").to_pylist())
+    found = [find_duplicates(t) for t in buckets]
+    assert sum(f[0] for f in found) == 2 and sum(f[1] for f in found) == 4
+    shown = sorted(e for f in found for e in f[2])
+    assert shown == [("x", 2, [0]), ("y", 2, [0, 1])]
+
+
+def test_duplicate_ids_fail_before_any_write_or_pass_when_allowed(ray_session, tmp_path, model_dir):
+    f = fashion(12)
+    rows_a = [(f"a/{i}", f[i], 0) for i in range(5)] + [("a/1", f[6], 0)]  # a/1 twice in one file
+    rows_b = [("a/3", f[7], 1), ("b/0", f[8], 1), ("b/1", f[9], 1)]  # a/3 again, in another file
+    root = tmp_path / "in"
+    write_shards(root / "one", rows_a, 16)
+    write_shards(root / "two", rows_b, 16)
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=r"2 id\(s\) occur more than once in the input \(4 rows in all; "
+                                         r"first 2: 'a/1' x2 in one/test/part-00000.parquet; 'a/3' x2 in "
+                                         r"one/test/part-00000.parquet, two/test/part-00000.parquet\).*"
+                                         r"--allow-duplicate-ids"):
+        run("--input", root, "--model", model_dir, "--output", out)
+    assert not out.exists()  # failed before writing anything
+    s = run("--input", root, "--model", model_dir, "--output", out, "--allow-duplicate-ids")
+    assert (s["rows_in"], s["rows_out"], s["duplicate_ids"]) == (9, 9, {"ids": 2, "rows": 4})
+    got = read_output(str(out))
+    assert sorted(r["id"] for r in got) == sorted(r[0] for r in rows_a + rows_b)  # one row per input row
+    assert [r["input"] for r in got if r["id"] == "a/3"] == ["one/test/part-00000.parquet",
+                                                            "two/test/part-00000.parquet"]
+    # the two rows of a/1 carry their own input images
+    images = sorted(r["image"] for r in got if r["id"] == "a/1")
+    assert images == sorted([shards.encode_png(f[1]), shards.encode_png(f[6])])
+
+
+def test_the_driver_receives_only_small_metadata(ray_session, tmp_path, model_dir, monkeypatch):
+    """Instrument what the driver consumes from the pipeline: every table its books receive."""
+    seen = []
+    real_add = outputs.Books.add
+
+    def spy(self, table):
+        seen.append(table)
+        return real_add(self, table)
+
+    monkeypatch.setattr(outputs.Books, "add", spy)
+    big = (np.random.default_rng(3).random((96, 80)) * 255).astype(np.uint8)
+    rows = [(f"p/{i:03d}", np.roll(big, i, axis=1), 0) for i in range(40)]
+    src = write_shards(tmp_path / "in", rows, rows_per_shard=10)
+    s = run("--input", src, "--model", model_dir, "--output", tmp_path / "out", "--add-noise", "gaussian:0.2",
+            "--batch-size", 8)
+    assert s["rows_out"] == 40 and seen
+    for t in seen:
+        assert set(t.column_names) <= set(outputs.META_COLUMNS), t.column_names
+        assert not any(pa_types_binary(f.type) for f in t.schema), t.schema
+    parts = sum(t.num_rows for t in seen)
+    nbytes = sum(t.nbytes for t in seen)
+    assert nbytes / parts < 400  # per part, whatever the images' size (each PNG here is ~7 kB)
+    assert s["driver"]["received"]["bytes"] == nbytes and s["driver"]["received"]["rows"] == parts
+
+
+def pa_types_binary(t) -> bool:
+    import pyarrow as pa
+
+    return pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t)

@@ -1,0 +1,74 @@
+"""The denoise stage's config: every field is a ``jobs.denoise`` flag (defaults <- preset <- flags)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .. import shards
+from ..noise import NoiseSpec
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class DenoiseConfig:
+    input: str = field(default="", metadata={"help": "shard directory, single .parquet file, or URI"})
+    model: str = field(default="", metadata={"help": "model directory (dae.checkpoint.save_model)"})
+    output: str = field(default="", metadata={"help": "output directory or URI"})
+    split: str = field(default="", metadata={"help": "only INPUT/SPLIT/*.parquet; empty: every shard under INPUT"})
+    add_noise: str = field(default="", metadata={"help": "synthesize noise first (evaluation on clean data), "
+                                                         "e.g. gaussian:0.5; adds noisy PNG + metrics"})
+    seed: int = field(default=0, metadata={"help": "noise seed (noise depends on seed and id only)"})
+    batch_size: int = field(default=256, metadata={"help": "rows per Ray Data batch, every stage; also the "
+                                                           "most rows in one output part file"})
+    min_actors: int = field(default=0, metadata={"help": "model actor pool lower bound; 0: the upper bound "
+                                                         "(a fixed pool); set 1 on autoscaling clusters"})
+    max_actors: int = field(default=0, metadata={"help": "model actor pool upper bound; 0: as many as the "
+                                                         "cluster fits while leaving CPU for the other stages"})
+    gpus_per_actor: float = field(default=1.0, metadata={"help": "GPUs per model actor (when using GPUs)"})
+    cpus_per_actor: float = field(default=0.0, metadata={"help": "CPUs per model actor; 0: 1 with GPUs, 0.5 "
+                                                                 "on CPU (two single-thread actors per core "
+                                                                 "given to the pool)"})
+    torch_threads: int = field(default=0, metadata={"help": "torch threads per actor; 0: max(1, cpus-per-actor)"})
+    device: str = field(default="auto", metadata={"help": "auto: cuda when the cluster has GPUs", "choices": DEVICES})
+    bf16: bool = field(default=True, metadata={"help": "bf16 autocast on GPU (never used on CPU)"})
+    tile: int = field(default=512, metadata={"help": "images larger than TILE x TILE are denoised in tiles"})
+    tile_overlap: int = field(default=32, metadata={"help": "pixels shared by neighbouring tiles (blended)"})
+    forward_batch: int = field(default=64, metadata={"help": "images (or tiles) per forward pass"})
+    forward_pixels: int = field(default=4 * 1024 * 1024, metadata={"help": "cap on pixels per forward pass"})
+    deterministic: bool = field(default=True, metadata={"help": "pad partial forward passes to a fixed size so "
+                                                                "results never depend on batching"})
+    convert_channels: bool = field(default=False, metadata={"help": "convert images to the model's channels "
+                                                                    "(RGB->gray: BT.601 luma; gray->RGB: copy)"})
+    allow_duplicate_ids: bool = field(default=False, metadata={
+        "help": "denoise inputs whose ids are not unique instead of failing; the output then holds one row "
+                "per input ROW: an id found twice comes out twice (once per occurrence, each in the output "
+                "of the input file it came from)"})
+    export_png: str = field(default="", metadata={"help": "also write each denoised image as DIR/<safe id>.png"})
+    max_error_fraction: float = field(default=0.1, metadata={"help": "fail the job when more than this fraction "
+                                                                     "of rows failed"})
+    max_pixels: int = field(default=shards.DEFAULT_MAX_PIXELS, metadata={"help": "refuse images above this "
+                                                                                 "many pixels (bombs)"})
+    overwrite: bool = field(default=False, metadata={"help": "discard existing outputs instead of resuming"})
+    samples: int = field(default=8, metadata={"help": "images in samples.png"})
+    progress_every: float = field(default=10.0, metadata={"help": "seconds between progress lines"})
+
+
+def validate(cfg: DenoiseConfig) -> None:
+    for name in ("input", "model", "output"):
+        if not getattr(cfg, name):
+            raise ValueError(f"--{name} is required")
+    if cfg.add_noise:
+        NoiseSpec.parse(cfg.add_noise)  # lists the valid kinds on error
+    for name in ("batch_size", "forward_batch", "tile", "forward_pixels"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
+    for name in ("min_actors", "max_actors", "torch_threads"):
+        if getattr(cfg, name) < 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
+    if not 0 <= cfg.tile_overlap < cfg.tile:
+        raise ValueError(f"--tile-overlap must be in [0, tile={cfg.tile}), got {cfg.tile_overlap}")
+    if not 0.0 <= cfg.max_error_fraction <= 1.0:
+        raise ValueError(f"--max-error-fraction must be in [0, 1], got {cfg.max_error_fraction}")
+    if cfg.cpus_per_actor < 0:
+        raise ValueError(f"--cpus-per-actor must be >= 0 (0: automatic), got {cfg.cpus_per_actor}")
