@@ -1,27 +1,38 @@
-"""Benchmark of the denoise job against a plain single-process PyTorch script, on the same shards.
+"""Benchmark of the denoise job: speed against a plain script, the driver's CPU and memory, a cluster run.
 
-    python -m jobs.bench_denoise --n 100000                       # conv28k, 100k 28x28 Fashion-MNIST images
-    python -m jobs.bench_denoise --n 20000 --model unet --model-kwargs '{width: 16}'
+    python -m jobs.bench_denoise                                  # both sets: 70,000 small images, 1,728 photos
+    python -m jobs.bench_denoise --sets fashion --fashion-n 20000 # quicker
+    python -m jobs.bench_denoise --sets photos --cluster          # + a head and 2 worker nodes (cluster/local)
 
-Prints images/s of (1) the bare model forward pass alone, (2) a plain script doing read, decode, noise,
-forward, encode (denoised + noisy PNG), metrics and Parquet write in one process, with the time of each
-step, and (3) ``jobs.denoise`` end to end (timed after Ray has started: listing, actor start-up,
-pipeline, writes, summary). Memory: the job runs on N/4 and then N images while a sampler sums the
-RSS and USS of the driver and every process under it (the local Ray: raylet, workers, object store),
-and prints both peaks: they must stay within 15% of each other when the input grows 4x.
+Two sets, each denoised with synthetic noise and metrics (the same steps in the job and the script):
+  fashion  the 70,000 Fashion-MNIST images (28x28 gray; `make data`), model conv28k
+  photos   the 432 CBSD432 photos (481x321 RGB) of ../shared/datasets/natural, repeated with new ids
+           up to --photos-n (default 1,728), model unet (width 16)
 
-Inputs: Fashion-MNIST test+train from /usr/share/datasets/fashion-mnist (cycled, with fresh ids, up to N),
-written once to WORK/shards-N and reused. The model is randomly initialised (speed does not depend on
-the weights). Not a test: figures vary with the machine and its load.
+For each set it prints:
+  - the plain script: one process, no Ray: read, decode, noise, forward, encode, metrics, write Parquet;
+  - the job (``python -m jobs.denoise``, default flags, its own local Ray) on N/4 and on N images, with
+    the CPU seconds of every process of the job (driver, GCS, raylet, workers, actors; sampled from
+    /proc) and the driver's own CPU seconds and peak RSS (from its summary.json): the driver's share,
+    its seconds per image (whole run, and marginal: the difference between N and N/4), the Amdahl
+    ceiling (all CPU / driver CPU), job images/s against the script, and the driver's peak RSS at N/4
+    and N;
+  - with --cluster: the same job on a 3-node local cluster (head + 2 worker nodes, 2 CPUs each), the
+    rows written by each node, and the exactly-once check on the committed outputs.
+Not a test: figures vary with the machine and its load. Inputs are written once to WORK and reused.
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import gzip
 import json
 import os
 import shutil
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 
@@ -29,90 +40,97 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-import yaml
+from PIL import Image
 
 from dae import metrics, shards
 from dae.checkpoint import save_model
 from dae.models import create_model
 from dae.noise import NoiseSpec, image_rng
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
+CBSD432 = os.path.join(os.path.dirname(REPO), "shared", "datasets", "natural", "train", "CBSD432")
+SETS = {
+    "fashion": {"model": "conv28k", "kwargs": {}, "channels": 1, "rows_per_shard": 2500},
+    "photos": {"model": "unet", "kwargs": {"width": 16}, "channels": 3, "rows_per_shard": 32},
+}
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--n", type=int, default=100_000, help="images (28x28 gray)")
-    p.add_argument("--work", default="/tmp/dae-bench", help="scratch directory (shards, model, outputs)")
-    p.add_argument("--model", default="conv28k", help="model name (dae.models.list_models())")
-    p.add_argument("--model-kwargs", type=yaml.safe_load, default={}, help="YAML, e.g. '{width: 16}'")
-    p.add_argument("--noise", default="gaussian:0.5")
-    p.add_argument("--rows-per-shard", type=int, default=2500,
-                   help="small enough that N/4 still has several files (same read parallelism as N)")
-    p.add_argument("--batch-size", type=int, default=1024, help="the job's Ray Data batch size")
-    p.add_argument("--forward-batch", type=int, default=256, help="images per forward pass (job and script)")
-    p.add_argument("--job-args", default="", help="extra jobs.denoise flags, e.g. '--torch-threads 2'")
-    p.add_argument("--skip", default="", help="comma list of parts to skip: forward,plain,job,memory")
+    p.add_argument("--sets", default="fashion,photos", help="comma list of: fashion, photos")
+    p.add_argument("--fashion-n", type=int, default=70_000)
+    p.add_argument("--photos-n", type=int, default=1_728)
+    p.add_argument("--work", default="bench_out/denoise", help="scratch directory (shards, models, outputs)")
+    p.add_argument("--noise", default="gaussian:0.2")
+    p.add_argument("--job-args", default="", help="extra jobs.denoise flags for every job run")
+    p.add_argument("--skip", default="", help="comma list of parts to skip: plain, quarter, job")
+    p.add_argument("--cluster", action="store_true", help="also run on a 3-node local cluster")
     return p
 
 
 # ---------------------------------------------------------------- inputs
 
 
-def fashion_images() -> np.ndarray:
+def fashion_pngs() -> list[bytes]:
     out = []
     for name in ("t10k-images-idx3-ubyte.gz", "train-images-idx3-ubyte.gz"):
-        with gzip.open(os.path.join(FASHION_DIR, name)) as fh:
-            out.append(np.frombuffer(fh.read(), np.uint8, offset=16).reshape(-1, 28, 28))
-    return np.concatenate(out)
+        path = os.path.join(FASHION_DIR, name)
+        if not os.path.exists(path):
+            raise SystemExit(f"error: {path} is missing; run `make data` (Debian's dataset-fashion-mnist)")
+        with gzip.open(path) as fh:
+            out += [shards.encode_png(a) for a in np.frombuffer(fh.read(), np.uint8, offset=16).reshape(-1, 28, 28)]
+    return out
 
 
-def make_shards(work: str, n: int, rows_per_shard: int) -> str:
-    root = os.path.join(work, f"shards-{n}")
+def photo_pngs() -> list[bytes]:
+    files = sorted(glob.glob(os.path.join(CBSD432, "*.jpg")))
+    if not files:
+        raise SystemExit(f"error: no photos in {CBSD432} (the natural-image sets of ../shared)")
+    return [shards.encode_png(np.asarray(Image.open(f).convert("RGB"))) for f in files]
+
+
+def make_shards(work: str, name: str, n: int) -> str:
+    """WORK/shards-NAME-N/bench/part-*.parquet: the set's images cycled with fresh ids up to n."""
+    root = os.path.join(work, f"shards-{name}-{n}")
     if os.path.exists(os.path.join(root, "_complete")):
         return root
     shutil.rmtree(root, ignore_errors=True)
-    imgs = fashion_images()
-    pngs = [shards.encode_png(im) for im in imgs[: min(n, len(imgs))]]
+    pngs = fashion_pngs() if name == "fashion" else photo_pngs()
     t = time.perf_counter()
-    with shards.ShardWriter(root, "bench", dataset="fashion-bench", source=FASHION_DIR,
-                            rows_per_shard=rows_per_shard) as w:
+    with shards.ShardWriter(root, "bench", dataset=f"bench-{name}", source=name,
+                            rows_per_shard=SETS[name]["rows_per_shard"]) as w:
         for i in range(n):
-            w.add(id=f"bench/{i:07d}", png=pngs[i % len(pngs)], height=28, width=28, channels=1, label=i % 10)
+            png = pngs[i % len(pngs)]
+            a = shards.decode_png(png)
+            w.add(id=f"{name}/{i // len(pngs)}/{i % len(pngs):05d}", png=png, height=a.shape[0], width=a.shape[1],
+                  channels=a.shape[2], label=i % 10)
     open(os.path.join(root, "_complete"), "w").close()
-    print(f"wrote {n} images to {root} in {time.perf_counter() - t:.1f}s", flush=True)
+    print(f"wrote {n} {name} images to {root} in {time.perf_counter() - t:.1f}s", flush=True)
     return root
 
 
-def subset(root: str, fraction: float, work: str) -> str:
-    """A copy of the first ``fraction`` of the shard files (for the memory-vs-size run)."""
+def quarter(root: str) -> str:
+    """The first quarter of the shard files, as a set of its own (same files, so the same read sizes)."""
     files = shards.list_shards(root, "bench")
-    k = max(1, int(round(len(files) * fraction)))
-    out = os.path.join(work, f"{os.path.basename(root)}-first{k}")
+    out = f"{root}-quarter"
     os.makedirs(os.path.join(out, "bench"), exist_ok=True)
-    for f in files[:k]:
+    for f in files[: max(1, len(files) // 4)]:
         dst = os.path.join(out, "bench", os.path.basename(f))
         if not os.path.exists(dst):
             shutil.copyfile(f, dst)
     return out
 
 
-# ---------------------------------------------------------------- (1) forward alone, (2) plain script
+def rows_of(root: str) -> int:
+    return sum(pq.read_metadata(f).num_rows for f in shards.list_shards(root, "bench"))
 
 
-def bench_forward(model, n: int, batch: int) -> float:
-    x = torch.rand(batch, model.channels, 28, 28)
-    with torch.inference_mode():
-        model(x)
-        t = time.perf_counter()
-        done = 0
-        while done < n:
-            model(x)
-            done += batch
-    return done / (time.perf_counter() - t)
+# ---------------------------------------------------------------- the plain script
 
 
-def plain_script(root: str, model, noise: str, seed: int, batch: int, out_dir: str) -> dict:
-    """Same steps as the job, one process, no Ray: the baseline the job is compared with."""
+def plain_script(root: str, model, noise: str, seed: int, out_dir: str, forward_batch: int = 64) -> dict:
+    """The same steps as the job, one process, no Ray: the baseline the job is compared with."""
     spec = NoiseSpec.parse(noise)
     times = dict.fromkeys(["read", "decode", "noise", "forward", "encode", "metrics", "write"], 0.0)
     os.makedirs(out_dir, exist_ok=True)
@@ -125,165 +143,233 @@ def plain_script(root: str, model, noise: str, seed: int, batch: int, out_dir: s
         pngs = table.column("image").to_pylist()
         times["read"] += time.perf_counter() - t
         t = time.perf_counter()
-        clean = np.stack([shards.to_float(shards.decode_png(b)) for b in pngs])  # (B, 28, 28, 1)
+        clean = [shards.to_float(shards.decode_png(b)) for b in pngs]
         times["decode"] += time.perf_counter() - t
         t = time.perf_counter()
-        noisy = np.stack([shards.to_float(shards.from_float(spec.apply(c, image_rng(seed, i))))
-                          for c, i in zip(clean, ids)])
+        noisy = [shards.to_float(shards.from_float(spec.apply(c, image_rng(seed, i)))) for c, i in zip(clean, ids)]
         times["noise"] += time.perf_counter() - t
         t = time.perf_counter()
-        outs = []
+        den = []
         with torch.inference_mode():
-            for s in range(0, len(noisy), batch):
-                x = torch.from_numpy(noisy[s:s + batch]).permute(0, 3, 1, 2)
-                outs.append(model(x).permute(0, 2, 3, 1).numpy())
-        den = np.concatenate(outs)
+            for s in range(0, len(noisy), forward_batch):  # same-size images in these sets: stack them
+                chunk = noisy[s:s + forward_batch]
+                by_shape: dict[tuple, list[int]] = {}
+                for j, x in enumerate(chunk):
+                    by_shape.setdefault(x.shape, []).append(j)
+                out: list = [None] * len(chunk)
+                for idx in by_shape.values():
+                    x = torch.from_numpy(np.stack([chunk[j] for j in idx])).permute(0, 3, 1, 2)
+                    y = model(x).permute(0, 2, 3, 1).numpy()
+                    for k, j in enumerate(idx):
+                        out[j] = y[k]
+                den += out
         times["forward"] += time.perf_counter() - t
         t = time.perf_counter()
-        den_q = shards.from_float(den)
+        den_q = [shards.from_float(d) for d in den]
         den_png = [shards.encode_png(d) for d in den_q]
         noisy_png = [shards.encode_png(shards.from_float(x)) for x in noisy]
         times["encode"] += time.perf_counter() - t
         t = time.perf_counter()
-        dq = shards.to_float(den_q)
-        m = {"psnr_noisy": metrics.psnr(noisy, clean).numpy(), "psnr_denoised": metrics.psnr(dq, clean).numpy(),
-             "ssim_denoised": metrics.ssim(dq, clean).numpy()}
+        m = {"psnr_noisy": [], "psnr_denoised": [], "ssim_denoised": []}
+        for c, x, d in zip(clean, noisy, den_q):
+            dq = shards.to_float(d)
+            m["psnr_noisy"].append(metrics.psnr(x, c).item())
+            m["psnr_denoised"].append(metrics.psnr(dq, c).item())
+            m["ssim_denoised"].append(metrics.ssim(dq, c).item())
         times["metrics"] += time.perf_counter() - t
         t = time.perf_counter()
-        out = table.append_column("denoised", pa.array(den_png, pa.binary())) \
-                   .append_column("noisy", pa.array(noisy_png, pa.binary()))
+        out_t = table.append_column("denoised", pa.array(den_png, pa.binary())) \
+                     .append_column("noisy", pa.array(noisy_png, pa.binary()))
         for k, v in m.items():
-            out = out.append_column(k, pa.array(v))
-        pq.write_table(out, os.path.join(out_dir, os.path.basename(path)), compression="zstd")
+            out_t = out_t.append_column(k, pa.array(v))
+        pq.write_table(out_t, os.path.join(out_dir, os.path.basename(path)), compression="zstd")
         times["write"] += time.perf_counter() - t
         n += len(ids)
     wall = time.perf_counter() - t0
     return {"images": n, "wall_s": wall, "images_per_s": n / wall, "stage_s": times}
 
 
-# ---------------------------------------------------------------- (3) the job, with a memory sampler
+# ---------------------------------------------------------------- the job, with a CPU sampler
 
 
-class MemorySampler(threading.Thread):
-    """Peak total RSS and USS of this process and all its descendants (the local Ray), sampled."""
+def _proc_table() -> dict[int, tuple[int, int, float]]:
+    """{pid: (ppid, start time, CPU seconds)} of every process, from /proc/PID/stat."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as fh:
+                f = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[int(d)] = (int(f[1]), int(f[19]), (int(f[11]) + int(f[12])) / tick)  # ppid, starttime, utime+stime
+    return out
 
-    def __init__(self, every: float = 0.5):
+
+class TreeSampler(threading.Thread):
+    """CPU seconds (user + system) of a process and all its descendants, sampled every ``every`` s
+    from /proc: the last value seen of each process is kept, so a process that exits between two
+    samples loses at most ``every`` seconds of its CPU. ``marker``: also count every process whose
+    environment holds it (the processes of a local cluster, which do not descend from the driver)."""
+
+    def __init__(self, pid: int, every: float = 0.25, marker: str = ""):
         super().__init__(daemon=True)
-        self.every, self.peak_rss, self.peak_uss, self.samples = every, 0, 0, 0
+        self.pid, self.every, self.marker = pid, every, marker.encode()
+        self.cpu: dict[tuple[int, int], float] = {}  # (pid, start time) -> CPU seconds
         self._halt = threading.Event()
 
-    def run(self):
-        import psutil
+    def _marked(self, pid: int) -> bool:
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as fh:
+                return self.marker in fh.read().split(b"\0")
+        except OSError:
+            return False
 
-        me = psutil.Process()
+    def run(self):
         while not self._halt.is_set():
-            rss = uss = 0
-            for p in [me, *me.children(recursive=True)]:
-                try:
-                    mi = p.memory_full_info()
-                    rss += mi.rss
-                    uss += mi.uss
-                except (psutil.NoSuchProcess, psutil.AccessDenied):
-                    pass
-            self.peak_rss, self.peak_uss = max(self.peak_rss, rss), max(self.peak_uss, uss)
-            self.samples += 1
+            table = _proc_table()
+            mine = {self.pid} | ({p for p in table if self._marked(p)} if self.marker else set())
+            grew = True
+            while grew:
+                new = {p for p, (pp, _, _) in table.items() if pp in mine and p not in mine}
+                mine |= new
+                grew = bool(new)
+            for p in mine & table.keys():
+                self.cpu[(p, table[p][1])] = table[p][2]
             self._halt.wait(self.every)
 
-    def stop(self):
+    def stop(self) -> float:
         self._halt.set()
         self.join()
+        return sum(self.cpu.values())
 
 
-def load() -> str:
-    with open("/proc/loadavg") as fh:
-        return " ".join(fh.read().split()[:3])
+def job_env(extra: dict | None = None) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_API_SERVER", "RAY_AUTH"))}
+    env.update({"RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": REPO}, **(extra or {}))
+    return env
 
 
-def fresh_ray() -> float:
-    """Memory runs each start from a fresh local Ray, so idle workers of an earlier run do not count."""
-    import ray
-
-    from dae.raylib import init_ray
-
-    if ray.is_initialized():
-        ray.shutdown()
+def run_job(root: str, model_dir: str, out: str, args, env: dict | None = None, marker: str = "") -> dict:
+    """``python -m jobs.denoise`` in a process of its own (its own local Ray unless env joins a cluster)."""
+    cmd = [sys.executable, "-m", "jobs.denoise", "--input", root, "--split", "bench", "--model", model_dir,
+           "--output", out, "--add-noise", args.noise, "--overwrite", *args.job_args.split()]
     t = time.perf_counter()
-    init_ray()
-    return time.perf_counter() - t
-
-
-def run_job(input_root: str, model_dir: str, out: str, args, sample_memory: bool) -> dict:
-    from jobs import denoise
-
-    argv = ["--input", input_root, "--split", "bench", "--model", model_dir, "--output", out,
-            "--add-noise", args.noise, "--batch-size", str(args.batch_size),
-            "--forward-batch", str(args.forward_batch), "--overwrite", "--samples", "8"]
-    argv += args.job_args.split()
-    sampler = MemorySampler() if sample_memory else None
-    if sampler:
+    with open(f"{out}.log", "w") as log:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env or job_env(), stdout=log, stderr=subprocess.STDOUT)
+        sampler = TreeSampler(proc.pid, marker=marker)
         sampler.start()
-    t = time.perf_counter()
-    summary = denoise.main(denoise.get_args_parser().parse_args(argv))
+        rc = proc.wait()
+        all_cpu = sampler.stop()
     wall = time.perf_counter() - t
-    if sampler:
-        sampler.stop()
-    res = {"images": summary["rows_out"], "wall_s": wall, "images_per_s": summary["rows_out"] / wall,
-           "pipeline_images_per_s": summary["images_per_s"], "actors": summary["actors"]}
-    if sampler:
-        res.update(peak_rss_mb=sampler.peak_rss / 2**20, peak_uss_mb=sampler.peak_uss / 2**20,
-                   samples=sampler.samples)
+    if rc != 0:
+        raise SystemExit(f"error: the job failed (exit {rc}); log: {out}.log")
+    with open(os.path.join(out, "summary.json")) as fh:
+        s = json.load(fh)
+    d = s["driver"]
+    return {"images": s["rows_out"], "wall_s": wall, "images_per_s": s["rows_out"] / wall,
+            "pipeline_images_per_s": s["images_per_s"], "all_cpu_s": all_cpu, "driver_cpu_s": d["cpu_s"],
+            "driver_cpu_s_pipeline": d["cpu_s_pipeline"], "driver_peak_rss_mb": d["peak_rss_mb"],
+            "driver_received_bytes": d["received"]["bytes"], "actors": s["actors"],
+            "writers": s["rows_by_writer_node"]}
+
+
+def report_job(tag: str, r: dict) -> None:
+    print(f"  job {tag:8s} {r['images']:7d} images: {r['images_per_s']:8.1f} images/s end to end "
+          f"({r['wall_s']:.1f}s; pipeline {r['pipeline_images_per_s']} images/s); CPU: all processes "
+          f"{r['all_cpu_s']:.1f}s, driver {r['driver_cpu_s']:.2f}s ({100 * r['driver_cpu_s'] / r['all_cpu_s']:.1f}%, "
+          f"{1000 * r['driver_cpu_s'] / r['images']:.3f} ms/image; in the pipeline "
+          f"{1000 * r['driver_cpu_s_pipeline'] / r['images']:.3f} ms/image), driver peak RSS "
+          f"{r['driver_peak_rss_mb']:.0f} MiB, driver received {r['driver_received_bytes']} bytes", flush=True)
+
+
+def bench_set(name: str, n: int, args) -> dict:
+    cfg = SETS[name]
+    work = os.path.abspath(args.work)
+    root = make_shards(work, name, n)
+    torch.manual_seed(0)
+    model = create_model(cfg["model"], channels=cfg["channels"], **cfg["kwargs"]).eval()
+    model_dir = save_model(model, os.path.join(work, f"model-{name}"))
+    skip = set(filter(None, args.skip.split(",")))
+    res: dict = {"set": name, "n": n, "model": cfg["model"], "model_kwargs": cfg["kwargs"]}
+    print(f"\n== {name}: {n} images, {cfg['model']} {cfg['kwargs']} ({sum(p.numel() for p in model.parameters())} "
+          f"parameters), {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}", flush=True)
+    if "plain" not in skip:
+        torch.set_num_threads(1)  # one process, one core: the script a user would write
+        p = plain_script(root, model, args.noise, 0, os.path.join(work, f"plain-{name}"))
+        torch.set_num_threads(os.cpu_count() or 1)
+        res["plain"] = p
+        print(f"  plain script: {p['images_per_s']:8.1f} images/s ({p['wall_s']:.1f}s); "
+              + ", ".join(f"{k} {100 * v / p['wall_s']:.0f}%" for k, v in p["stage_s"].items()), flush=True)
+    if "quarter" not in skip:
+        q = quarter(root)
+        res["quarter"] = run_job(q, model_dir, os.path.join(work, f"job-{name}-quarter"), args)
+        report_job("N/4", res["quarter"])
+    if "job" not in skip:
+        res["job"] = r = run_job(root, model_dir, os.path.join(work, f"job-{name}"), args)
+        report_job("N", r)
+        if "plain" in res:
+            print(f"  job / plain script: {r['images_per_s'] / res['plain']['images_per_s']:.2f}x", flush=True)
+        print(f"  driver: {100 * r['driver_cpu_s'] / r['all_cpu_s']:.1f}% of all CPU, Amdahl ceiling "
+              f"{r['all_cpu_s'] / r['driver_cpu_s']:.0f}x", flush=True)
+        if "quarter" in res:
+            q = res["quarter"]
+            dn = r["images"] - q["images"]
+            marginal = (r["driver_cpu_s"] - q["driver_cpu_s"]) / dn if dn else float("nan")
+            print(f"  driver at the margin (N - N/4 = {dn} images): {1000 * marginal:.3f} ms/image; peak RSS N/4 -> N: "
+                  f"{q['driver_peak_rss_mb']:.0f} -> {r['driver_peak_rss_mb']:.0f} MiB "
+                  f"({r['driver_peak_rss_mb'] / q['driver_peak_rss_mb']:.2f}x)", flush=True)
+            res["driver_marginal_ms_per_image"] = 1000 * marginal
+    if args.cluster:
+        res["cluster"] = cluster_run(root, model_dir, os.path.join(work, f"job-{name}-cluster"), args)
     return res
+
+
+# ---------------------------------------------------------------- on a 3-node local cluster
+
+
+def cluster_run(root: str, model_dir: str, out: str, args) -> dict:
+    """The job against a head + 2 worker nodes (cluster/local/start.sh), all on this machine."""
+    from dae.denoise import read_outputs
+
+    cdir = tempfile.mkdtemp(prefix="dae-bc-", dir="/tmp")
+    local = os.path.join(REPO, "cluster", "local")
+    env = job_env({"DAE_RAY_BIN": os.path.join(os.path.dirname(sys.executable), "ray")})
+    port = 23000 + os.getpid() % 500 * 10
+    subprocess.run(["bash", f"{local}/start.sh", "--dir", cdir, "--port", str(port), "--dashboard-port",
+                    str(port + 9), "--workers", "2", "--head-cpus", "2", "--worker-cpus", "2",
+                    "--object-store-mb", "300"], env=env, check=True, capture_output=True, timeout=600)
+    try:
+        # The driver runs here and joins the cluster (as `ray job submit` would run it on the head).
+        jenv = job_env({"RAY_ADDRESS": f"127.0.0.1:{port}", "RAY_AUTH_MODE": "token",
+                        "RAY_AUTH_TOKEN_PATH": os.path.join(cdir, "auth_token"), "DAE_RAY_CLUSTER": cdir})
+        r = run_job(root, model_dir, out, args, env=jenv, marker=f"DAE_RAY_CLUSTER={cdir}")
+    finally:
+        subprocess.run(["bash", f"{local}/stop.sh", "--dir", cdir, "--clean"], env=env, capture_output=True,
+                       timeout=300)
+    ids = read_outputs(out, columns=["id"]).column("id").to_pylist()
+    expect = rows_of(root)
+    r["exactly_once"] = len(ids) == len(set(ids)) == expect
+    print(f"  cluster (head + 2 worker nodes, 2 CPUs each): {r['images_per_s']:.1f} images/s; rows written per "
+          f"node: {r['writers']}; exactly once: {r['exactly_once']} ({len(ids)} rows, {len(set(ids))} ids, "
+          f"{expect} inputs)", flush=True)
+    return r
 
 
 def main(args: argparse.Namespace) -> dict:
-    from dae.jobutil import setup_logging
-
-    setup_logging()
-    skip = set(filter(None, args.skip.split(",")))
     os.makedirs(args.work, exist_ok=True)
-    root = make_shards(args.work, args.n, args.rows_per_shard)
-    torch.manual_seed(0)
-    model = create_model(args.model, channels=1, **args.model_kwargs).eval()
-    model_dir = save_model(model, os.path.join(args.work, f"model-{args.model}"))
-    params = sum(p.numel() for p in model.parameters())
-    res: dict = {"n": args.n, "model": args.model, "params": params, "torch_threads": torch.get_num_threads(),
-                 "cpus": os.cpu_count()}
-    print(f"model {args.model} ({params} parameters), {args.n} images, torch threads {torch.get_num_threads()}, "
-          f"{os.cpu_count()} CPUs", flush=True)
-    if "forward" not in skip:
-        res["forward_images_per_s"] = bench_forward(model, min(args.n, 50_000), args.forward_batch)
-        print(f"bare forward pass:       {res['forward_images_per_s']:9.0f} images/s", flush=True)
-    if "plain" not in skip:
-        print(f"load average {load()}", flush=True)
-        p = plain_script(root, model, args.noise, 0, args.forward_batch, os.path.join(args.work, "plain-out"))
-        res["plain"] = p
-        print(f"plain script end to end: {p['images_per_s']:9.0f} images/s ({p['wall_s']:.1f}s)", flush=True)
-        for k, v in p["stage_s"].items():
-            print(f"    {k:8s} {v:7.2f}s  {100 * v / p['wall_s']:5.1f}%", flush=True)
-    if "memory" not in skip:
-        print(f"ray start: {fresh_ray():.1f}s (not counted); load average {load()}", flush=True)
-        q = subset(root, 0.25, args.work)
-        small = run_job(q, model_dir, os.path.join(args.work, "job-out-quarter"), args, True)
-        res["job_quarter"] = small
-        print(f"job on N/4 = {small['images']}: {small['images_per_s']:9.0f} images/s, peak RSS "
-              f"{small['peak_rss_mb']:.0f} MiB, peak USS {small['peak_uss_mb']:.0f} MiB", flush=True)
-    if "job" not in skip:
-        print(f"ray start: {fresh_ray():.1f}s (not counted); load average {load()}", flush=True)
-        full = run_job(root, model_dir, os.path.join(args.work, "job-out"), args, "memory" not in skip)
-        res["job"] = full
-        print(f"load average {load()}", flush=True)
-        print(f"job end to end (N={full['images']}): {full['images_per_s']:9.0f} images/s ({full['wall_s']:.1f}s; "
-              f"pipeline only {full['pipeline_images_per_s']} images/s), actors {full['actors']}", flush=True)
-        if "plain" in res:
-            print(f"job / plain script: {full['images_per_s'] / res['plain']['images_per_s']:.2f}x", flush=True)
-        if "job_quarter" in res:
-            q = res["job_quarter"]
-            print(f"peak memory N/4 -> N: RSS {q['peak_rss_mb']:.0f} -> {full['peak_rss_mb']:.0f} MiB "
-                  f"({full['peak_rss_mb'] / q['peak_rss_mb']:.2f}x), USS {q['peak_uss_mb']:.0f} -> "
-                  f"{full['peak_uss_mb']:.0f} MiB ({full['peak_uss_mb'] / q['peak_uss_mb']:.2f}x)", flush=True)
-    with open(os.path.join(args.work, f"bench-{args.model}-{args.n}.json"), "w") as fh:
-        json.dump(res, fh, indent=2, default=str)
-    return res
+    results = {}
+    for name in filter(None, args.sets.split(",")):
+        if name not in SETS:
+            raise SystemExit(f"error: unknown set {name!r}; valid: {', '.join(SETS)}")
+        results[name] = bench_set(name, args.fashion_n if name == "fashion" else args.photos_n, args)
+    path = os.path.join(args.work, "bench-denoise.json")
+    with open(path, "w") as fh:
+        json.dump(results, fh, indent=2, default=str)
+    print(f"\nfigures in {path}", flush=True)
+    return results
 
 
 if __name__ == "__main__":

@@ -103,21 +103,22 @@ def test_export_name_never_leaves_the_folder():
 
 
 def test_plan_actors_leaves_cpu_for_reads():
-    # automatic CPU pool: half the CPUs, as half-CPU actors, fixed size
+    # automatic CPU pool: half the CPUs, as 1-CPU actors, fixed size; tasks take 1 CPU
     p = inference.plan_actors(2, 0)
-    assert (p["min_actors"], p["max_actors"], p["actor_cpus"], p["device"]) == (2, 2, 0.5, "cpu")
+    assert (p["min_actors"], p["max_actors"], p["actor_cpus"], p["task_cpus"], p["device"]) == (1, 1, 1.0, 1.0, "cpu")
     p = inference.plan_actors(16, 0)
-    assert (p["min_actors"], p["max_actors"], p["actor_cpus"]) == (16, 16, 0.5)
-    p = inference.plan_actors(2, 0, min_actors=1)  # an autoscaling pool when asked for
-    assert (p["min_actors"], p["max_actors"]) == (1, 2)
+    assert (p["min_actors"], p["max_actors"], p["actor_cpus"]) == (8, 8, 1.0)
+    p = inference.plan_actors(6, 0, min_actors=1)  # an autoscaling pool when asked for
+    assert (p["min_actors"], p["max_actors"]) == (1, 3)
     p = inference.plan_actors(2, 0, min_actors=2, max_actors=2, cpus_per_actor=1)  # would hang: lowered, said so
     assert p["max_actors"] == 1 and p["min_actors"] == 1 and len(p["notes"]) == 2
+    # half-CPU actors: as many as fit next to one free CPU, and tasks of half a CPU too
     p = inference.plan_actors(2, 0, min_actors=2, max_actors=2, cpus_per_actor=0.5)
-    assert p["max_actors"] == 2 and not p["notes"]
+    assert p["max_actors"] == 2 and p["task_cpus"] == 0.5 and not p["notes"]
     p = inference.plan_actors(1, 0)
-    assert p["actor_cpus"] == 0.5 and p["max_actors"] == 1 and not p["notes"]
+    assert p["actor_cpus"] == 0.5 and p["max_actors"] == 1 and p["task_cpus"] == 0.5 and not p["notes"]
     p = inference.plan_actors(16, 2)
-    assert p["device"] == "cuda" and p["max_actors"] == 2 and p["actor_gpus"] == 1.0 and p["actor_cpus"] == 1.0
+    assert p["device"] == "cuda" and p["max_actors"] == 2 and p["actor_gpus"] == 1.0 and p["task_cpus"] == 1.0
     with pytest.raises(ValueError, match="no GPU"):
         inference.plan_actors(4, 0, device="cuda")
     with pytest.raises(ValueError, match="valid: auto, cpu, cuda"):
@@ -385,7 +386,7 @@ def test_duplicate_finder_pieces(tmp_path):
     b = write_shards(tmp_path / "b", [("y", fashion(1)[0], 0), ("z", fashion(1)[0], 0)], 8)
     files = shards.list_shards(a, "test") + shards.list_shards(b, "test")
     meta, *buckets = scan_files(files, 0, 3, True)
-    assert meta == [(3, {1: 3}), (2, {1: 2})] and sum(t.num_rows for t in buckets) == 5
+    assert meta == [(3, {1: 3}, 784), (2, {1: 2}, 784)] and sum(t.num_rows for t in buckets) == 5
     ids = np.array(["x", "y", "z", "x"], object)
     np.testing.assert_array_equal(bucket_of(ids, 3), bucket_of(ids.copy(), 3))  # stable
     for j, t in enumerate(buckets):  # each id sits in the bucket its hash says, whatever the file

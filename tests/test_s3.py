@@ -484,27 +484,38 @@ def test_evaluate_job_from_bucket(e2e, s3):
 def test_denoise_job_bucket_to_bucket_resumes_exactly_once(e2e, s3):
     import pyarrow.parquet as pq
 
+    from dae.denoise import read_outputs
+
     out = storage.join(e2e["root"], "denoised")
     args = ["--input", e2e["data"], "--split", "test", "--model", _bucket_model(e2e), "--output", out,
-            "--add-noise", "gaussian:0.3", "--batch-size", 32, "--max-actors", 1, "--samples", 4]
+            "--add-noise", "gaussian:0.3", "--batch-size", 16, "--max-actors", 1, "--samples", 4]
     s1 = _run_job("denoise", *args)
     assert (s1["files"], s1["files_processed"], s1["rows_out"], s1["rows_failed"]) == (2, 2, 64, 0)
-    data_files = storage.list_files(storage.join(out, "data"), ".parquet")
     markers = storage.list_files(storage.join(out, "_done"), ".json")
-    assert len(data_files) == 2 and len(markers) == 2
-    ids = []
-    for f in data_files:
-        fs, inner = storage.resolve(f)
-        ids += pq.read_table(inner, filesystem=fs, columns=["id"]).column("id").to_pylist()
-    assert len(ids) == 64 and len(set(ids)) == 64
+    assert len(markers) == 2
 
-    # As after a crash between one shard's data object and its marker: the rerun skips the shard
-    # whose marker is in the bucket and redoes only the other one, overwriting its data object.
-    before = storage.read_bytes(data_files[0])
+    def raw_ids():
+        ids = []
+        for f in storage.list_files(storage.join(out, "data"), ".parquet", recursive=True):
+            fs, inner = storage.resolve(f)
+            ids += pq.read_table(inner, filesystem=fs, columns=["id"]).column("id").to_pylist()
+        return sorted(ids)
+
+    first = read_outputs(out)
+    assert first.num_rows == 64 and len(set(first.column("id").to_pylist())) == 64
+    assert raw_ids() == sorted(first.column("id").to_pylist())  # workers wrote parts into the bucket
+
+    # As after a crash between one input's parts and its marker: the rerun skips the input whose
+    # marker is in the bucket, deletes the other's parts and redoes it; the rows come out the same.
+    stem = markers[0].rsplit("/", 1)[1][:-len(".json")]
+    old_parts = storage.list_files(storage.join(out, "data", stem), ".parquet")
     storage.delete(markers[0])
+    assert read_outputs(out).num_rows == 32
     s2 = _run_job("denoise", *args)
     assert (s2["files_processed"], s2["files_skipped"], s2["rows_out"], s2["rows_failed"]) == (1, 1, 64, 0)
-    assert storage.exists(markers[0]) and storage.read_bytes(data_files[0]) == before  # deterministic
+    assert storage.exists(markers[0]) and not any(storage.exists(p) for p in old_parts)
+    assert read_outputs(out).equals(first)  # deterministic, every id exactly once
+    assert raw_ids() == sorted(first.column("id").to_pylist())
     for name in ("summary.json", "config.resolved.json"):
         text = storage.read_bytes(storage.join(out, name)).decode()
         assert s3.secret_key not in text and s3.access_key not in text

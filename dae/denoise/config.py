@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .. import shards
+from ..inference import FORWARD_PIXELS
 from ..noise import NoiseSpec
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -19,8 +20,9 @@ class DenoiseConfig:
     add_noise: str = field(default="", metadata={"help": "synthesize noise first (evaluation on clean data), "
                                                          "e.g. gaussian:0.5; adds noisy PNG + metrics"})
     seed: int = field(default=0, metadata={"help": "noise seed (noise depends on seed and id only)"})
-    batch_size: int = field(default=256, metadata={"help": "rows per Ray Data batch, every stage; also the "
-                                                           "most rows in one output part file"})
+    batch_size: int = field(default=0, metadata={"help": "rows per Ray Data batch, every stage; also the most "
+                                                         "rows in one output part file; 0: from the largest "
+                                                         "image, up to 1024 (about 64 MiB of float images)"})
     min_actors: int = field(default=0, metadata={"help": "model actor pool lower bound; 0: the upper bound "
                                                          "(a fixed pool); set 1 on autoscaling clusters"})
     max_actors: int = field(default=0, metadata={"help": "model actor pool upper bound; 0: as many as the "
@@ -35,7 +37,8 @@ class DenoiseConfig:
     tile: int = field(default=512, metadata={"help": "images larger than TILE x TILE are denoised in tiles"})
     tile_overlap: int = field(default=32, metadata={"help": "pixels shared by neighbouring tiles (blended)"})
     forward_batch: int = field(default=64, metadata={"help": "images (or tiles) per forward pass"})
-    forward_pixels: int = field(default=4 * 1024 * 1024, metadata={"help": "cap on pixels per forward pass"})
+    forward_pixels: int = field(default=FORWARD_PIXELS, metadata={"help": "cap on pixels per forward pass "
+                                                                          "(a bigger image goes alone)"})
     deterministic: bool = field(default=True, metadata={"help": "pad partial forward passes to a fixed size so "
                                                                 "results never depend on batching"})
     convert_channels: bool = field(default=False, metadata={"help": "convert images to the model's channels "
@@ -60,10 +63,10 @@ def validate(cfg: DenoiseConfig) -> None:
             raise ValueError(f"--{name} is required")
     if cfg.add_noise:
         NoiseSpec.parse(cfg.add_noise)  # lists the valid kinds on error
-    for name in ("batch_size", "forward_batch", "tile", "forward_pixels"):
+    for name in ("forward_batch", "tile", "forward_pixels"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
-    for name in ("min_actors", "max_actors", "torch_threads"):
+    for name in ("batch_size", "min_actors", "max_actors", "torch_threads"):
         if getattr(cfg, name) < 0:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
     if not 0 <= cfg.tile_overlap < cfg.tile:

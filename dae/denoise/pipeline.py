@@ -81,6 +81,20 @@ def _cpu_s() -> float:
 # ---------------------------------------------------------------- the pipeline
 
 
+# Automatic batches hold about this many bytes of float32 images (input, clean and denoised copies):
+# 1024 rows of 28x28, 11 photos of 481x321 RGB. Measured on 2 cores, 28x28 images: 1024-row batches
+# ran 1,470-1,540 images/s against 1,170-1,540 with 256 (fewer tasks, less per-task overhead).
+BATCH_BYTES = 64 * 1024 * 1024
+MAX_BATCH = 1024
+
+
+def batch_size(cfg: DenoiseConfig, files: list[InputFile]) -> int:
+    if cfg.batch_size:
+        return cfg.batch_size
+    largest = max((f.max_values for f in files), default=1)
+    return max(1, min(MAX_BATCH, BATCH_BYTES // (12 * max(1, largest))))
+
+
 def plan_actors(cfg: DenoiseConfig, cpus: float, gpus: float) -> dict:
     plan = inference.plan_actors(cpus, gpus, cfg.device, cfg.min_actors, cfg.max_actors,
                                  cfg.cpus_per_actor, cfg.gpus_per_actor)
@@ -95,13 +109,14 @@ def build_dataset(cfg: DenoiseConfig, files: list[InputFile], model_channels: in
 
     from .. import data
 
-    ds = data.read_shards(cfg.input, files=[f.path for f in files], include_paths=True)
+    task_cpus, rows = plan["task_cpus"], plan["batch_size"]
+    ds = data.read_shards(cfg.input, files=[f.path for f in files], include_paths=True, num_cpus=task_cpus)
     noise = str(NoiseSpec.parse(cfg.add_noise)) if cfg.add_noise else None
-    ds = ds.map_batches(inference.prepare_batch, batch_size=cfg.batch_size,
+    ds = ds.map_batches(inference.prepare_batch, batch_size=rows, num_cpus=task_cpus,
                         fn_kwargs=dict(model_channels=model_channels, noise=noise, seed=cfg.seed,
                                        convert=cfg.convert_channels, max_pixels=cfg.max_pixels))
     ds = ds.map_batches(
-        inference.Denoiser, batch_size=cfg.batch_size,
+        inference.Denoiser, batch_size=rows,
         compute=ray.data.ActorPoolStrategy(min_size=plan["min_actors"], max_size=plan["max_actors"]),
         num_cpus=plan["actor_cpus"], num_gpus=plan["actor_gpus"],
         fn_constructor_kwargs=dict(model_dir=cfg.model, device=plan["device"], tile=cfg.tile,
@@ -110,7 +125,7 @@ def build_dataset(cfg: DenoiseConfig, files: list[InputFile], model_channels: in
                                    bf16=cfg.bf16, torch_threads=plan["torch_threads"],
                                    keep_input=bool(noise)))
     _, root_inner = storage.resolve(input_root(cfg.input, cfg.split))
-    return ds.map_batches(outputs.finish_and_write, batch_size=cfg.batch_size,
+    return ds.map_batches(outputs.finish_and_write, batch_size=rows, num_cpus=task_cpus,
                           fn_kwargs=dict(out=storage.absolute(cfg.output), root_inner=root_inner,
                                          with_noise=bool(noise), fingerprint=fp))
 
@@ -269,6 +284,7 @@ def run(cfg: DenoiseConfig) -> dict:
         if cleared:
             log.info("removed the uncommitted outputs of %d input folder(s) a stopped run left", cleared)
         plan = plan_actors(cfg, raylib.cluster_cpus(), raylib.cluster_gpus())
+        plan["batch_size"] = batch_size(cfg, pending)
         log.info("denoise: %d files, %d rows, model %s (%d ch), actors %s", len(pending),
                  sum(f.rows for f in pending), model_cfg["model"], model_channels, plan)
         t1, cpu1 = time.perf_counter(), _cpu_s()

@@ -36,6 +36,7 @@ class InputFile:
     rel: str  # path under --input, for people
     rows: int = 0
     channels: dict[int, int] = field(default_factory=dict)  # {channels: rows}
+    max_values: int = 0  # the most height x width x channels of one image (sizes the batches)
 
 
 def relative(inner: str, root_inner: str) -> str:
@@ -87,8 +88,8 @@ def bucket_of(ids: np.ndarray, buckets: int) -> np.ndarray:
 
 
 def scan_files(paths: list[str], first_index: int, buckets: int, need_ids: bool):
-    """One scan task: per file (rows, {channels: rows}), then ``buckets`` tables of (id, file index).
-    A file that is not a valid shard raises ``shards.ShardSchemaError`` naming it."""
+    """One scan task: per file (rows, {channels: rows}, the most values of one image), then ``buckets``
+    tables of (id, file index). A file that is not a valid shard raises ``shards.ShardSchemaError``."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -100,9 +101,13 @@ def scan_files(paths: list[str], first_index: int, buckets: int, need_ids: bool)
         except Exception as e:  # noqa: BLE001 - any unreadable file is a bad shard, named
             raise shards.ShardSchemaError(f"{p}: not a readable Parquet file: {e}") from None
         shards.validate_schema(pf.schema_arrow, p)
-        t = pf.read(columns=["id", "channels"] if need_ids else ["channels"])
-        ch, n = np.unique(t.column("channels").to_numpy(zero_copy_only=False), return_counts=True)
-        meta.append((pf.metadata.num_rows, {int(c): int(m) for c, m in zip(ch, n)}))
+        t = pf.read(columns=["height", "width", "channels"] + (["id"] if need_ids else []))
+        c = t.column("channels").to_numpy(zero_copy_only=False).astype(np.int64)
+        ch, n = np.unique(c, return_counts=True)
+        values = t.column("height").to_numpy(zero_copy_only=False).astype(np.int64) * \
+            t.column("width").to_numpy(zero_copy_only=False).astype(np.int64) * c
+        meta.append((pf.metadata.num_rows, {int(k): int(m) for k, m in zip(ch, n)},
+                     int(values.max()) if len(values) else 0))
         if need_ids:
             ids.append(t.column("id").to_numpy(zero_copy_only=False))
             idx.append(np.full(t.num_rows, first_index + k, np.int32))
@@ -185,8 +190,8 @@ def scan(files: list[InputFile], cpus: float, check_ids: bool = True) -> Duplica
         raise _cause(e) from None
     k = 0
     for meta in metas:
-        for rows, channels in meta:
-            files[k].rows, files[k].channels = rows, channels
+        for rows, channels, values in meta:
+            files[k].rows, files[k].channels, files[k].max_values = rows, channels, values
             k += 1
     if check_ids:
         for n_ids, n_rows, show in found:
