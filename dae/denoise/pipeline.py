@@ -81,18 +81,22 @@ def _cpu_s() -> float:
 # ---------------------------------------------------------------- the pipeline
 
 
-# Automatic batches hold about this many bytes of float32 images (input, clean and denoised copies):
-# 1024 rows of 28x28, 11 photos of 481x321 RGB. Measured on 2 cores, 28x28 images: 1024-row batches
-# ran 1,470-1,540 images/s against 1,170-1,540 with 256 (fewer tasks, less per-task overhead).
+# Automatic batches hold about this many bytes of float32 images (input, clean and denoised copies of
+# 3 channels): 1024 rows of 28x28, 11 photos of 481x321. Measured on 2 cores, 28x28 images: 1024-row
+# batches ran 1,470-1,540 images/s against 1,170-1,540 with 256 (fewer tasks, less per-task overhead).
 BATCH_BYTES = 64 * 1024 * 1024
 MAX_BATCH = 1024
 
 
 def batch_size(cfg: DenoiseConfig, files: list[InputFile]) -> int:
+    """``--batch-size``, else rows of about BATCH_BYTES for the largest image, and never fewer than
+    one forward pass of it (a partial pass is padded: a batch below it would waste the padding)."""
     if cfg.batch_size:
         return cfg.batch_size
-    largest = max((f.max_values for f in files), default=1)
-    return max(1, min(MAX_BATCH, BATCH_BYTES // (12 * max(1, largest))))
+    largest = max(1, max((f.max_pixels for f in files), default=1))
+    by_bytes = BATCH_BYTES // (36 * largest)
+    one_pass = inference.chunk_size(largest, 1, cfg.forward_batch, cfg.forward_pixels)
+    return max(1, min(MAX_BATCH, max(by_bytes, one_pass)))
 
 
 def plan_actors(cfg: DenoiseConfig, cpus: float, gpus: float) -> dict:

@@ -36,7 +36,7 @@ class InputFile:
     rel: str  # path under --input, for people
     rows: int = 0
     channels: dict[int, int] = field(default_factory=dict)  # {channels: rows}
-    max_values: int = 0  # the most height x width x channels of one image (sizes the batches)
+    max_pixels: int = 0  # the most height x width of one image (sizes the batches)
 
 
 def relative(inner: str, root_inner: str) -> str:
@@ -88,7 +88,7 @@ def bucket_of(ids: np.ndarray, buckets: int) -> np.ndarray:
 
 
 def scan_files(paths: list[str], first_index: int, buckets: int, need_ids: bool):
-    """One scan task: per file (rows, {channels: rows}, the most values of one image), then ``buckets``
+    """One scan task: per file (rows, {channels: rows}, the most pixels of one image), then ``buckets``
     tables of (id, file index). A file that is not a valid shard raises ``shards.ShardSchemaError``."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -104,10 +104,10 @@ def scan_files(paths: list[str], first_index: int, buckets: int, need_ids: bool)
         t = pf.read(columns=["height", "width", "channels"] + (["id"] if need_ids else []))
         c = t.column("channels").to_numpy(zero_copy_only=False).astype(np.int64)
         ch, n = np.unique(c, return_counts=True)
-        values = t.column("height").to_numpy(zero_copy_only=False).astype(np.int64) * \
-            t.column("width").to_numpy(zero_copy_only=False).astype(np.int64) * c
+        pixels = t.column("height").to_numpy(zero_copy_only=False).astype(np.int64) * \
+            t.column("width").to_numpy(zero_copy_only=False).astype(np.int64)
         meta.append((pf.metadata.num_rows, {int(k): int(m) for k, m in zip(ch, n)},
-                     int(values.max()) if len(values) else 0))
+                     int(pixels.max()) if len(pixels) else 0))
         if need_ids:
             ids.append(t.column("id").to_numpy(zero_copy_only=False))
             idx.append(np.full(t.num_rows, first_index + k, np.int32))
@@ -190,8 +190,8 @@ def scan(files: list[InputFile], cpus: float, check_ids: bool = True) -> Duplica
         raise _cause(e) from None
     k = 0
     for meta in metas:
-        for rows, channels, values in meta:
-            files[k].rows, files[k].channels, files[k].max_values = rows, channels, values
+        for rows, channels, pixels in meta:
+            files[k].rows, files[k].channels, files[k].max_pixels = rows, channels, pixels
             k += 1
     if check_ids:
         for n_ids, n_rows, show in found:
