@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
 
@@ -31,6 +32,11 @@ def setup_logging(level: int = logging.INFO) -> None:
         log.addHandler(h)
         log.propagate = False
     log.setLevel(level)
+
+
+def slug(s: str) -> str:
+    """A file-name-safe form of a label (``gaussian:0.5`` -> ``gaussian_0.5``)."""
+    return re.sub(r"[^A-Za-z0-9.]+", "_", s).strip("_")
 
 
 def save_resolved_config(cfg, out_dir: str, name: str = "config.resolved.json", **extra) -> str:
