@@ -37,7 +37,8 @@ import torch
 
 from . import metrics as M
 from .noise import NoiseSpec, image_rng
-from .shards import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_png, encode_png, from_float, to_float
+from .shards import (DEFAULT_MAX_PIXELS, ImageDecodeError, decode_png, encode_png, from_float, stack_or_ragged,
+                     to_float)
 
 ERROR = "error"
 ERROR_STAGE = "error_stage"
@@ -58,14 +59,6 @@ def _column(values: Sequence, dtype=object) -> np.ndarray:
     out = np.empty(len(values), dtype=dtype)
     out[:] = list(values)
     return out
-
-
-def _stack_or_ragged(arrays: Sequence[np.ndarray]) -> np.ndarray:
-    """(B, H, W, C) float32 when all shapes agree, else a 1-D object array (Ray turns it into a
-    variable-shaped tensor column)."""
-    if arrays and all(a.shape == arrays[0].shape for a in arrays):
-        return np.stack(arrays)
-    return _column(arrays)
 
 
 def _placeholder(like: Sequence[np.ndarray], channels: int) -> np.ndarray:
@@ -151,9 +144,9 @@ def prepare_batch(batch: dict, model_channels: int, noise: str | None = None, se
     good = [x for x in inputs if x is not None]
     hole = _placeholder(good, model_channels)
     out = {k: v for k, v in batch.items() if k != INPUT}
-    out[INPUT] = _stack_or_ragged([hole if x is None else x for x in inputs])
+    out[INPUT] = stack_or_ragged([hole if x is None else x for x in inputs])
     if spec is not None:
-        out[CLEAN] = _stack_or_ragged([hole if x is None else x for x in cleans])
+        out[CLEAN] = stack_or_ragged([hole if x is None else x for x in cleans])
     out[DEPTH] = depth
     out[ERROR] = _column(errors)
     out[ERROR_STAGE] = _column(stages)
@@ -300,7 +293,7 @@ class Denoiser:
                     errors[i], stages[i] = f"{type(e).__name__}: {e}"[:2000], "infer"
         hole = _placeholder(list(outs.values()), self.channels)
         out = {k: v for k, v in batch.items() if k != INPUT or self.keep_input}
-        out[DENOISED] = _stack_or_ragged([outs.get(i, hole) for i in range(len(errors))])
+        out[DENOISED] = stack_or_ragged([outs.get(i, hole) for i in range(len(errors))])
         out[ERROR] = _column(errors)
         out[ERROR_STAGE] = _column(stages)
         return out

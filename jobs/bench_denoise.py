@@ -4,13 +4,14 @@
     python -m jobs.bench_denoise --sets fashion --fashion-n 20000 # quicker
     python -m jobs.bench_denoise --sets photos --cluster          # + a head and 2 worker nodes (cluster/local)
 
-Two sets, each denoised with synthetic noise and metrics (the same steps in the job and the script):
+Two sets, each denoised by the job and by a plain script doing the same steps (read, decode, forward,
+encode, write Parquet; with --noise also synthetic noise, the noisy PNG and per-image metrics):
   fashion  the 70,000 Fashion-MNIST images (28x28 gray; `make data`), model conv28k
   photos   the 432 CBSD432 photos (481x321 RGB) of ../shared/datasets/natural, repeated with new ids
            up to --photos-n (default 1,728), model unet (width 16)
 
 For each set it prints:
-  - the plain script: one process, no Ray: read, decode, noise, forward, encode, metrics, write Parquet;
+  - the plain script: one process, one torch thread, no Ray, with the job's forward-pass sizes;
   - the job (``python -m jobs.denoise``, default flags, its own local Ray) on N/4 and on N images, with
     the CPU seconds of every process of the job (driver, GCS, raylet, workers, actors; sampled from
     /proc) and the driver's own CPU seconds and peak RSS (from its summary.json): the driver's share,
@@ -42,13 +43,13 @@ import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
-from dae import metrics, shards
+from dae import inference, metrics, shards
 from dae.checkpoint import save_model
 from dae.models import create_model
 from dae.noise import NoiseSpec, image_rng
+from dae.sources.offline import FASHION_MNIST_DIR
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FASHION_DIR = "/usr/share/datasets/fashion-mnist"
 CBSD432 = os.path.join(os.path.dirname(REPO), "shared", "datasets", "natural", "train", "CBSD432")
 SETS = {
     "fashion": {"model": "conv28k", "kwargs": {}, "channels": 1, "rows_per_shard": 2500},
@@ -62,7 +63,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--fashion-n", type=int, default=70_000)
     p.add_argument("--photos-n", type=int, default=1_728)
     p.add_argument("--work", default="bench_out/denoise", help="scratch directory (shards, models, outputs)")
-    p.add_argument("--noise", default="gaussian:0.2")
+    p.add_argument("--noise", default="", help="synthetic noise and metrics in the job (--add-noise) and the "
+                                               "script, e.g. gaussian:0.2; default: none (decode, forward, "
+                                               "encode, write)")
     p.add_argument("--job-args", default="", help="extra jobs.denoise flags for every job run")
     p.add_argument("--skip", default="", help="comma list of parts to skip: plain, quarter, job")
     p.add_argument("--cluster", action="store_true", help="also run on a 3-node local cluster")
@@ -75,7 +78,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def fashion_pngs() -> list[bytes]:
     out = []
     for name in ("t10k-images-idx3-ubyte.gz", "train-images-idx3-ubyte.gz"):
-        path = os.path.join(FASHION_DIR, name)
+        path = os.path.join(FASHION_MNIST_DIR, name)
         if not os.path.exists(path):
             raise SystemExit(f"error: {path} is missing; run `make data` (Debian's dataset-fashion-mnist)")
         with gzip.open(path) as fh:
@@ -131,7 +134,7 @@ def rows_of(root: str) -> int:
 
 def plain_script(root: str, model, noise: str, seed: int, out_dir: str, forward_batch: int = 64) -> dict:
     """The same steps as the job, one process, no Ray: the baseline the job is compared with."""
-    spec = NoiseSpec.parse(noise)
+    spec = NoiseSpec.parse(noise) if noise else None
     times = dict.fromkeys(["read", "decode", "noise", "forward", "encode", "metrics", "write"], 0.0)
     os.makedirs(out_dir, exist_ok=True)
     n = 0
@@ -146,40 +149,45 @@ def plain_script(root: str, model, noise: str, seed: int, out_dir: str, forward_
         clean = [shards.to_float(shards.decode_png(b)) for b in pngs]
         times["decode"] += time.perf_counter() - t
         t = time.perf_counter()
-        noisy = [shards.to_float(shards.from_float(spec.apply(c, image_rng(seed, i)))) for c, i in zip(clean, ids)]
+        noisy = [shards.to_float(shards.from_float(spec.apply(c, image_rng(seed, i)))) for c, i in zip(clean, ids)] \
+            if spec else clean
         times["noise"] += time.perf_counter() - t
         t = time.perf_counter()
-        den = []
+        den: list = [None] * len(noisy)
+        by_shape: dict[tuple, list[int]] = {}
+        for j, x in enumerate(noisy):
+            by_shape.setdefault(x.shape, []).append(j)
         with torch.inference_mode():
-            for s in range(0, len(noisy), forward_batch):  # same-size images in these sets: stack them
-                chunk = noisy[s:s + forward_batch]
-                by_shape: dict[tuple, list[int]] = {}
-                for j, x in enumerate(chunk):
-                    by_shape.setdefault(x.shape, []).append(j)
-                out: list = [None] * len(chunk)
-                for idx in by_shape.values():
-                    x = torch.from_numpy(np.stack([chunk[j] for j in idx])).permute(0, 3, 1, 2)
-                    y = model(x).permute(0, 2, 3, 1).numpy()
-                    for k, j in enumerate(idx):
-                        out[j] = y[k]
-                den += out
+            for (h, w, _), idx in by_shape.items():
+                # the job's pass size (64 small images, a photo alone), best on CPU for both sets
+                n_pass = inference.chunk_size(h, w, forward_batch, inference.FORWARD_PIXELS)
+                for s in range(0, len(idx), n_pass):
+                    part = idx[s:s + n_pass]
+                    y = model(torch.from_numpy(np.stack([noisy[j] for j in part])).permute(0, 3, 1, 2))
+                    for k, j in enumerate(part):
+                        den[j] = y[k].permute(1, 2, 0).numpy()
         times["forward"] += time.perf_counter() - t
         t = time.perf_counter()
         den_q = [shards.from_float(d) for d in den]
         den_png = [shards.encode_png(d) for d in den_q]
-        noisy_png = [shards.encode_png(shards.from_float(x)) for x in noisy]
+        noisy_png = [shards.encode_png(shards.from_float(x)) for x in noisy] if spec else []
         times["encode"] += time.perf_counter() - t
         t = time.perf_counter()
-        m = {"psnr_noisy": [], "psnr_denoised": [], "ssim_denoised": []}
-        for c, x, d in zip(clean, noisy, den_q):
-            dq = shards.to_float(d)
-            m["psnr_noisy"].append(metrics.psnr(x, c).item())
-            m["psnr_denoised"].append(metrics.psnr(dq, c).item())
-            m["ssim_denoised"].append(metrics.ssim(dq, c).item())
+        m = {k: np.zeros(len(ids)) for k in ("psnr_noisy", "psnr_denoised", "ssim_denoised")} if spec else {}
+        by_shape: dict[tuple, list[int]] = {}
+        for j, c in enumerate(clean if spec else []):
+            by_shape.setdefault(c.shape, []).append(j)
+        for idx in by_shape.values():  # one call per image shape, as the job does; metrics stay per image
+            c = np.stack([clean[j] for j in idx])
+            dq = np.stack([shards.to_float(den_q[j]) for j in idx])
+            m["psnr_noisy"][idx] = metrics.psnr(np.stack([noisy[j] for j in idx]), c).numpy()
+            m["psnr_denoised"][idx] = metrics.psnr(dq, c).numpy()
+            m["ssim_denoised"][idx] = metrics.ssim(dq, c).numpy()
         times["metrics"] += time.perf_counter() - t
         t = time.perf_counter()
-        out_t = table.append_column("denoised", pa.array(den_png, pa.binary())) \
-                     .append_column("noisy", pa.array(noisy_png, pa.binary()))
+        out_t = table.append_column("denoised", pa.array(den_png, pa.binary()))
+        if spec:
+            out_t = out_t.append_column("noisy", pa.array(noisy_png, pa.binary()))
         for k, v in m.items():
             out_t = out_t.append_column(k, pa.array(v))
         pq.write_table(out_t, os.path.join(out_dir, os.path.basename(path)), compression="zstd")
@@ -255,7 +263,7 @@ def job_env(extra: dict | None = None) -> dict:
 def run_job(root: str, model_dir: str, out: str, args, env: dict | None = None, marker: str = "") -> dict:
     """``python -m jobs.denoise`` in a process of its own (its own local Ray unless env joins a cluster)."""
     cmd = [sys.executable, "-m", "jobs.denoise", "--input", root, "--split", "bench", "--model", model_dir,
-           "--output", out, "--add-noise", args.noise, "--overwrite", *args.job_args.split()]
+           "--output", out, "--overwrite", *(["--add-noise", args.noise] if args.noise else []), *args.job_args.split()]
     t = time.perf_counter()
     with open(f"{out}.log", "w") as log:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env or job_env(), stdout=log, stderr=subprocess.STDOUT)
