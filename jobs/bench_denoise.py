@@ -279,7 +279,8 @@ def run_job(root: str, model_dir: str, out: str, args, env: dict | None = None, 
     d = s["driver"]
     return {"images": s["rows_out"], "wall_s": wall, "images_per_s": s["rows_out"] / wall,
             "pipeline_images_per_s": s["images_per_s"], "all_cpu_s": all_cpu, "driver_cpu_s": d["cpu_s"],
-            "driver_cpu_s_pipeline": d["cpu_s_pipeline"], "driver_peak_rss_mb": d["peak_rss_mb"],
+            "driver_cpu_s_pipeline": d["cpu_s_pipeline"], "driver_cpu_s_books": d.get("cpu_s_books"),
+            "driver_peak_rss_mb": d["peak_rss_mb"],
             "driver_received_bytes": d["received"]["bytes"], "actors": s["actors"],
             "writers": s["rows_by_writer_node"]}
 
@@ -289,7 +290,8 @@ def report_job(tag: str, r: dict) -> None:
           f"({r['wall_s']:.1f}s; pipeline {r['pipeline_images_per_s']} images/s); CPU: all processes "
           f"{r['all_cpu_s']:.1f}s, driver {r['driver_cpu_s']:.2f}s ({100 * r['driver_cpu_s'] / r['all_cpu_s']:.1f}%, "
           f"{1000 * r['driver_cpu_s'] / r['images']:.3f} ms/image; in the pipeline "
-          f"{1000 * r['driver_cpu_s_pipeline'] / r['images']:.3f} ms/image), driver peak RSS "
+          f"{1000 * r['driver_cpu_s_pipeline'] / r['images']:.3f} ms/image, of which the books and commits "
+          f"{1000 * (r['driver_cpu_s_books'] or 0) / r['images']:.3f} ms/image), driver peak RSS "
           f"{r['driver_peak_rss_mb']:.0f} MiB, driver received {r['driver_received_bytes']} bytes", flush=True)
 
 

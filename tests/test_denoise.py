@@ -127,6 +127,16 @@ def test_plan_actors_leaves_cpu_for_reads():
         inference.plan_actors(4, 0, device="tpu")
 
 
+def test_torch_threads_follow_the_actor():
+    from dae.denoise import DenoiseConfig
+    from dae.denoise.pipeline import plan_actors
+
+    assert plan_actors(DenoiseConfig(), 2, 0)["torch_threads"] == 2  # 1-CPU CPU actor: 2 threads
+    assert plan_actors(DenoiseConfig(cpus_per_actor=0.5), 2, 0)["torch_threads"] == 1
+    assert plan_actors(DenoiseConfig(torch_threads=3), 2, 0)["torch_threads"] == 3
+    assert plan_actors(DenoiseConfig(), 16, 2)["torch_threads"] == 1  # GPU actors
+
+
 def test_tiles_match_whole_image_within_tolerance():
     """Stated tolerance: tiles of 96 px with 24 px overlap agree with whole-image inference within
     0.01 (2.6 gray levels) max and 2e-4 mean absolute difference, for a U-Net whose receptive field

@@ -31,7 +31,8 @@ class DenoiseConfig:
     cpus_per_actor: float = field(default=0.0, metadata={"help": "CPUs per model actor; 0: 1 with GPUs, 0.5 "
                                                                  "on CPU (two single-thread actors per core "
                                                                  "given to the pool)"})
-    torch_threads: int = field(default=0, metadata={"help": "torch threads per actor; 0: max(1, cpus-per-actor)"})
+    torch_threads: int = field(default=0, metadata={"help": "torch threads per actor; 0: 2 per CPU of a CPU "
+                                                            "actor, 1 with GPUs"})
     device: str = field(default="auto", metadata={"help": "auto: cuda when the cluster has GPUs", "choices": DEVICES})
     bf16: bool = field(default=True, metadata={"help": "bf16 autocast on GPU (never used on CPU)"})
     tile: int = field(default=512, metadata={"help": "images larger than TILE x TILE are denoised in tiles"})

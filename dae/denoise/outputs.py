@@ -184,6 +184,7 @@ class Books:
     def __init__(self, rows_in: dict[str, int]):
         self.open = {stem: Pending(n) for stem, n in rows_in.items()}
         self.received = {"batches": 0, "rows": 0, "bytes": 0, "columns": []}
+        self.cpu_s = 0.0  # CPU the driver spent on the books and commits (its thread time)
 
     def add(self, table: pa.Table) -> list[tuple[str, Pending]]:
         """One batch of metadata rows -> the inputs it completed."""
