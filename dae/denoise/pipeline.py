@@ -108,8 +108,9 @@ def plan_actors(cfg: DenoiseConfig, cpus: float, gpus: float) -> dict:
                                  cfg.cpus_per_actor, cfg.gpus_per_actor)
     # Two torch threads per CPU of a CPU actor: the pool is sized for half the CPUs, and a forward-bound
     # load (photos, or no noise and metrics to compute) then uses the cores the tasks leave idle.
-    # Measured on 2 cores, 416 photos of 481x321: 5.7 photos/s with 1 thread, 8.3 with 2 (8.5 with two
-    # half-CPU actors); 28x28 images: 1,340-1,670 images/s with 1, 1,580-1,630 with 2.
+    # Measured on 2 cores, 432 photos of 481x321, three runs each: 5.7, 6.4, 5.8 photos/s with 1 thread,
+    # 8.3, 7.7, 7.3 with 2 (8.5 with two half-CPU actors); 28x28 images: 1,340-1,670 images/s with 1
+    # thread, 1,580-1,630 with 2 (the small model gains little from a second thread).
     auto = 2 * plan["actor_cpus"] if plan["device"] == "cpu" else plan["actor_cpus"]
     plan["torch_threads"] = cfg.torch_threads or max(1, int(auto))
     for note in plan.pop("notes"):
