@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: demo test venv data bench-train bench-denoise quality-train quality-sweep clean
+.PHONY: demo test venv data bench-train bench-denoise quality-train quality-sweep gpu-check clean
 
 venv: $(STAMP)
 
@@ -41,5 +41,10 @@ quality-train: $(STAMP) data
 quality-sweep: $(STAMP) data
 	$(BIN)/python -m jobs.quality_sweep --config quality-sweep-cpu --out bench_out/quality-sweep
 
+# The GPU path on a real GPU (1 GPU + 16 CPUs, a few minutes): train, denoise, agreement checks; figures in
+# gpu_check_out/gpu_check.json. CPU dry run: $(BIN)/python -m jobs.gpu_check --device cpu --small
+gpu-check: $(STAMP)
+	$(BIN)/python -m jobs.gpu_check --out gpu_check_out
+
 clean:
-	rm -rf demo_out bench_out .pytest_cache
+	rm -rf demo_out bench_out gpu_check_out .pytest_cache

@@ -12,8 +12,13 @@ Pipeline (one streaming Ray Data pipeline for all noise specs and methods)::
                                           adds METHOD__psnr/ssim/sec/hash columns
                 -> repartition            (stops Ray fusing the task stages into the model actors)
                 -> ModelScorer            one actor stage for all model dirs (each actor loads
-                                          every model once; actors sized from the cluster)
+                                          every model once; the pool sized by
+                                          dae.inference.plan_actors, as jobs.denoise's)
                 -> select id, noise, *__psnr/ssim/sec/hash  -> driver
+
+Models run as in jobs.denoise, through :func:`dae.inference.denoise_images` (tiles, fixed-size
+zero-padded forward passes, bf16 on GPU): a model is scored on what the denoise job would output,
+and the comparison picture shows those very outputs.
 
 The driver only ever holds those small per-image rows (plus the handful of images it denoises
 itself for the comparison picture), aggregates them per (noise, method), and writes the report.
@@ -33,11 +38,9 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import logging
-import math
 import os
 import platform
-import re
-import sys
+import shlex
 import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -47,6 +50,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import baselines, shards, storage
+from .config import command_line
+from .jobutil import Progress, save_resolved_config, slug
 from .noise import NoiseSpec, add_noise_batch
 
 log = logging.getLogger("dae")
@@ -61,11 +66,14 @@ class EvaluateConfig:
                                                     "a .parquet file, or a URI"})
     split: str = field(default="test", metadata={"help": "split of --data to score"})
     out: str = field(default="", metadata={"help": "output directory or URI for report.md/json, comparison.png"})
+    # The three lists are flags of space-separated words (nargs): `--noise gaussian:0.1 gaussian:0.5`.
     noise: tuple = field(default=("gaussian:0.1", "gaussian:0.5", "salt_pepper:0.2"),
-                         metadata={"help": "noise specs, each scored separately"})
-    models: tuple = field(default=(), metadata={"help": "model directories (config.json + model.safetensors)"})
+                         metadata={"help": "noise specs, each scored separately", "nargs": "+"})
+    models: tuple = field(default=(), metadata={"help": "model directories (config.json + model.safetensors); "
+                                                        "named by directory", "nargs": "*"})
     baselines: tuple = field(default=baselines.DEFAULT_BASELINES,
-                             metadata={"help": f"classical methods, of: {', '.join(baselines.BASELINES)}"})
+                             metadata={"help": f"classical methods, of: {', '.join(baselines.BASELINES)} "
+                                               "(bm3d only if installed)", "nargs": "*"})
     limit: int = field(default=0, metadata={"help": "score only the first N images (file order); 0 = all"})
     seed: int = field(default=0, metadata={"help": "noise seed (noise of an image depends on seed + id only)"})
     bm3d_limit: int = field(default=100, metadata={"help": "BM3D (~1 s/image) scores only the first N scored "
@@ -179,62 +187,61 @@ def baseline_batch(batch: dict, method: str, params: dict, subset: set | None = 
             f"{method}__hash": hashes}
 
 
-class ModelScorer:
-    """Ray Data actor: loads every model once, adds KEY__psnr/ssim/sec/hash for each.
+# ---------------------------------------------------------------- the model actor
 
-    ``models``: [(key, model_dir)]. The device is CUDA when this actor was given a GPU (and
-    ``device`` allows it), else CPU with torch threads matched to the actor's CPUs.
+
+def denoise(den, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """A model's outputs as scored and pictured: :meth:`dae.inference.Denoiser.run` (the denoise
+    job's tiling and fixed-size forward passes), clipped to [0, 1], the range of every image here
+    (models without an output sigmoid overshoot it)."""
+    return [np.clip(y, 0.0, 1.0) for y in den.run(list(images))]
+
+
+class ModelScorer:
+    """Ray Data actor: loads every model once (a :class:`dae.inference.Denoiser` each), adds
+    KEY__psnr/ssim/sec/hash for each.
+
+    ``models``: [(key, model_dir)]; ``device`` and ``torch_threads`` from the pool's plan
+    (:func:`plan_model_actors`).
     """
 
-    def __init__(self, models: Sequence[tuple[str, str]], device: str = "auto", threads: int = 1,
-                 chunk: int = 256):
-        import torch
+    def __init__(self, models: Sequence[tuple[str, str]], device: str = "cpu", torch_threads: int = 1):
+        from .inference import Denoiser
 
-        from .checkpoint import load_model
-
-        use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-        self.device = torch.device("cuda" if use_cuda else "cpu")
-        if not use_cuda:
-            torch.set_num_threads(max(1, int(threads)))
-        self.models = [(key, load_model(path, self.device)[0]) for key, path in models]
-        self.chunk = chunk
-
-    def _run(self, model, images: list[np.ndarray]) -> tuple[list[np.ndarray], float]:
-        import torch
-
-        t0 = time.perf_counter()
-        with torch.inference_mode():
-            # Same-shape images go through together; ragged ones one at a time.
-            groups: dict[tuple, list[int]] = {}
-            for i, im in enumerate(images):
-                groups.setdefault(im.shape, []).append(i)
-            res: dict[int, np.ndarray] = {}
-            for shape, idx in groups.items():
-                if shape[2] != model.channels:
-                    raise ValueError(f"model {model.name} takes {model.channels}-channel images, got an "
-                                     f"image of shape {shape}")
-                for k in range(0, len(idx), self.chunk):
-                    part = idx[k:k + self.chunk]
-                    x = torch.from_numpy(np.stack([images[i] for i in part])).permute(0, 3, 1, 2)
-                    y = model(x.to(self.device)).clamp(0, 1).permute(0, 2, 3, 1).float().cpu().numpy()
-                    for j, i in enumerate(part):
-                        res[i] = y[j]
-            if self.device.type == "cuda":
-                torch.cuda.synchronize()
-        outs = [res[i] for i in range(len(images))]
-        return outs, time.perf_counter() - t0
+        self.models = [(key, Denoiser(path, device=device, torch_threads=torch_threads)) for key, path in models]
 
     def __call__(self, batch: dict) -> dict:
         noisy, clean = _rows(batch["noisy"]), _rows(batch["clean"])
         n = len(noisy)
         out = dict(batch)
         hashes = np.array([array_hash(x) for x in noisy], dtype=np.int64)
-        for key, model in self.models:
-            preds, secs = self._run(model, noisy)
+        for key, den in self.models:
+            wrong = sorted({x.shape[2] for x in noisy} - {den.channels})
+            if wrong:
+                raise ValueError(f"model {den.config.get('model')} takes {den.channels}-channel images, got "
+                                 f"{'/'.join(map(str, wrong))}-channel ones")
+            t0 = time.perf_counter()
+            preds = denoise(den, noisy)  # ends with a copy to host memory: GPU time included
+            secs = time.perf_counter() - t0
             p, s = score_images(preds, clean) if n else (np.empty(0), np.empty(0))
             out.update({f"{key}__psnr": p, f"{key}__ssim": s, f"{key}__sec": np.full(n, secs / max(n, 1)),
                         f"{key}__hash": hashes})
         return out
+
+
+def plan_model_actors(cfg: EvaluateConfig, cpus: float, gpus: float) -> dict:
+    """The model actor pool, sized by :func:`dae.inference.plan_actors` as jobs.denoise's is: a fixed
+    pool of ``cfg.model_actors`` or, when 0, one actor per GPU, or on CPUs a quarter of them (at most
+    4): the classical methods run as CPU tasks beside the pool, so it gets less than denoise's half."""
+    from .inference import plan_actors
+
+    plan = plan_actors(cpus, gpus, cfg.device, max_actors=cfg.model_actors)
+    if plan["device"] == "cpu" and not cfg.model_actors:
+        plan = plan_actors(cpus, gpus, "cpu", max_actors=max(1, min(4, int(cpus) // 4)))
+    for note in plan.pop("notes"):
+        log.warning("model actors: %s", note)
+    plan["torch_threads"] = max(1, int(plan["actor_cpus"]))
+    return plan
 
 
 def _tune_fn(name: str, clean: list, noisy: list, sigmas: list) -> dict:
@@ -276,11 +283,84 @@ def _decode_rows(rows: list[dict]) -> list[np.ndarray]:
     return [shards.to_float(shards.decode_png(r["image"])) for r in rows]
 
 
+@dataclass(frozen=True)
+class Selection:
+    """The images of a run, by id (the driver reads ids and channel counts only): the scored ones,
+    the tuning ones, BM3D's subset and the picture's."""
+
+    files: list[str]  # shards of the scored split
+    read_files: list[str]  # the ones the pipeline reads (with --limit only those holding the head)
+    total_rows: int  # images in the split
+    n_score: int  # images scored
+    holdout_n: int  # first images of the split held out to tune on, never scored
+    keep: set | None  # --limit: the scored ids (None: every id)
+    drop: set | None  # the held-out tuning ids
+    bm3d_n: int  # images BM3D scores
+    bm3d_subset: set | None  # their ids, when fewer than all
+    picture_ids: list[str]
+    channels: list[int]  # channel counts of the images read here
+    tune_source: str  # "none", "holdout" or the split tuned on
+    tune_files: list[str]
+
+
+def _tuning_split(cfg: EvaluateConfig, running: Sequence[str]) -> tuple[str, list[str]]:
+    """(source, files) of the tuning images: ``--tune-split``, else val, else train, else "holdout"
+    (the head of the scored split); "none" when nothing is tuned."""
+    if not cfg.tune_images or not any(baselines.get_baseline(n).grid for n in running):
+        return "none", []
+    is_file = str(cfg.data).endswith(".parquet")
+    for c in [cfg.tune_split] if cfg.tune_split else ["val", "train"]:
+        if c == cfg.split and not is_file:
+            continue
+        try:
+            files = shards.list_shards(cfg.data, c) if not is_file else []
+        except Exception:
+            files = []
+        if files:
+            return c, files
+    if cfg.tune_split and cfg.tune_split != cfg.split:
+        raise FileNotFoundError(f"--tune-split {cfg.tune_split!r}: no shards under "
+                                f"{shards.split_dir(cfg.data, cfg.tune_split)}")
+    return "holdout", []
+
+
+def select_images(cfg: EvaluateConfig, running: Sequence[str]) -> Selection:
+    """Which images are scored (the first ``limit`` in file order, after any tuning hold-out), tuned
+    on, scored by BM3D and shown in the picture; ``running``: the classical methods that run."""
+    files = scored_files(cfg.data, cfg.split)
+    total_rows = sum(file_rows(f) for f in files)
+    tune_source, tune_files = _tuning_split(cfg, running)
+    holdout_n = cfg.tune_images if tune_source == "holdout" else 0
+    avail = total_rows - holdout_n
+    if avail <= 0:
+        raise ValueError(f"{cfg.data} split {cfg.split!r} has {total_rows} images, none left to score after "
+                         f"holding out {holdout_n} for tuning (give --tune-split or --tune-images 0)")
+    n_score = min(cfg.limit, avail) if cfg.limit else avail
+    bm3d_n = min(cfg.bm3d_limit, n_score) if cfg.bm3d_limit else n_score
+    need = holdout_n + max(n_score if cfg.limit else 0, bm3d_n if "bm3d" in running else 0,
+                           min(cfg.picture_images, n_score))
+    head, head_files = head_rows(files, need, ("id", "channels"))
+    head_ids = [r["id"] for r in head]
+    scored_head = head_ids[holdout_n:]
+    return Selection(
+        files=files, read_files=head_files if cfg.limit else files, total_rows=total_rows, n_score=n_score,
+        holdout_n=holdout_n, keep=set(scored_head[:n_score]) if cfg.limit else None,
+        drop=set(head_ids[:holdout_n]) or None, bm3d_n=bm3d_n,
+        bm3d_subset=set(scored_head[:bm3d_n]) if ("bm3d" in running and bm3d_n < n_score) else None,
+        picture_ids=scored_head[: min(cfg.picture_images, n_score)],
+        channels=sorted({int(r["channels"]) for r in head}), tune_source=tune_source, tune_files=tune_files)
+
+
 # ---------------------------------------------------------------- the job
 
 
-def _slug(s: str) -> str:
-    return re.sub(r"[^A-Za-z0-9.]+", "_", s).strip("_")
+def report_command(cfg: EvaluateConfig, argv: Sequence[str] | None = None) -> str:
+    """The report's command: the one that reruns ``cfg``, every field spelled out; run from a shell
+    (``argv``), what was typed, then that resolved equivalent."""
+    resolved = command_line("jobs.evaluate", cfg, full=True)
+    if argv is None:
+        return resolved
+    return f"{shlex.join(['python', '-m', 'jobs.evaluate', *argv])}\n# resolved: {resolved}"
 
 
 def package_versions() -> dict[str, str]:
@@ -322,21 +402,53 @@ def _model_entries(dirs: Sequence[str], taken: set[str]) -> list[dict]:
     return entries
 
 
-def _stats(v: np.ndarray) -> tuple[float | None, float | None]:
-    v = v[np.isfinite(v)]
-    if not len(v):
-        return None, None
-    return float(np.mean(v)), float(np.std(v))
+@dataclass(frozen=True)
+class Methods:
+    """What is scored, in report order: the noisy input, the classical methods, the models."""
+
+    classical: list[str]  # asked for
+    skipped: dict[str, str]  # classical methods that cannot run here -> why
+    models: list[dict]  # _model_entries
+
+    @classmethod
+    def resolve(cls, names: Sequence[str], model_dirs: Sequence[str]) -> Methods:
+        # A missing optional method is reported as skipped with the reason, never scored as zero.
+        skipped = {}
+        for n in names:
+            ok, why = baselines.availability(n)
+            if not ok:
+                skipped[n] = why
+        return cls(list(names), skipped, _model_entries(model_dirs, {NOISY, *baselines.BASELINES}))
+
+    @property
+    def running(self) -> list[str]:
+        """The classical methods that run."""
+        return [n for n in self.classical if n not in self.skipped]
+
+    @property
+    def keys(self) -> list[str]:
+        """Every method in report order, skipped ones included."""
+        return [NOISY, *self.classical, *[m["key"] for m in self.models]]
+
+    @property
+    def columns(self) -> list[str]:
+        """What the pipeline hands the driver: id, noise, and the metrics of every method that ran."""
+        ran = [NOISY, *self.running, *[m["key"] for m in self.models]]
+        return ["id", "noise", *[f"{k}__{m}" for k in ran for m in METRICS]]
+
+    def model(self, key: str) -> dict | None:
+        return next((m for m in self.models if m["key"] == key), None)
+
+    def display(self, key: str) -> str:
+        m = self.model(key)
+        return m["name"] if m else key
+
+    def kind(self, key: str) -> str:
+        return "input" if key == NOISY else "model" if self.model(key) else "classical"
 
 
-def run(cfg: EvaluateConfig, command: str) -> dict:
-    """Score everything; write report.md, report.json, comparison*.png, per_image.parquet under
-    ``cfg.out``. Returns the report dict."""
-    import ray
-
-    from . import raylib, viz
-    from .jobutil import Progress, save_resolved_config
-
+def check_config(cfg: EvaluateConfig) -> tuple[list[str], list[str]]:
+    """(noise specs, classical method names), or a clear error before any work."""
     if not cfg.data:
         raise ValueError("--data is required (a shard root, split dir, .parquet file or URI)")
     if not cfg.out:
@@ -357,58 +469,10 @@ def run(cfg: EvaluateConfig, command: str) -> dict:
     for m in cfg.models:
         storage.check_access(m, must_exist=True)
     storage.check_access(cfg.out, write=True)
-    t_start = time.perf_counter()
+    return specs, names
 
-    # Which classical methods can run here; a missing optional one is skipped with the reason.
-    skipped: dict[str, str] = {}
-    for n in names:
-        ok, why = baselines.availability(n)
-        if not ok:
-            skipped[n] = why
-    run_baselines = [n for n in names if n not in skipped]
-    models = _model_entries(cfg.models, {NOISY, *baselines.BASELINES})
 
-    # ---- select the images (driver reads ids only)
-    files = scored_files(cfg.data, cfg.split)
-    total_rows = sum(file_rows(f) for f in files)
-    tune_source, tune_files = "none", []
-    if cfg.tune_images and any(baselines.get_baseline(n).grid for n in run_baselines):
-        cands = [cfg.tune_split] if cfg.tune_split else ["val", "train"]
-        for c in cands:
-            if c == cfg.split and not str(cfg.data).endswith(".parquet"):
-                continue
-            try:
-                tune_files = shards.list_shards(cfg.data, c) if not str(cfg.data).endswith(".parquet") else []
-            except Exception:
-                tune_files = []
-            if tune_files:
-                tune_source = c
-                break
-        if not tune_files:
-            if cfg.tune_split and cfg.tune_split != cfg.split:
-                raise FileNotFoundError(f"--tune-split {cfg.tune_split!r}: no shards under "
-                                        f"{shards.split_dir(cfg.data, cfg.tune_split)}")
-            tune_source = "holdout"
-    holdout_n = cfg.tune_images if tune_source == "holdout" else 0
-    avail = total_rows - holdout_n
-    if avail <= 0:
-        raise ValueError(f"{cfg.data} split {cfg.split!r} has {total_rows} images, none left to score after "
-                         f"holding out {holdout_n} for tuning (give --tune-split or --tune-images 0)")
-    n_score = min(cfg.limit, avail) if cfg.limit else avail
-    bm3d_n = min(cfg.bm3d_limit, n_score) if cfg.bm3d_limit else n_score
-    need = holdout_n + max(n_score if cfg.limit else 0, bm3d_n if "bm3d" in run_baselines else 0,
-                           min(cfg.picture_images, n_score))
-    head, head_files = head_rows(files, need, ("id", "channels"))
-    head_ids = [r["id"] for r in head]
-    hold_ids = head_ids[:holdout_n]
-    scored_head = head_ids[holdout_n:]
-    keep = set(scored_head[:n_score]) if cfg.limit else None
-    drop = set(hold_ids) or None
-    read_files = head_files if cfg.limit else files
-    bm3d_subset = set(scored_head[:bm3d_n]) if ("bm3d" in run_baselines and bm3d_n < n_score) else None
-    pic_ids = scored_head[: min(cfg.picture_images, n_score)]
-
-    channels = sorted({int(r["channels"]) for r in head})
+def check_model_channels(cfg: EvaluateConfig, models: list[dict], channels: list[int]) -> None:
     for m in models:
         mc = int(m["config"].get("channels", 0))
         if [mc] != channels:
@@ -416,18 +480,20 @@ def run(cfg: EvaluateConfig, command: str) -> dict:
                              f"{cfg.data} has {'/'.join(map(str, channels))}-channel images; evaluate it on "
                              f"data with {mc} channel(s)")
 
-    raylib.init_ray()
-    log.info("evaluate: %d images x %d noise specs, baselines %s%s, models %s", n_score, len(specs),
-             run_baselines, f" (skipped: {sorted(skipped)})" if skipped else "", [m["name"] for m in models])
 
-    # ---- tuning (on images that are never scored)
-    params: dict[str, dict[str, dict]] = {n: {} for n in run_baselines}
-    tuning: dict[str, Any] = {"source": tune_source, "images": 0, "ids": [], "chosen": {}}
+def tune_baselines(cfg: EvaluateConfig, sel: Selection, specs: list[str],
+                   running: list[str]) -> tuple[dict[str, dict[str, dict]], dict]:
+    """({method: {noise spec: params}}, the report's tuning section). Grids are searched as Ray
+    tasks on the tuning images, which are never scored; untuned methods keep their defaults."""
+    import ray
+
+    params: dict[str, dict[str, dict]] = {n: {} for n in running}
+    tuning: dict[str, Any] = {"source": sel.tune_source, "images": 0, "ids": [], "chosen": {}}
     tune_rows: list[dict] = []
-    if tune_source == "holdout":
-        tune_rows = [r for r in head_rows(files, holdout_n, ("id", "image"))[0]]
-    elif tune_source != "none":
-        tune_rows = head_rows(tune_files, cfg.tune_images, ("id", "image"))[0]
+    if sel.tune_source == "holdout":
+        tune_rows = head_rows(sel.files, sel.holdout_n, ("id", "image"))[0]
+    elif sel.tune_source != "none":
+        tune_rows = head_rows(sel.tune_files, cfg.tune_images, ("id", "image"))[0]
     if tune_rows:
         t_clean = _decode_rows(tune_rows)
         t_ids = [r["id"] for r in tune_rows]
@@ -438,193 +504,211 @@ def run(cfg: EvaluateConfig, command: str) -> dict:
             t_noisy = list(add_noise_batch(t_clean, t_ids, spec, cfg.seed))
             sig = [baselines.noise_sigma(spec, x) for x in t_noisy]
             c_ref, n_ref = ray.put(t_clean), ray.put(t_noisy)
-            for n in run_baselines:
+            for n in running:
                 if baselines.get_baseline(n).grid:
                     pending[(spec, n)] = task.remote(n, c_ref, n_ref, sig)
-        log.info("tuning %d (noise, method) pairs on %d %s images", len(pending), len(t_ids), tune_source)
+        log.info("tuning %d (noise, method) pairs on %d %s images", len(pending), len(t_ids), sel.tune_source)
         for (spec, n), ref in pending.items():
             res = ray.get(ref)
             params[n][spec] = res["params"]
             tuning["chosen"].setdefault(spec, {})[n] = res
-    for n in run_baselines:
+    for n in running:
         for spec in specs:
             params[n].setdefault(spec, baselines.get_baseline(n).params())
+    return params, tuning
 
-    # ---- the pipeline
+
+def build_dataset(cfg: EvaluateConfig, sel: Selection, specs: list[str], methods: Methods, params: dict,
+                  plan: dict | None):
+    """The streaming pipeline of the module docstring, ending in ``methods.columns``. ``plan``: the
+    model actor pool (:func:`plan_model_actors`), None without models."""
     from .data import read_shards
 
-    ds = read_shards(cfg.data, files=read_files, columns=["id", "image"])
-    if keep is not None or drop is not None:
-        ds = ds.map_batches(select_rows, batch_format="numpy", fn_kwargs={"keep": keep, "drop": drop})
+    # A task never asks for more CPU than a model actor holds, or it may find no node to run on
+    # (dae.inference.plan_actors says why); Ray's default of 1 without models.
+    task = {"num_cpus": plan["task_cpus"]} if plan else {}
+    ds = read_shards(cfg.data, files=sel.read_files, columns=["id", "image"], **task)
+    if sel.keep is not None or sel.drop is not None:
+        ds = ds.map_batches(select_rows, batch_format="numpy", fn_kwargs={"keep": sel.keep, "drop": sel.drop},
+                            **task)
     # Small shard files are read as one block by one task; split them so the CPU-heavy stages
     # below run on every CPU (streaming: no all-to-all barrier).
     ds = ds.repartition(target_num_rows_per_block=cfg.batch_size)
     ds = ds.map_batches(noisy_batch, batch_size=cfg.batch_size, batch_format="numpy",
-                        fn_kwargs={"specs": specs, "seed": cfg.seed})
-    for n in run_baselines:
-        sub = bm3d_subset if n == "bm3d" else None
-        ds = ds.map_batches(baseline_batch, batch_size=8 if n == "bm3d" else cfg.batch_size,
-                            batch_format="numpy", fn_kwargs={"method": n, "params": params[n], "subset": sub})
-    actors_info: dict[str, Any] = {}
-    if models:
+                        fn_kwargs={"specs": specs, "seed": cfg.seed}, **task)
+    for n in methods.running:
+        sub = sel.bm3d_subset if n == "bm3d" else None
+        ds = ds.map_batches(baseline_batch, batch_size=8 if n == "bm3d" else cfg.batch_size, batch_format="numpy",
+                            fn_kwargs={"method": n, "params": params[n], "subset": sub}, **task)
+    if plan:
         from ray.data import ActorPoolStrategy
 
-        cpus, gpus = raylib.cluster_cpus(), raylib.cluster_gpus()
-        use_gpu = cfg.device == "cuda" or (cfg.device == "auto" and gpus >= 1)
-        if cfg.device == "cuda" and gpus < 1:
-            raise ValueError("--device cuda but the Ray cluster has no GPU")
-        # An actor holds its CPU for the whole run: leave at least one CPU to the read, noise and
-        # classical tasks, or the pipeline waits forever (2 CPUs, 2 actors = silent deadlock).
-        actor_cpus = 1 if cpus >= 2 else 0
-        max_actors = int(gpus) if use_gpu else max(1, int(cpus) - 1)
-        n_act = cfg.model_actors or (int(gpus) if use_gpu else max(1, min(4, int(cpus) // 4)))
-        if n_act > max_actors:
-            log.warning("model_actors %d > %d the cluster can hold next to the other stages; using %d",
-                        n_act, max_actors, max_actors)
-            n_act = max_actors
-        actors_info = {"actors": n_act, "gpu": use_gpu, "cpus_per_actor": actor_cpus}
         # Without this Ray fuses every task stage above into the model actors, and the classical
-        # methods would run serially in n_act actors instead of as tasks on every free CPU (Ray
+        # methods would run serially in the few actors instead of as tasks on every free CPU (Ray
         # never fuses anything downstream of a streaming repartition).
         ds = ds.repartition(target_num_rows_per_block=cfg.batch_size * len(specs))
         ds = ds.map_batches(
             ModelScorer, batch_size=cfg.batch_size, batch_format="numpy",
-            fn_constructor_kwargs={"models": [(m["key"], m["dir"]) for m in models],
-                                   "device": "cuda" if use_gpu else "cpu", "threads": max(1, actor_cpus)},
-            compute=ActorPoolStrategy(size=n_act), num_cpus=actor_cpus, num_gpus=1 if use_gpu else 0)
+            fn_constructor_kwargs={"models": [(m["key"], m["dir"]) for m in methods.models],
+                                   "device": plan["device"], "torch_threads": plan["torch_threads"]},
+            compute=ActorPoolStrategy(min_size=plan["min_actors"], max_size=plan["max_actors"]),
+            num_cpus=plan["actor_cpus"], num_gpus=plan["actor_gpus"])
+    return ds.select_columns(methods.columns)
 
-    keys = [NOISY, *run_baselines, *[m["key"] for m in models]]
-    cols = ["id", "noise", *[f"{k}__{m}" for k in keys for m in METRICS]]
-    ds = ds.select_columns(cols)
-    prog = Progress("evaluate", total=n_score * len(specs), unit="rows")
+
+def collect(ds, columns: list[str], n_images: int, n_specs: int) -> dict[str, np.ndarray]:
+    """Runs the pipeline; its columns as numpy arrays (one row per image and noise spec)."""
+    prog = Progress("evaluate", total=n_images * n_specs, unit="rows")
     tables = []
     for b in ds.iter_batches(batch_format="pyarrow", batch_size=1024):
         tables.append(b)
         prog.update(b.num_rows)
     prog.report()
-    wall = time.perf_counter() - t_start
-    table = pa.concat_tables(tables) if tables else pa.table({c: [] for c in cols})
-    cols_np = {c: table.column(c).to_numpy(zero_copy_only=False) for c in cols}
-    if len(table) != n_score * len(specs):
-        raise RuntimeError(f"pipeline returned {len(table)} rows, expected {n_score} images x {len(specs)} specs")
+    table = pa.concat_tables(tables) if tables else pa.table({c: [] for c in columns})
+    if len(table) != n_images * n_specs:
+        raise RuntimeError(f"pipeline returned {len(table)} rows, expected {n_images} images x {n_specs} specs")
+    return {c: table.column(c).to_numpy(zero_copy_only=False) for c in columns}
 
-    # ---- aggregate per (noise, method)
-    display = {NOISY: NOISY, **{n: n for n in names}, **{m["key"]: m["name"] for m in models}}
-    kind = {NOISY: "input", **{n: "classical" for n in names}, **{m["key"]: "model" for m in models}}
-    results, long_rows = [], {"id": [], "noise": [], "method": [], "psnr": [], "ssim": [], "sec": [], "input_hash": []}
+
+def _stats(v: np.ndarray) -> tuple[float | None, float | None]:
+    v = v[np.isfinite(v)]
+    if not len(v):
+        return None, None
+    return float(np.mean(v)), float(np.std(v))
+
+
+@dataclass(frozen=True)
+class Scores:
+    results: list[dict]  # one entry per (noise, method): the report's tables
+    per_image: dict[str, list]  # the columns of per_image.parquet
+    same_input: dict[str, dict]  # per noise spec: did every method get the noise stage's pixels
+
+
+def aggregate(cols: dict[str, np.ndarray], specs: list[str], methods: Methods, params: dict,
+              bm3d_subset: set | None) -> Scores:
+    """Per (noise, method): mean ± std over images, and the check that every method's input hash
+    equals the noise stage's."""
+    results: list[dict] = []
+    per_image: dict[str, list] = {"id": [], "noise": [], "method": [], "psnr": [], "ssim": [], "sec": [],
+                                  "input_hash": []}
     same_input: dict[str, dict] = {}
-    ordered = [NOISY, *names, *[m["key"] for m in models]]
-    noise_col = cols_np["noise"].astype(str)
-    bm3d_mask_all = np.isin(cols_np["id"].astype(str), list(bm3d_subset)) if bm3d_subset else None
+    noise_col = cols["noise"].astype(str)
+    bm3d_mask_all = np.isin(cols["id"].astype(str), list(bm3d_subset)) if bm3d_subset else None
     for spec in specs:
         sel = noise_col == spec
-        ref_hash = cols_np[f"{NOISY}__hash"][sel]
+        ref_hash = cols[f"{NOISY}__hash"][sel]
         mismatches = {}
-        for k in ordered:
-            entry: dict[str, Any] = {"noise": spec, "method": display[k], "kind": kind[k]}
-            if k in skipped:
-                entry.update(status="skipped", reason=skipped[k], images=0, psnr_mean=None, psnr_std=None,
+        for k in methods.keys:
+            entry: dict[str, Any] = {"noise": spec, "method": methods.display(k), "kind": methods.kind(k)}
+            results.append(entry)
+            if k in methods.skipped:
+                entry.update(status="skipped", reason=methods.skipped[k], images=0, psnr_mean=None, psnr_std=None,
                              ssim_mean=None, ssim_std=None, sec_per_image=None)
-                results.append(entry)
                 continue
-            p, s = cols_np[f"{k}__psnr"][sel], cols_np[f"{k}__ssim"][sel]
-            sec, h = cols_np[f"{k}__sec"][sel], cols_np[f"{k}__hash"][sel]
+            p, s = cols[f"{k}__psnr"][sel], cols[f"{k}__ssim"][sel]
+            sec, h = cols[f"{k}__sec"][sel], cols[f"{k}__hash"][sel]
             ok = np.isfinite(p)
             bad = int(np.sum(h[ok] != ref_hash[ok]))
             if bad:
-                mismatches[display[k]] = bad
+                mismatches[methods.display(k)] = bad
             pm, ps = _stats(p)
             sm, ss = _stats(s)
             entry.update(status="ok", images=int(ok.sum()), psnr_mean=pm, psnr_std=ps, ssim_mean=sm, ssim_std=ss,
                          sec_per_image=None if k == NOISY else _stats(sec)[0])
             if k in params:
                 entry["params"] = params[k][spec]
-            if kind[k] == "model":
-                m = next(m for m in models if m["key"] == k)
+            if m := methods.model(k):
                 entry.update(model=m["config"].get("model"), model_dir=m["dir"],
                              trained_noise=m["config"].get("noise"))
             if bm3d_mask_all is not None:
                 msk = bm3d_mask_all[sel] & ok
                 entry["bm3d_subset"] = {"images": int(msk.sum()), "psnr_mean": _stats(p[msk])[0],
                                         "ssim_mean": _stats(s[msk])[0]}
-            results.append(entry)
             n_ok = int(ok.sum())
-            long_rows["id"] += list(cols_np["id"][sel][ok].astype(str))
-            long_rows["noise"] += [spec] * n_ok
-            long_rows["method"] += [display[k]] * n_ok
-            long_rows["psnr"] += list(p[ok])
-            long_rows["ssim"] += list(s[ok])
-            long_rows["sec"] += list(np.nan_to_num(sec[ok]))
-            long_rows["input_hash"] += list(h[ok])
+            per_image["id"] += list(cols["id"][sel][ok].astype(str))
+            per_image["noise"] += [spec] * n_ok
+            per_image["method"] += [methods.display(k)] * n_ok
+            per_image["psnr"] += list(p[ok])
+            per_image["ssim"] += list(s[ok])
+            per_image["sec"] += list(np.nan_to_num(sec[ok]))
+            per_image["input_hash"] += list(h[ok])
         same_input[spec] = {"identical": not mismatches, "mismatched_images": mismatches}
     if any(not v["identical"] for v in same_input.values()):
         log.error("methods received different noisy inputs: %s", same_input)
+    return Scores(results, per_image, same_input)
 
-    # ---- the picture: the same fixed images, one row per method, per noise spec
+
+def make_pictures(cfg: EvaluateConfig, sel: Selection, specs: list[str], methods: Methods, params: dict,
+                  cols: dict[str, np.ndarray]) -> dict:
+    """comparison.png and comparison_<spec>.png: the same fixed images, one row per method. Made on
+    the driver; returns the report's ``pictures`` and ``picture_same_input`` (per spec: the picture
+    starts from the pipeline's exact noisy pixels)."""
+    from . import viz
+
     pics: dict[str, str] = {}
     picture_check: dict[str, bool] = {}
-    if pic_ids:
-        prow = {r["id"]: r for r in head_rows(files, holdout_n + len(pic_ids), ("id", "image"))[0]}
-        pclean = _decode_rows([prow[i] for i in pic_ids])
-        loaded = []
-        if models:
-            import torch
+    pic_ids = sel.picture_ids
+    if not pic_ids:
+        return {"pictures": pics, "picture_same_input": picture_check}
+    from .inference import Denoiser
 
-            from .checkpoint import load_model
+    prow = {r["id"]: r for r in head_rows(sel.files, sel.holdout_n + len(pic_ids), ("id", "image"))[0]}
+    pclean = _decode_rows([prow[i] for i in pic_ids])
+    dens = [(m, Denoiser(m["dir"], device="cpu")) for m in methods.models]
+    noise_col = cols["noise"].astype(str)
+    all_rows: list[tuple[str, list]] = [("clean", pclean)]
+    for spec in specs:
+        pnoisy = list(add_noise_batch(pclean, pic_ids, spec, cfg.seed))
+        pic_set = set(pic_ids)
+        sel_idx = [i for i in np.nonzero(noise_col == spec)[0] if str(cols["id"][i]) in pic_set]
+        got = {str(cols["id"][i]): int(cols[f"{NOISY}__hash"][i]) for i in sel_idx}
+        picture_check[spec] = all(got.get(i) == array_hash(x) for i, x in zip(pic_ids, pnoisy))
+        rows = [(f"{spec} noisy", pnoisy)]
+        for n in methods.running:
+            rows.append((n, [baselines.apply(n, x, baselines.noise_sigma(spec, x), params[n][spec]) for x in pnoisy]))
+        rows += [(m["name"], denoise(den, pnoisy)) for m, den in dens]
+        pics[spec] = viz.save_grid([("clean", pclean), *rows], storage.join(cfg.out, f"comparison_{slug(spec)}.png"),
+                                   label_width=150)
+        all_rows += rows
+    pics["all"] = viz.save_grid(all_rows, storage.join(cfg.out, "comparison.png"), label_width=150)
+    return {"pictures": pics, "picture_same_input": picture_check}
 
-            loaded = [(m, load_model(m["dir"], "cpu")[0]) for m in models]
-        all_rows: list[tuple[str, list]] = [("clean", pclean)]
-        for spec in specs:
-            pnoisy = list(add_noise_batch(pclean, pic_ids, spec, cfg.seed))
-            # The picture is made on the driver; check it starts from the pipeline's exact pixels.
-            pic_set = set(pic_ids)
-            sel_idx = [i for i in np.nonzero(noise_col == spec)[0] if str(cols_np["id"][i]) in pic_set]
-            got = {str(cols_np["id"][i]): int(cols_np[f"{NOISY}__hash"][i]) for i in sel_idx}
-            picture_check[spec] = all(got.get(i) == array_hash(x) for i, x in zip(pic_ids, pnoisy))
-            rows = [(f"{spec} noisy", pnoisy)]
-            for n in run_baselines:
-                rows.append((n, [baselines.apply(n, x, baselines.noise_sigma(spec, x), params[n][spec])
-                                 for x in pnoisy]))
-            for m, model in loaded:
-                with torch.inference_mode():
-                    outs = []
-                    for x in pnoisy:
-                        t = torch.from_numpy(np.ascontiguousarray(x)).permute(2, 0, 1)[None]
-                        outs.append(model(t).clamp(0, 1)[0].permute(1, 2, 0).numpy())
-                rows.append((m["name"], outs))
-            pics[spec] = viz.save_grid([("clean", pclean), *rows], storage.join(cfg.out, f"comparison_{_slug(spec)}.png"),
-                                       label_width=150)
-            all_rows += rows
-        pics["all"] = viz.save_grid(all_rows, storage.join(cfg.out, "comparison.png"), label_width=150)
 
-    # ---- write
+def write_report(cfg: EvaluateConfig, command: str, *, sel: Selection, specs: list[str], methods: Methods,
+                 tuning: dict, plan: dict | None, scores: Scores, pictures: dict, wall: float) -> dict:
+    """per_image.parquet, config.resolved.json, report.json and report.md under ``cfg.out``; returns
+    the report."""
+    from . import raylib
+
     pq_buf = pa.BufferOutputStream()
-    pq.write_table(pa.table({k: pa.array(v) for k, v in long_rows.items()}), pq_buf, compression="zstd")
+    pq.write_table(pa.table({k: pa.array(v) for k, v in scores.per_image.items()}), pq_buf, compression="zstd")
     storage.write_bytes(storage.join(cfg.out, "per_image.parquet"), pq_buf.getvalue().to_pybytes())
     save_resolved_config(cfg, cfg.out, name="config.resolved.json")
     report = {
         "command": command,
         "versions": package_versions(),
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(cfg).items()},
-        "data": {"root": cfg.data, "split": cfg.split, "files": len(read_files), "rows_in_split": total_rows,
-                 "images_scored": n_score, "channels": channels, "selection":
-                 f"first {n_score} images in file order" + (f" after the {holdout_n} tuning images" if holdout_n else "")},
+        "data": {"root": cfg.data, "split": cfg.split, "files": len(sel.read_files), "rows_in_split": sel.total_rows,
+                 "images_scored": sel.n_score, "channels": sel.channels, "selection":
+                 f"first {sel.n_score} images in file order"
+                 + (f" after the {sel.holdout_n} tuning images" if sel.holdout_n else "")},
         "noise": specs,
         "seed": cfg.seed,
-        "methods": [display[k] for k in ordered],
-        "skipped": [{"method": n, "reason": r} for n, r in skipped.items()],
-        "bm3d": ({"images": bm3d_n, "subset": "first %d scored images (file order)" % bm3d_n}
-                 if "bm3d" in run_baselines else None),
+        "methods": [methods.display(k) for k in methods.keys],
+        "skipped": [{"method": n, "reason": r} for n, r in methods.skipped.items()],
+        "bm3d": ({"images": sel.bm3d_n, "subset": "first %d scored images (file order)" % sel.bm3d_n}
+                 if "bm3d" in methods.running else None),
         "tuning": tuning,
         "models": [{"name": m["name"], "dir": m["dir"], "model": m["config"].get("model"),
                     "channels": m["config"].get("channels"), "trained_noise": m["config"].get("noise"),
                     "weights": m["weights"]}
-                   for m in models],
-        "model_actors": actors_info,
-        "same_input": same_input,
-        "picture_same_input": picture_check,
-        "results": results,
-        "pictures": pics,
+                   for m in methods.models],
+        "model_actors": ({"actors": plan["max_actors"], "gpu": plan["device"] == "cuda",
+                          "cpus_per_actor": plan["actor_cpus"]} if plan else {}),
+        "same_input": scores.same_input,
+        "picture_same_input": pictures["picture_same_input"],
+        "results": scores.results,
+        "pictures": pictures["pictures"],
         "wall_seconds": wall,
         "cluster": {"cpus": raylib.cluster_cpus(), "gpus": raylib.cluster_gpus()},
     }
@@ -632,6 +716,34 @@ def run(cfg: EvaluateConfig, command: str) -> dict:
     storage.write_bytes(storage.join(cfg.out, "report.md"), render_markdown(report).encode())
     log.info("evaluate: wrote %s (%.1f s)", storage.join(cfg.out, "report.md"), wall)
     return report
+
+
+def run(cfg: EvaluateConfig, command: str = "") -> dict:
+    """Score everything; write report.md, report.json, comparison*.png, per_image.parquet under
+    ``cfg.out``. Returns the report dict. ``command``: how the run was started, for the report
+    (default: the command that reruns ``cfg``)."""
+    from . import raylib
+
+    specs, names = check_config(cfg)
+    t_start = time.perf_counter()
+    methods = Methods.resolve(names, cfg.models)
+    sel = select_images(cfg, methods.running)
+    check_model_channels(cfg, methods.models, sel.channels)
+
+    raylib.init_ray()
+    log.info("evaluate: %d images x %d noise specs, baselines %s%s, models %s", sel.n_score, len(specs),
+             methods.running, f" (skipped: {sorted(methods.skipped)})" if methods.skipped else "",
+             [m["name"] for m in methods.models])
+    params, tuning = tune_baselines(cfg, sel, specs, methods.running)
+    plan = plan_model_actors(cfg, raylib.cluster_cpus(), raylib.cluster_gpus()) if methods.models else None
+    ds = build_dataset(cfg, sel, specs, methods, params, plan)
+    cols = collect(ds, methods.columns, sel.n_score, len(specs))
+    wall = time.perf_counter() - t_start
+
+    scores = aggregate(cols, specs, methods, params, sel.bm3d_subset)
+    pictures = make_pictures(cfg, sel, specs, methods, params, cols)
+    return write_report(cfg, command or report_command(cfg), sel=sel, specs=specs, methods=methods, tuning=tuning,
+                        plan=plan, scores=scores, pictures=pictures, wall=wall)
 
 
 def _fmt(m, s, digits):

@@ -1,5 +1,7 @@
 """Data-parallel training of denoising autoencoders on Ray Train (TorchTrainer, Train V2).
 
+    python -m jobs.train --data shards/fashion --model conv28k --noise gaussian:0.5 --workers 2
+    # or from Python:
     from dae.train import TrainConfig, run
     result = run(TrainConfig(data="shards/fashion", model="conv28k", noise="gaussian:0.5", workers=2))
 
@@ -10,33 +12,33 @@ The driver (:func:`run`):
      under ``cache_max_mb``) it materializes them in the object store BEFORE the trainer starts, so
      no Ray Data task competes with the worker actors for CPUs (on a 2-CPU machine two 1-CPU workers
      plus read tasks deadlock) and no epoch pays the dataset start-up again;
-  3. runs :func:`train_loop` on ``workers`` Ray Train workers, then copies the best checkpoint's
-     model to ``OUT/best_model`` and writes ``curves.png`` and ``samples.png``.
+  3. runs :func:`train_loop` on ``workers`` Ray Train workers with a :class:`LoopConfig`, then copies
+     the best checkpoint's model to ``OUT/best_model`` and writes ``curves.png`` and ``samples.png``.
 
-Each worker (:func:`train_loop`):
-  * ``cache`` mode: reads the whole materialized split once through ``get_dataset_shard`` (not
-    split by Ray), sorts it by image id and keeps every ``world``-th image from its rank on: the
-    same rows per rank on every run, so training is reproducible with 1 and with N workers. Every
-    epoch is then a seeded local permutation over an in-memory tensor: no Ray Data work per epoch.
-  * ``stream`` mode (too big to hold): ``streaming_split`` shards, ``iter_torch_batches`` with a
-    local shuffle buffer, every epoch streamed from the shards.
-  * noise is added per batch on the worker, image i of epoch e from (seed, id_i, e) only;
-  * validation on a fixed noisy copy of the held-out split (noise from (val_seed, id, 0), the
-    same every epoch), split across ranks and all-reduced: metrics are over the whole split;
-  * rank 0 writes a checkpoint (``model/`` from :func:`dae.checkpoint.save_model` plus
-    ``state.pt`` with optimizer, scheduler, epoch and metric history) and ``metrics.jsonl``;
-    ``ray.train.report`` registers it. A replaced worker group, or a rerun with the same run name
-    and storage, resumes from the latest checkpoint (``ray.train.get_checkpoint``).
+Each worker (:func:`train_loop`) runs named pieces that work without Ray (tests call them directly):
+  * :func:`load_validation`: a fixed noisy copy of the held-out split (noise from (val_seed, id, 0),
+    the same every epoch), split across ranks; metrics are all-reduced over the whole split;
+  * :func:`load_train` and :func:`batches`: ``cache`` mode reads the whole materialized split once
+    (not split by Ray), sorts it by image id and keeps every ``world``-th image from its rank on:
+    the same rows per rank on every run, so training is reproducible with 1 and with N workers;
+    every epoch is a seeded local permutation of an in-memory array. ``stream`` mode (too big to
+    hold): ``streaming_split`` shards and ``iter_torch_batches`` with a local shuffle buffer.
+    Noise is added per batch on the worker, image i of epoch e from (seed, id_i, e) only;
+  * :func:`train_one_epoch`, :func:`validate` (mean per-image PSNR/SSIM of output and noisy input);
+  * :func:`save_checkpoint` (rank 0: ``model/`` from :func:`dae.checkpoint.save_model` plus
+    ``state.pt`` with optimizer, scheduler, epoch and metric history), registered with
+    ``ray.train.report``; a replaced worker group, or a rerun with the same run name and storage,
+    continues from the latest one (:func:`restore`).
 
 Outputs (``out``, default the run directory ``STORAGE/RUN_NAME`` where Ray Train keeps its
 checkpoints): ``best_model/`` (best validation PSNR), ``final_model/`` (last epoch), ``metrics.jsonl``,
-``curves.png``, ``samples.png``,
-``config.resolved.json``.
+``curves.png``, ``samples.png``, ``config.resolved.json``, ``summary.json``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -46,6 +48,7 @@ import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -63,7 +66,7 @@ LOSSES = ("mse", "l1", "bce")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("onecycle", "cosine", "constant")
 MODES = ("auto", "cache", "stream")
-# Test-only fault injection (read by the driver, passed to the workers in the loop config).
+# Test-only fault injection (read by the driver, passed to the workers in LoopConfig).
 FAIL_AT_EPOCH_ENV = "DAE_TEST_FAIL_AT_EPOCH"
 FAIL_MARKER_ENV = "DAE_TEST_FAIL_MARKER"
 
@@ -106,7 +109,7 @@ class TrainConfig:
 # ---------------------------------------------------------------- config and planning (driver)
 
 
-def validate(cfg: TrainConfig) -> TrainConfig:
+def check_config(cfg: TrainConfig) -> TrainConfig:
     """Checks that need no cluster; returns cfg with a run name filled in."""
     if not cfg.data:
         raise ValueError("--data is required: a shard root with ROOT/train/*.parquet (see python -m jobs.prepare)")
@@ -204,6 +207,55 @@ def plan_resources(workers: int, gpus_per_worker: float, cpus_per_worker: float,
 # ---------------------------------------------------------------- worker side
 
 
+@dataclass(frozen=True)
+class LoopConfig:
+    """What every worker gets from the driver: the run's config plus what the driver found out
+    about the data and the cluster. Pickled to the Ray Train workers."""
+
+    cfg: TrainConfig
+    mode: str  # "cache" or "stream" (the driver resolves "auto")
+    torch_threads: int
+    channels: int
+    size: tuple[int, int]  # (height, width) of every image
+    train_rows: int  # rows of the whole train split: stream mode sizes its epochs from it
+    out: str  # where rank 0 writes metrics.jsonl
+    # Test-only fault injection, from FAIL_AT_EPOCH_ENV / FAIL_MARKER_ENV on the driver (0/"": off).
+    fail_at_epoch: int = 0
+    fail_marker: str = ""
+
+
+@dataclass(frozen=True)
+class Validation:
+    """This rank's slice of the fixed noisy copy of the held-out split, and the noisy input's mean
+    scores over the whole split (they do not change between epochs: computed once)."""
+
+    clean: torch.Tensor  # (n, C, H, W) float32
+    noisy: torch.Tensor
+    total: int  # images over all ranks: the denominator of every mean
+    noisy_psnr: float
+    noisy_ssim: float
+
+
+@dataclass(frozen=True)
+class TrainData:
+    """This rank's training rows: held in memory (cache mode) or streamed every epoch."""
+
+    rows: int  # rows per rank per epoch, the same on every rank: DDP ranks step in lockstep
+    images: np.ndarray | None = None  # cache mode: (rows, H, W, C) float32, sorted by id
+    ids: np.ndarray | None = None
+    stream: Any = None  # stream mode: this rank's Ray DataIterator (a streaming_split shard)
+
+
+@dataclass
+class TrainState:
+    """How far a run got: saved in every checkpoint's state.pt, restored on resume."""
+
+    epoch: int = 0  # epochs done
+    steps_done: int = 0  # optimizer steps taken: where the schedule stands
+    attempt: int = 0  # 0: the first worker group; +1 on every resume
+    history: list = field(default_factory=list)  # metrics rows, one per epoch done
+
+
 def _to_nchw(a: np.ndarray) -> torch.Tensor:
     # (B, H, W, C) numpy -> (B, C, H, W) torch, contiguous
     return torch.from_numpy(np.ascontiguousarray(np.asarray(a, dtype=np.float32).transpose(0, 3, 1, 2)))
@@ -219,6 +271,14 @@ def _collect(it) -> tuple[np.ndarray, np.ndarray]:
     images, id_arr = np.concatenate(imgs), np.concatenate(ids)
     order = np.argsort(id_arr, kind="stable")
     return images[order], id_arr[order]
+
+
+def reduce_sums(values: list[float], device: torch.device | str = "cpu", world: int = 1) -> list[float]:
+    """Element-wise sums over the ranks (float64; a no-op with one rank)."""
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    if world > 1:
+        torch.distributed.all_reduce(t)
+    return t.tolist()
 
 
 # Below this output spread (std across validation images, mean over pixels, in [0, 1] units) the model
@@ -238,7 +298,7 @@ def collapse_message(cfg: dict) -> str:
             f"images try --loss bce (the seeds' loss), or a lower --lr")
 
 
-def _loss_fn(name: str):
+def make_loss(name: str):
     if name == "mse":
         return F.mse_loss
     if name == "l1":
@@ -247,20 +307,187 @@ def _loss_fn(name: str):
     return lambda out, target: F.binary_cross_entropy(out.clamp(1e-6, 1 - 1e-6), target)
 
 
-def _make_optimizer(cfg: dict, params):
-    if cfg["optimizer"] == "adam":
-        return torch.optim.Adam(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
-    if cfg["optimizer"] == "adamw":
-        return torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
-    return torch.optim.SGD(params, lr=cfg["lr"], momentum=0.9, nesterov=True, weight_decay=cfg["weight_decay"])
+def make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
 
 
-def _make_scheduler(cfg: dict, opt, total_steps: int):
-    if cfg["schedule"] == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg["lr"], total_steps=max(total_steps, 2))
-    if cfg["schedule"] == "cosine":
+def make_scheduler(cfg: TrainConfig, opt, total_steps: int):
+    if cfg.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(total_steps, 2))
+    if cfg.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(total_steps, 1))
     return torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)
+
+
+def _autocast(device: torch.device):
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")  # bf16 on GPU only
+
+
+def load_validation(it, cfg: TrainConfig, rank: int = 0, world: int = 1,
+                    device: torch.device | str = "cpu") -> Validation:
+    """The fixed noisy copy of the held-out split (noise from (val_seed, id, 0): the same every
+    epoch and every run), every ``world``-th image by id from ``rank`` on. ``it``: anything with
+    Ray's ``iter_batches`` yielding ``id`` and decoded ``image`` (H, W, C) columns."""
+    images, ids = _collect(it)
+    if cfg.val_limit:
+        images, ids = images[: cfg.val_limit], ids[: cfg.val_limit]
+    total = len(ids)
+    images, ids = images[rank::world], ids[rank::world]
+    clean = _to_nchw(images)
+    noisy = _to_nchw(add_noise_batch(images, ids, NoiseSpec.parse(cfg.noise), cfg.val_seed, 0))
+    ps, ss = reduce_sums([float(metrics.psnr(noisy, clean).sum()), float(metrics.ssim(noisy, clean).sum())],
+                         device, world)
+    return Validation(clean, noisy, total, ps / total, ss / total)
+
+
+def load_train(it, lc: LoopConfig, rank: int = 0, world: int = 1) -> TrainData:
+    """This rank's training rows. Cache mode: ``it`` holds the whole split (Ray does not split
+    it); every ``world``-th image by id from ``rank`` on, the same rows per rank on every run, so
+    training is reproducible with 1 and with N workers. Stream mode: ``it`` is this rank's shard."""
+    if lc.mode == "stream":
+        return TrainData(rows=lc.train_rows // world, stream=it)
+    images, ids = _collect(it)
+    rows = len(ids) // world  # equal rows per rank: DDP needs the same number of steps everywhere
+    return TrainData(rows, np.ascontiguousarray(images[rank::world][:rows]), ids[rank::world][:rows])
+
+
+def batches(data: TrainData, cfg: TrainConfig, epoch: int, rank: int, batch_size: int):
+    """(clean, noisy) (B, C, H, W) float32 CPU tensors of this rank for one epoch. Image i's
+    noise comes from (seed, id_i, epoch) only, whatever batch or rank it lands in."""
+    spec, seed = NoiseSpec.parse(cfg.noise), cfg.seed
+    if data.stream is None:
+        # cache mode: a seeded permutation of the in-memory rows, no Ray Data work per epoch
+        perm = np.random.default_rng([seed, epoch, rank]).permutation(data.rows)
+        for b in range(0, len(perm), batch_size):
+            idx = np.sort(perm[b:b + batch_size])  # sorted: faster gather, order inside a batch is irrelevant
+            clean = data.images[idx]
+            yield _to_nchw(clean), _to_nchw(add_noise_batch(clean, data.ids[idx], spec, seed, epoch))
+        return
+
+    def collate(batch: dict):
+        clean = np.asarray(batch["image"], dtype=np.float32)
+        noisy = add_noise_batch(clean, batch["id"].astype(str), spec, seed, epoch)
+        return _to_nchw(clean), _to_nchw(noisy)
+
+    yield from data.stream.iter_torch_batches(batch_size=batch_size, collate_fn=collate,
+                                              local_shuffle_buffer_size=max(batch_size * 8, 1024),
+                                              local_shuffle_seed=seed * 1000 + epoch, prefetch_batches=2)
+
+
+def train_one_epoch(model: torch.nn.Module, loader, opt, sched, loss_fn, device: torch.device | str = "cpu",
+                    world: int = 1, steps_left: float = math.inf, after_first_step=None) -> dict:
+    """One optimizer step per (clean, noisy) batch of ``loader``. ``sched`` steps at most ``steps_left`` times
+    (stream mode may yield a batch more than planned). Returns the epoch's figures over all ranks
+    (train_loss, images_per_s, train_s, train_cpu_s, data_s) and this rank's ``steps``."""
+    device = torch.device(device)
+    t0, c0 = time.perf_counter(), time.process_time()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    n_seen = steps = 0
+    t_data = 0.0
+    td = time.perf_counter()
+    for clean, noisy in loader:
+        t_data += time.perf_counter() - td
+        clean, noisy = clean.to(device, non_blocking=True), noisy.to(device, non_blocking=True)
+        with _autocast(device):
+            out = model(noisy)
+        loss = loss_fn(out.float(), clean)  # loss in float32 (bce is not autocast-safe)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if steps < steps_left:
+            sched.step()
+        steps += 1
+        if steps == 1 and after_first_step is not None:
+            after_first_step()
+        loss_sum += loss.detach().double() * len(clean)  # no host sync per step
+        n_seen += len(clean)
+        td = time.perf_counter()
+    train_s = time.perf_counter() - t0
+    # CPU seconds of this process (all its threads): robust to other load on the machine
+    cpu_s = time.process_time() - c0
+    loss_total, seen_total, data_s, cpu_total = reduce_sums([float(loss_sum), float(n_seen), t_data, cpu_s],
+                                                            device, world)
+    return {"train_loss": loss_total / seen_total, "images_per_s": seen_total / train_s, "train_s": train_s,
+            "train_cpu_s": cpu_total, "data_s": data_s / world, "steps": steps}
+
+
+def validate(model: torch.nn.Module, val: Validation, device: torch.device | str = "cpu", world: int = 1) -> dict:
+    """Mean per-image PSNR/SSIM of the model's output (clamped to [0, 1]) and of the noisy input
+    over the whole split (all ranks), and ``output_spread``: the largest per-batch mean over pixels
+    of the std across images, ~0 when the model outputs one image for every input (collapsed)."""
+    # Pass the unwrapped model: no DDP collective per forward, so ranks may run different batch counts.
+    device = torch.device(device)
+    model.eval()
+    ps = ss = spread = 0.0
+    with torch.no_grad():
+        for i in range(0, len(val.clean), 256):
+            with _autocast(device):
+                out = model(val.noisy[i:i + 256].to(device))
+            out = out.float().clamp(0, 1).cpu()
+            ps += float(metrics.psnr(out, val.clean[i:i + 256]).sum())
+            ss += float(metrics.ssim(out, val.clean[i:i + 256]).sum())
+            if len(out) > 1:
+                spread = max(spread, float(out.std(dim=0).mean()))  # (N, C, H, W) -> (C, H, W) -> ()
+    model.train()
+    ps, ss, spread = reduce_sums([ps, ss, spread / world], device, world)
+    return {"val_psnr": ps / val.total, "val_ssim": ss / val.total, "noisy_psnr": val.noisy_psnr,
+            "noisy_ssim": val.noisy_ssim, "output_spread": spread}
+
+
+def save_checkpoint(path: str, model: torch.nn.Module, opt, sched, state: TrainState, lc: LoopConfig,
+                    total_steps: int) -> None:
+    """A checkpoint directory: ``model/`` (:func:`dae.checkpoint.save_model`, usable alone) and
+    ``state.pt`` (optimizer, schedule, epoch and metrics history: what :func:`restore` needs)."""
+    cfg, row = lc.cfg, state.history[-1]
+    ckpt_lib.save_model(model, os.path.join(path, "model"), noise=str(NoiseSpec.parse(cfg.noise)), epoch=state.epoch,
+                        metrics={k: row[k] for k in ("val_psnr", "val_ssim", "noisy_psnr", "noisy_ssim", "train_loss")},
+                        data={"root": cfg.data, "train_split": cfg.train_split, "val_split": cfg.val_split,
+                              "size": list(lc.size)},
+                        run_name=cfg.run_name, train_config=config_dict(cfg))
+    torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": state.epoch,
+                "steps_done": state.steps_done, "total_steps": total_steps, "schedule": cfg.schedule,
+                "history": state.history, "attempt": state.attempt}, os.path.join(path, "state.pt"))
+
+
+def restore(path: str, model: torch.nn.Module, opt, sched, cfg: TrainConfig, total_steps: int) -> TrainState:
+    """Loads a :func:`save_checkpoint` directory into the model, optimizer and schedule; returns
+    the run's state as the next attempt."""
+    loaded, mcfg = ckpt_lib.load_model(os.path.join(path, "model"))
+    if mcfg["model"] != cfg.model or mcfg.get("model_kwargs", {}) != model.kwargs:
+        raise ValueError(f"run {cfg.run_name!r} holds a {mcfg['model']} {mcfg.get('model_kwargs')} checkpoint, "
+                         f"but the config asks for {cfg.model} {cfg.model_kwargs}; use another --run-name")
+    model.load_state_dict(loaded.state_dict())
+    saved = torch.load(os.path.join(path, "state.pt"), weights_only=True, map_location="cpu")
+    opt.load_state_dict(saved["optimizer"])
+    if saved.get("total_steps") == total_steps and saved.get("schedule") == cfg.schedule:
+        sched.load_state_dict(saved["scheduler"])
+    else:
+        # More epochs (or another batch size) than the run was started with: the same schedule
+        # stretched to the new length, fast-forwarded to the steps already taken.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for _ in range(min(int(saved["steps_done"]), total_steps - 1)):
+                sched.step()
+    return TrainState(epoch=int(saved["epoch"]), steps_done=int(saved["steps_done"]),
+                      attempt=int(saved["attempt"]) + 1, history=list(saved["history"]))
+
+
+def sync_buffers(model: torch.nn.Module, world: int) -> None:
+    """Every rank takes rank 0's buffers. BatchNorm running stats drift per rank after the last
+    step (DDP broadcasts rank 0's buffers only at the start of each forward): validation on every
+    rank must use rank 0's, the ones the checkpoint holds."""
+    if world > 1:
+        for buf in model.buffers():
+            torch.distributed.broadcast(buf, 0)
+
+
+def write_metrics(out: str, history: list[dict]) -> None:
+    # one line per epoch of this run's lineage (rewritten whole: object stores cannot append)
+    storage.write_bytes(storage.join(out, "metrics.jsonl"), "".join(json.dumps(h) + "\n" for h in history).encode())
 
 
 def _say(msg: str) -> None:
@@ -278,221 +505,84 @@ def _say(msg: str) -> None:
     h.flush()
 
 
-def _maybe_fail(loop_cfg: dict, epoch: int, rank: int, world: int, last_report: float) -> None:
+def _say_epoch(row: dict, cfg: TrainConfig, elapsed: float) -> None:
+    _say(f"epoch {row['epoch']}/{cfg.epochs}: loss {row['train_loss']:.5f}, val PSNR {row['val_psnr']:.2f} dB "
+         f"(noisy {row['noisy_psnr']:.2f}), SSIM {row['val_ssim']:.4f} (noisy {row['noisy_ssim']:.4f}), "
+         f"{row['images_per_s']:.0f} images/s, train {row['train_s']:.1f}s val {row['val_s']:.1f}s "
+         f"ckpt {row['report_s']:.1f}s, {elapsed:.0f}s elapsed")
+    if collapsed(row):
+        _say(f"warning: {collapse_message(config_dict(cfg))}")
+
+
+def _maybe_fail(lc: LoopConfig, epoch: int, rank: int, world: int, last_report: float) -> None:
     """Test hook: the last rank dies (hard exit, like a lost node) once, in the middle of an epoch
     (after its first step). It first lets 5 s pass since the previous report: Train V2's controller
     collects reports by polling the workers every 2 s, and a worker that dies before its last
     report was collected takes that report (and its checkpoint's registration) with it."""
-    at, marker = loop_cfg.get("_fail_at_epoch"), loop_cfg.get("_fail_marker")
-    if at and marker and epoch + 1 == int(at) and rank == world - 1 and not os.path.exists(marker):
+    if (lc.fail_at_epoch and lc.fail_marker and epoch + 1 == lc.fail_at_epoch and rank == world - 1
+            and not os.path.exists(lc.fail_marker)):
         time.sleep(max(0.0, 5.0 - (time.perf_counter() - last_report)))
-        with open(marker, "w") as fh:
+        with open(lc.fail_marker, "w") as fh:
             fh.write(f"rank {rank} failed in epoch {epoch + 1}\n")
         _say(f"[test hook] rank {rank} exits on purpose in epoch {epoch + 1}")
         os._exit(1)
 
 
-def train_loop(loop_cfg: dict) -> None:
+REPORTED = ("epoch", "train_loss", "val_psnr", "val_ssim", "noisy_psnr", "noisy_ssim", "images_per_s")
+
+
+def train_loop(lc: LoopConfig) -> None:
     """Per-worker training function (runs in each Ray Train worker)."""
     import ray.train
     import ray.train.torch
-    from ray.train import Checkpoint
 
-    cfg = loop_cfg["cfg"]
-    ctx = ray.train.get_context()
+    cfg, ctx = lc.cfg, ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.set_num_threads(loop_cfg["torch_threads"])
+    torch.set_num_threads(lc.torch_threads)
     device = ray.train.torch.get_device()
-    use_cuda = device.type == "cuda"
-    spec = NoiseSpec.parse(cfg["noise"])
-    seed, val_seed = cfg["seed"], cfg["val_seed"]
-    per_worker = cfg["batch_size"] // world
     t_setup = time.perf_counter()
-
-    # ---- data: validation (every rank holds its slice of the fixed noisy copy)
-    val_x, val_ids = _collect(ray.train.get_dataset_shard("val"))
-    if cfg["val_limit"]:
-        val_x, val_ids = val_x[: cfg["val_limit"]], val_ids[: cfg["val_limit"]]
-    n_val = len(val_ids)
-    val_x, val_ids = val_x[rank::world], val_ids[rank::world]
-    val_clean = _to_nchw(val_x)
-    val_noisy = _to_nchw(add_noise_batch(val_x, val_ids, spec, val_seed, 0))
-    del val_x
-
-    # ---- data: training
-    mode = loop_cfg["mode"]
-    train_it = ray.train.get_dataset_shard("train")
-    if mode == "cache":
-        x_all, ids_all = _collect(train_it)
-        n_per = len(ids_all) // world  # equal rows per rank: DDP needs the same number of steps everywhere
-        train_x = np.ascontiguousarray(x_all[rank::world][:n_per])
-        train_ids = ids_all[rank::world][:n_per]
-        del x_all, ids_all
-    else:
-        n_per = loop_cfg["train_rows"] // world
-    steps_per_epoch = max(1, -(-n_per // per_worker))
-    total_steps = steps_per_epoch * cfg["epochs"]
+    val = load_validation(ray.train.get_dataset_shard("val"), cfg, rank, world, device)
+    data = load_train(ray.train.get_dataset_shard("train"), lc, rank, world)
     setup_s = time.perf_counter() - t_setup
+    per_worker = cfg.batch_size // world
+    total_steps = max(1, -(-data.rows // per_worker)) * cfg.epochs
 
-    # ---- model, optimizer, schedule; resume from the latest checkpoint if there is one
-    torch.manual_seed(seed)
-    model = create_model(cfg["model"], channels=loop_cfg["channels"], **cfg["model_kwargs"])
-    start_epoch, history, attempt, state = 0, [], 0, None
-    ckpt = ray.train.get_checkpoint()
-    if ckpt is not None:
+    torch.manual_seed(cfg.seed)
+    raw_model = create_model(cfg.model, channels=lc.channels, **cfg.model_kwargs)
+    model = ray.train.torch.prepare_model(raw_model)  # device placement + DDP when world > 1
+    opt, loss_fn = make_optimizer(cfg, model.parameters()), make_loss(cfg.loss)
+    sched = make_scheduler(cfg, opt, total_steps)
+    state = TrainState()
+    if (ckpt := ray.train.get_checkpoint()) is not None:  # a replaced worker group, or a rerun of the run
         with ckpt.as_directory() as d:
-            loaded, mcfg = ckpt_lib.load_model(os.path.join(d, "model"))
-            if mcfg["model"] != cfg["model"] or mcfg.get("model_kwargs", {}) != model.kwargs:
-                raise ValueError(f"run {loop_cfg['run_name']!r} holds a {mcfg['model']} {mcfg.get('model_kwargs')} "
-                                 f"checkpoint, but the config asks for {cfg['model']} {cfg['model_kwargs']}; "
-                                 "use another --run-name")
-            model.load_state_dict(loaded.state_dict())
-            state = torch.load(os.path.join(d, "state.pt"), weights_only=True, map_location="cpu")
-        start_epoch, history, attempt = int(state["epoch"]), list(state["history"]), int(state["attempt"]) + 1
-    raw_model = model
-    model = ray.train.torch.prepare_model(model)  # device placement + DDP when world > 1
-    raw_model = raw_model.to(device)
-    opt = _make_optimizer(cfg, model.parameters())
-    sched = _make_scheduler(cfg, opt, total_steps)
-    if state is not None:
-        opt.load_state_dict(state["optimizer"])
-        if state.get("total_steps") == total_steps and state.get("schedule") == cfg["schedule"]:
-            sched.load_state_dict(state["scheduler"])
-        else:
-            # More epochs (or another batch size) than the run was started with: the same schedule
-            # stretched to the new length, fast-forwarded to the steps already taken.
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                for _ in range(min(int(state["steps_done"]), total_steps - 1)):
-                    sched.step()
+            state = restore(d, raw_model, opt, sched, cfg, total_steps)
         if rank == 0:
-            _say(f"resumed run {loop_cfg['run_name']} after epoch {start_epoch} (attempt {attempt})")
-    loss_fn = _loss_fn(cfg["loss"])
-    steps_done = int(state["steps_done"]) if state is not None else 0
+            _say(f"resumed run {cfg.run_name} after epoch {state.epoch} (attempt {state.attempt})")
 
-    # noisy-input metrics are epoch-independent: computed once
-    def reduce_sums(values: list[float]) -> list[float]:
-        t = torch.tensor(values, dtype=torch.float64, device=device)
-        if world > 1:
-            torch.distributed.all_reduce(t)
-        return t.tolist()
-
-    def val_metrics(net) -> tuple[float, float, float]:
-        """(sum of PSNR, sum of SSIM, output spread) over this rank's validation images. The spread
-        (the largest per-batch mean over pixels of the std across images) is ~0 when the model
-        outputs one image for every input: a collapsed model."""
-        # Unwrapped model: no DDP collective per forward, so ranks may run different batch counts.
-        net.eval()
-        ps = ss = spread = 0.0
-        with torch.no_grad():
-            for i in range(0, len(val_clean), 256):
-                x = val_noisy[i:i + 256].to(device)
-                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_cuda):
-                    out = net(x)
-                out = out.float().clamp(0, 1).cpu()
-                ps += float(metrics.psnr(out, val_clean[i:i + 256]).sum())
-                ss += float(metrics.ssim(out, val_clean[i:i + 256]).sum())
-                if len(out) > 1:
-                    spread = max(spread, float(out.std(dim=0).mean()))  # (N, C, H, W) -> (C, H, W) -> ()
-        net.train()
-        return ps, ss, spread
-
-    noisy_sums = reduce_sums([float(metrics.psnr(val_noisy, val_clean).sum()),
-                              float(metrics.ssim(val_noisy, val_clean).sum()), float(len(val_clean))])
-    noisy_psnr, noisy_ssim = noisy_sums[0] / n_val, noisy_sums[1] / n_val
-
-    def batches(epoch: int):
-        """(clean, noisy) (B, C, H, W) float32 CPU tensors of this rank for one epoch."""
-        if mode == "cache":
-            perm = np.random.default_rng([seed, epoch, rank]).permutation(len(train_ids))
-            for b in range(0, len(perm), per_worker):
-                idx = np.sort(perm[b:b + per_worker])  # sorted: faster gather, order inside a batch is irrelevant
-                clean = train_x[idx]
-                yield _to_nchw(clean), _to_nchw(add_noise_batch(clean, train_ids[idx], spec, seed, epoch))
-        else:
-            def collate(batch: dict):
-                clean = np.asarray(batch["image"], dtype=np.float32)
-                noisy = add_noise_batch(clean, batch["id"].astype(str), spec, seed, epoch)
-                return _to_nchw(clean), _to_nchw(noisy)
-
-            yield from train_it.iter_torch_batches(batch_size=per_worker, collate_fn=collate,
-                                                   local_shuffle_buffer_size=max(per_worker * 8, 1024),
-                                                   local_shuffle_seed=seed * 1000 + epoch, prefetch_batches=2)
-
-    out_dir = loop_cfg["out"]
     t_run = last_report = time.perf_counter()
-    for epoch in range(start_epoch, cfg["epochs"]):
-        t0, c0 = time.perf_counter(), time.process_time()
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        n_seen = 0
-        t_data = 0.0
-        td = time.perf_counter()
-        for clean, noisy in batches(epoch):
-            t_data += time.perf_counter() - td
-            clean, noisy = clean.to(device, non_blocking=True), noisy.to(device, non_blocking=True)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_cuda):
-                out = model(noisy)
-            loss = loss_fn(out.float(), clean)  # loss in float32 (bce is not autocast-safe)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if steps_done < total_steps:  # stream mode may yield a batch more than planned
-                sched.step()
-            steps_done += 1
-            if n_seen == 0:
-                _maybe_fail(loop_cfg, epoch, rank, world, last_report)
-            loss_sum += loss.detach().double() * len(clean)  # no host sync per step
-            n_seen += len(clean)
-            td = time.perf_counter()
-        train_s = time.perf_counter() - t0
-        # CPU seconds of this process (all its threads): robust to other load on the machine
-        cpu_s = time.process_time() - c0
-        loss_total, seen_total, data_s, cpu_total = reduce_sums([float(loss_sum), float(n_seen), t_data, cpu_s])
+    for epoch in range(start_epoch := state.epoch, cfg.epochs):
+        row = train_one_epoch(model, batches(data, cfg, epoch, rank, per_worker), opt, sched, loss_fn, device, world,
+                              steps_left=total_steps - state.steps_done,
+                              after_first_step=functools.partial(_maybe_fail, lc, epoch, rank, world, last_report))
+        state.steps_done += row.pop("steps")
         t1 = time.perf_counter()
-        if world > 1:
-            # BatchNorm running stats drift per rank after the last step (DDP broadcasts rank 0's
-            # buffers only at the start of each forward): validate every rank with rank 0's, the
-            # ones the checkpoint holds.
-            for buf in raw_model.buffers():
-                torch.distributed.broadcast(buf, 0)
-        ps, ss, spread = val_metrics(raw_model)
-        ps, ss, spread = reduce_sums([ps, ss, spread / world])
-        val_s = time.perf_counter() - t1
-        row = {"epoch": epoch + 1, "train_loss": loss_total / seen_total, "val_psnr": ps / n_val,
-               "val_ssim": ss / n_val, "noisy_psnr": noisy_psnr, "noisy_ssim": noisy_ssim,
-               "images_per_s": seen_total / train_s, "train_s": train_s, "train_cpu_s": cpu_total, "data_s": data_s / world,
-               "val_s": val_s, "output_spread": spread, "lr": opt.param_groups[0]["lr"], "attempt": attempt, "workers": world,
+        sync_buffers(raw_model, world)
+        row = {"epoch": epoch + 1, **row, **validate(raw_model, val, device, world), "val_s": time.perf_counter() - t1,
+               "lr": opt.param_groups[0]["lr"], "attempt": state.attempt, "workers": world,
                "setup_s": setup_s if epoch == start_epoch else 0.0}
-        history.append(row)
+        state.epoch = epoch + 1
+        state.history.append(row)
         t2 = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="dae-ckpt-") as tmp:
-            checkpoint = None
             if rank == 0:
-                ckpt_lib.save_model(raw_model, os.path.join(tmp, "model"), noise=str(spec), epoch=epoch + 1,
-                                    metrics={k: row[k] for k in ("val_psnr", "val_ssim", "noisy_psnr", "noisy_ssim", "train_loss")},
-                                    data={"root": cfg["data"], "train_split": cfg["train_split"],
-                                          "val_split": cfg["val_split"], "size": loop_cfg["size"]},
-                                    run_name=loop_cfg["run_name"], train_config=cfg)
-                torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch + 1,
-                            "steps_done": steps_done, "total_steps": total_steps, "schedule": cfg["schedule"],
-                            "history": history, "attempt": attempt}, os.path.join(tmp, "state.pt"))
-                # one line per epoch of this run's lineage (rewritten whole: object stores cannot append)
-                storage.write_bytes(storage.join(out_dir, "metrics.jsonl"),
-                                    "".join(json.dumps(h) + "\n" for h in history).encode())
-                checkpoint = Checkpoint.from_directory(tmp)
-            report = {k: row[k] for k in ("epoch", "train_loss", "val_psnr", "val_ssim", "noisy_psnr",
-                                          "noisy_ssim", "images_per_s")}
-            ray.train.report(report, checkpoint=checkpoint)
+                save_checkpoint(tmp, raw_model, opt, sched, state, lc, total_steps)
+                write_metrics(lc.out, state.history)
+            ray.train.report({k: row[k] for k in REPORTED},
+                             checkpoint=ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None)
         last_report = time.perf_counter()
-        row["report_s"] = time.perf_counter() - t2
+        row["report_s"] = last_report - t2  # after the save: metrics.jsonl gets it with the next epoch's rewrite
         if rank == 0:
-            _say(f"epoch {epoch + 1}/{cfg['epochs']}: loss {row['train_loss']:.5f}, "
-                  f"val PSNR {row['val_psnr']:.2f} dB (noisy {noisy_psnr:.2f}), SSIM {row['val_ssim']:.4f} "
-                  f"(noisy {noisy_ssim:.4f}), {row['images_per_s']:.0f} images/s, "
-                  f"train {train_s:.1f}s val {val_s:.1f}s ckpt {row['report_s']:.1f}s, "
-                  f"{time.perf_counter() - t_run:.0f}s elapsed")
-            if collapsed(row):
-                _say(f"warning: {collapse_message(cfg)}")
+            _say_epoch(row, cfg, last_report - t_run)
 
 
 # ---------------------------------------------------------------- driver
@@ -516,41 +606,91 @@ def _export_model(checkpoint, model_dir: str) -> torch.nn.Module:
     return model
 
 
-def run(cfg: TrainConfig) -> dict:
-    """Train with Ray Train; returns {"out", "best_model", "best_epoch", "best", "history", ...}."""
-    import ray
-    import ray.data
+def save_samples(model: torch.nn.Module, cfg: TrainConfig, files: list[str], path: str) -> None:
+    """samples.png: the first ``cfg.samples`` held-out images clean, with the validation noise, and
+    denoised the way jobs.denoise does it (dae.inference.denoise_images)."""
+    from .inference import denoise_images
+    from .viz import save_grid
+
+    clean, ids = _read_samples(files, cfg.samples)
+    noisy = add_noise_batch(clean, ids, NoiseSpec.parse(cfg.noise), cfg.val_seed, 0)
+    den = [np.clip(d, 0, 1) for d in denoise_images(model, list(noisy))]
+    save_grid([("clean", list(clean)), ("noisy", list(noisy)), ("denoised", den)], path)
+
+
+def _describe_data(cfg: TrainConfig) -> tuple[dict, dict, str]:
+    """(train split, validation split, data mode): the two splits must hold images of one shape."""
+    train_desc = describe_split(cfg.data, cfg.train_split)
+    val_desc = describe_split(cfg.data, cfg.val_split)
+    t, v = ((d["height"], d["width"], d["channels"]) for d in (train_desc, val_desc))
+    if t != v:
+        raise ValueError(f"{cfg.val_split} images are {'x'.join(map(str, v))} but {cfg.train_split} images are "
+                         f"{'x'.join(map(str, t))}")
+    mode = cfg.data_mode
+    if mode == "auto":
+        mode = "cache" if train_desc["decoded_mb"] <= cfg.cache_max_mb else "stream"
+    return train_desc, val_desc, mode
+
+
+def _datasets(cfg: TrainConfig, train_desc: dict, val_desc: dict, mode: str) -> dict:
+    """Decoded Ray Datasets. Materialized now (validation always, training in cache mode): before the
+    workers take the CPUs, so no read task competes with them (on 2 CPUs two 1-CPU workers plus
+    read tasks deadlock) and no epoch pays the dataset start-up again."""
+    from .data import read_shards
+
+    cols = ["id", "image"]
+    val_ds = read_shards(cfg.data, files=val_desc["files"], columns=cols).map_batches(shards.decode_batch).materialize()
+    train_ds = read_shards(cfg.data, files=train_desc["files"], columns=cols).map_batches(shards.decode_batch)
+    return {"train": train_ds.materialize() if mode == "cache" else train_ds, "val": val_ds}
+
+
+def _trainer(lc: LoopConfig, res: dict, datasets: dict):
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from .data import read_shards
+    cfg = lc.cfg
+    resources = {"CPU": res["cpus_per_worker"]}
+    if cfg.gpus_per_worker > 0:
+        resources["GPU"] = cfg.gpus_per_worker
+    # Ray Train gets (path, filesystem): on s3:// the filesystem carries dae.storage's endpoint and
+    # credentials to the controller and workers (a bare URI would be re-resolved there from their env).
+    storage_path, storage_fs = storage.ray_storage(cfg.storage)
+    return TorchTrainer(
+        functools.partial(train_loop, lc),
+        scaling_config=ray.train.ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.gpus_per_worker > 0,
+                                               resources_per_worker=resources,
+                                               placement_strategy=cfg.placement_strategy),
+        run_config=ray.train.RunConfig(
+            name=cfg.run_name, storage_path=storage_path, storage_filesystem=storage_fs,
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.num_to_keep,
+                                                         checkpoint_score_attribute="val_psnr",
+                                                         checkpoint_score_order="max"),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures)),
+        datasets=datasets,
+        # cache mode: every worker sees the whole (materialized) split and picks its rows by rank
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"] if lc.mode == "stream" else []),
+    )
+
+
+def run(cfg: TrainConfig) -> dict:
+    """Train with Ray Train; returns {"out", "best_model", "best_epoch", "best", "history", ...}."""
+    import ray
+
     from .jobutil import save_resolved_config
     from .raylib import init_ray
 
-    cfg = validate(cfg)
+    cfg = check_config(cfg)
     storage.check_access(cfg.data, must_exist=True)  # fail before any work, naming the cause
     storage.check_access(cfg.storage, write=True)
     if cfg.out:
         storage.check_access(cfg.out, write=True)
-    init_ray()
+    init_ray(training=True)
     t_start = time.perf_counter()
-    train_desc = describe_split(cfg.data, cfg.train_split)
-    val_desc = describe_split(cfg.data, cfg.val_split)
-    if (val_desc["channels"], val_desc["height"], val_desc["width"]) != (
-            train_desc["channels"], train_desc["height"], train_desc["width"]):
-        raise ValueError(f"{cfg.val_split} images are {val_desc['height']}x{val_desc['width']}x{val_desc['channels']} "
-                         f"but {cfg.train_split} images are {train_desc['height']}x{train_desc['width']}x{train_desc['channels']}")
-    mode = cfg.data_mode
-    if mode == "auto":
-        mode = "cache" if train_desc["decoded_mb"] <= cfg.cache_max_mb else "stream"
+    train_desc, val_desc, mode = _describe_data(cfg)
     res = plan_resources(cfg.workers, cfg.gpus_per_worker, cfg.cpus_per_worker,
                          reserve_cpus=0.0 if mode == "cache" else min(1.0, ray.cluster_resources().get("CPU", 0) / 4))
     threads = cfg.torch_threads or res["torch_threads"]
-    storage_path = cfg.storage
-    run_dir = storage.join(storage_path, cfg.run_name)
-    # Ray Train gets (path, filesystem): on s3:// the filesystem carries dae.storage's endpoint and
-    # credentials to the controller and workers (a bare URI would be re-resolved there from their env).
-    ray_storage_path, ray_storage_fs = storage.ray_storage(storage_path)
+    run_dir = storage.join(cfg.storage, cfg.run_name)
     out = cfg.out or run_dir
     storage.makedirs(out)
     save_resolved_config(cfg, out, data_mode=mode, resources=res, torch_threads=threads,
@@ -560,41 +700,16 @@ def run(cfg: TrainConfig) -> dict:
              train_desc["width"], train_desc["channels"], train_desc["decoded_mb"], mode, val_desc["rows"],
              cfg.val_split, cfg.workers, res["cpus_per_worker"], cfg.gpus_per_worker, threads, run_dir)
 
-    # ---- datasets: decode once; in cache mode materialize before the workers take the CPUs
     t0 = time.perf_counter()
-    cols = ["id", "image"]
-    val_ds = read_shards(cfg.data, files=val_desc["files"], columns=cols).map_batches(shards.decode_batch).materialize()
-    train_ds = read_shards(cfg.data, files=train_desc["files"], columns=cols).map_batches(shards.decode_batch)
-    if mode == "cache":
-        train_ds = train_ds.materialize()
+    datasets = _datasets(cfg, train_desc, val_desc, mode)
     data_s = time.perf_counter() - t0
     log.info("data ready in %.1fs", data_s)
-
-    loop_cfg = {"cfg": config_dict(cfg), "mode": mode, "torch_threads": threads, "channels": train_desc["channels"],
-                "size": [train_desc["height"], train_desc["width"]], "train_rows": train_desc["rows"],
-                "run_name": cfg.run_name, "out": out,
-                "_fail_at_epoch": os.environ.get(FAIL_AT_EPOCH_ENV), "_fail_marker": os.environ.get(FAIL_MARKER_ENV)}
-    resources = {"CPU": res["cpus_per_worker"]}
-    if cfg.gpus_per_worker > 0:
-        resources["GPU"] = cfg.gpus_per_worker
-    trainer = TorchTrainer(
-        train_loop,
-        train_loop_config=loop_cfg,
-        scaling_config=ray.train.ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.gpus_per_worker > 0,
-                                               resources_per_worker=resources,
-                                               placement_strategy=cfg.placement_strategy),
-        run_config=ray.train.RunConfig(
-            name=cfg.run_name, storage_path=ray_storage_path, storage_filesystem=ray_storage_fs,
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.num_to_keep,
-                                                         checkpoint_score_attribute="val_psnr",
-                                                         checkpoint_score_order="max"),
-            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures)),
-        datasets={"train": train_ds, "val": val_ds},
-        # cache mode: every worker sees the whole (materialized) split and picks its rows by rank
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"] if mode == "stream" else []),
-    )
+    lc = LoopConfig(cfg, mode=mode, torch_threads=threads, channels=train_desc["channels"],
+                    size=(train_desc["height"], train_desc["width"]), train_rows=train_desc["rows"], out=out,
+                    fail_at_epoch=int(os.environ.get(FAIL_AT_EPOCH_ENV) or 0),
+                    fail_marker=os.environ.get(FAIL_MARKER_ENV, ""))
     t_fit = time.perf_counter()
-    result = trainer.fit()
+    result = _trainer(lc, res, datasets).fit()
     fit_s = time.perf_counter() - t_fit
 
     # ---- outputs
@@ -607,18 +722,13 @@ def run(cfg: TrainConfig) -> dict:
     _export_model(result.checkpoint, final_model_dir)
     model = _export_model(result.get_best_checkpoint("val_psnr", "max") or result.checkpoint, best_model_dir)
     best = max(history, key=lambda h: h["val_psnr"])
-    from .viz import save_curves, save_grid
+    from .viz import save_curves
 
     save_curves({"train loss": [h["train_loss"] for h in history],
                  "val PSNR (dB)": [h["val_psnr"] for h in history]}, storage.join(out, "curves.png"),
                 title=f"{cfg.model}, {cfg.noise}")
     if cfg.samples > 0:
-        clean, ids = _read_samples(val_desc["files"], cfg.samples)
-        noisy = add_noise_batch(clean, ids, NoiseSpec.parse(cfg.noise), cfg.val_seed, 0)
-        with torch.no_grad():
-            den = model(_to_nchw(noisy)).float().clamp(0, 1).numpy().transpose(0, 2, 3, 1)
-        save_grid([("clean", list(clean)), ("noisy", list(noisy)), ("denoised", list(den))],
-                  storage.join(out, "samples.png"))
+        save_samples(model, cfg, val_desc["files"], storage.join(out, "samples.png"))
     summary = {"out": out, "run_dir": run_dir, "best_model": best_model_dir, "final_model": final_model_dir,
                "best_epoch": best["epoch"], "collapsed": collapsed(history[-1]),
                "best": best, "last": history[-1], "history": history, "data_mode": mode, "data_s": data_s,

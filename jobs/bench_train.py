@@ -7,7 +7,7 @@ Writes a subset of ``--data`` (the first ``--images`` train images by file order
 batch and noise measures:
 
   plain   one epoch of a plain single-process loop (no Ray), split into noise vs the rest
-  job1    ``jobs.train`` with 1 worker, ``--epochs`` epochs; images/s of each epoch
+  job1    the train job's stage (``dae.train.run``) with 1 worker, ``--epochs`` epochs; images/s of each epoch
   job2    the same with 2 workers (same global batch)
 
 and where the job's time goes: driver-side data preparation (read + decode + materialize),
@@ -22,10 +22,10 @@ import argparse
 import os
 import time
 
-import numpy as np
-
 from dae import shards, storage
 from dae.jobutil import setup_logging
+from dae.reference import fashion_shards, plain_train
+from dae.train import MODES, TrainConfig, format_summary, run as train_run
 
 
 def subset_shards(src: str, dst: str, n_train: int, n_val: int) -> str:
@@ -54,7 +54,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--epochs", type=int, default=2, help="job epochs (the first one includes nothing extra in cache mode)")
     p.add_argument("--runs", default="plain,job1,job2")
-    p.add_argument("--data-mode", default="auto", help="the job's --data-mode (auto, cache, stream)")
+    p.add_argument("--data-mode", default="auto", choices=MODES, help="the train job's --data-mode")
     p.add_argument("--work", default="/tmp/dae-bench")
     p.add_argument("--worker-niceness", type=int, default=0,
                    help="niceness of the Ray workers this bench starts (Ray's default is 15: on a busy machine "
@@ -66,8 +66,6 @@ def main(args) -> dict:
     setup_logging()
     # Read by the raylet when this process starts its local Ray (not when joining a cluster).
     os.environ["RAY_worker_niceness"] = str(args.worker_niceness)
-    from jobs.quality_train import fashion_shards, plain_train
-
     fashion_shards(args.data)
     root = subset_shards(args.data, storage.join(args.work, f"shards-{args.images}"), args.images, args.val_images)
     runs = [r.strip() for r in args.runs.split(",") if r.strip()]
@@ -82,15 +80,13 @@ def main(args) -> dict:
                                 "images_per_cpu_s": h["images"] / h["cpu_s"],
                                 "wall_s": time.perf_counter() - t0}
         elif run in ("job1", "job2"):
-            from jobs import train as train_job
-
             workers = 1 if run == "job1" else 2
             t0 = time.perf_counter()
-            res = train_job.main(train_job.get_args_parser().parse_args([
-                "--data", root, "--model", args.model, "--noise", args.noise, "--epochs", str(args.epochs),
-                "--batch-size", str(args.batch_size), "--workers", str(workers), "--data-mode", args.data_mode,
-                "--storage", storage.join(args.work, "runs"), "--samples", "0",
-                "--run-name", f"bench-{run}-{time.strftime('%Y%m%d-%H%M%S')}"]))
+            res = train_run(TrainConfig(
+                data=root, model=args.model, noise=args.noise, epochs=args.epochs, batch_size=args.batch_size,
+                workers=workers, data_mode=args.data_mode, storage=storage.join(args.work, "runs"), samples=0,
+                run_name=f"bench-{run}-{time.strftime('%Y%m%d-%H%M%S')}"))
+            print(format_summary(res), flush=True)
             hist = res["history"]
             in_epochs = sum(h["train_s"] + h["val_s"] for h in hist)
             results[run] = {

@@ -18,6 +18,7 @@ import torch
 
 from dae import baselines, evaluation, metrics, shards
 from dae.checkpoint import load_model, save_model
+from dae.jobutil import slug
 from dae.models import create_model
 from dae.noise import add_noise_batch
 from dae.shards import ShardWriter
@@ -85,7 +86,9 @@ def report(ray_session, data_root, model_dirs, tmp_path_factory):
         mp.setattr(baselines, "availability", fake)
         r = _main(["--data", data_root, "--out", out, "--noise", *NOISE, "--models", model_dirs["gray"],
                    "--baselines", "median", "tv", "wavelet", "bm3d", "--limit", str(LIMIT), "--bm3d-limit", "3",
-                   "--tune-images", "4", "--picture-images", "3", "--batch-size", "8"])
+                   "--tune-images", "4", "--picture-images", "3", "--batch-size", "8",
+                   # the numbers are recomputed below in float32 on CPU; on GPU the models run in bf16
+                   "--device", "cpu"])
     return r, out
 
 
@@ -184,7 +187,7 @@ def test_outputs_contain_every_pair(report):
         section = md.split(f"## {spec}")[1].split("## ")[0]
         for m in methods:
             assert f"| {m} |" in section, (spec, m)
-        assert os.path.getsize(os.path.join(out, f"comparison_{evaluation._slug(spec)}.png")) > 0
+        assert os.path.getsize(os.path.join(out, f"comparison_{slug(spec)}.png")) > 0
     from PIL import Image
 
     img = Image.open(os.path.join(out, "comparison.png"))
@@ -218,6 +221,53 @@ def test_holdout_tuning_never_scores_tuning_images(ray_session, data_root, tmp_p
     assert scored == set(ids[4:])
     assert _entry(r, "gaussian:0.3", "median")["images"] == 8
     assert r["model_actors"] == {}
+
+
+def test_model_scorer_runs_models_as_the_denoise_job(model_dirs):
+    """ModelScorer scores exactly dae.inference.denoise_images' outputs (clipped to [0, 1]): the
+    denoise job's tiles and fixed-size, zero-padded forward passes, not a forward code of its own.
+    A 24 x 600 image is wider than the default 512 px tile, so it is denoised in blended tiles."""
+    from skimage import data
+
+    from dae import inference
+
+    cam = data.camera()
+    wide = np.concatenate([cam[100:124], cam[200:224, :88]], axis=1)
+    clean = [x.astype(np.float32)[:, :, None] / 255 for x in [*_crops(5, 250), wide]]
+    noisy = list(add_noise_batch(clean, [str(i) for i in range(6)], "gaussian:0.2", seed=0))
+    threads = torch.get_num_threads()
+    try:
+        out = evaluation.ModelScorer([("m", model_dirs["gray"])], device="cpu")(
+            {"noisy": shards.stack_or_ragged(noisy), "clean": shards.stack_or_ragged(clean)})
+        model, _ = load_model(model_dirs["gray"])
+        tiled = [np.clip(y, 0, 1) for y in inference.denoise_images(model, noisy)]
+        with torch.inference_mode():
+            whole = model(torch.from_numpy(noisy[5]).permute(2, 0, 1)[None]).clamp(0, 1)[0].permute(1, 2, 0).numpy()
+    finally:
+        torch.set_num_threads(threads)  # the actor pins its threads; the rest of the session keeps its own
+    assert not np.array_equal(whole, tiled[5])  # tiling shows: the check below can tell the two apart
+    want = evaluation.score_images(tiled, clean)
+    assert np.array_equal(out["m__psnr"], want[0]) and np.array_equal(out["m__ssim"], want[1])
+    assert out["m__hash"].tolist() == [evaluation.array_hash(x) for x in noisy]
+
+
+def test_model_actors_sized_like_denoise():
+    cfg = evaluation.EvaluateConfig
+    # 2 CPUs: one 1-CPU actor, one CPU left to the read, noise and classical tasks.
+    p = evaluation.plan_model_actors(cfg(), 2, 0)
+    assert (p["min_actors"], p["max_actors"], p["actor_cpus"], p["task_cpus"], p["device"]) == (1, 1, 1.0, 1.0, "cpu")
+    # Automatic CPU pools: a quarter of the CPUs, at most 4; an explicit count is kept when it fits.
+    assert evaluation.plan_model_actors(cfg(), 8, 0)["max_actors"] == 2
+    assert evaluation.plan_model_actors(cfg(), 64, 0)["max_actors"] == 4
+    assert evaluation.plan_model_actors(cfg(model_actors=3), 8, 0)["max_actors"] == 3
+    # 1 CPU: a half-CPU actor, and tasks that fit next to it (1-CPU tasks would never be placed).
+    p = evaluation.plan_model_actors(cfg(), 1, 0)
+    assert p["actor_cpus"] == 0.5 and p["task_cpus"] == 0.5 and p["max_actors"] == 1
+    p = evaluation.plan_model_actors(cfg(), 8, 2)
+    assert (p["max_actors"], p["actor_gpus"], p["device"]) == (2, 1.0, "cuda")
+    assert evaluation.plan_model_actors(cfg(device="cpu"), 8, 2)["device"] == "cpu"
+    with pytest.raises(ValueError, match="no GPU"):
+        evaluation.plan_model_actors(cfg(device="cuda"), 8, 0)
 
 
 def test_unknown_baseline_fails_listing_valid(tmp_path, data_root):

@@ -1,14 +1,18 @@
-"""The prepare job end to end: every source to shards, metadata, side files, deterministic output."""
+"""The prepare job end to end: every source to shards, metadata, side files, deterministic output;
+the demo over it; and the command lines recorded from configs (dae.config.command_line)."""
 
 import hashlib
+import importlib
 import json
 import os
+import shlex
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from dae import shards
+from dae.config import build_config, command_line, resolve_config
 from dae.sources import cifar, is_test
 from jobs import demo, prepare
 from test_sources import make_image_folder, small_idx, write_cifar_dir, write_idx_dir, write_svhn_mat
@@ -224,3 +228,59 @@ def test_folder_from_bucket_to_bucket_with_ray(tmp_path, s3_server, ray_session)
     # Same shard names and rows (PNG bytes included); only the dae.source metadata names the input.
     assert names == [os.path.basename(f) for f in shards.list_shards(str(tmp_path / "out"), "train")]
     assert remote_rows == {s: rows_of(tmp_path / "out", s) for s in ("train", "test")}
+
+
+# ---------------------------------------------------------------- config -> command line -> config
+
+
+def _configs():
+    from dae.demo import DemoConfig
+    from dae.denoise import DenoiseConfig
+    from dae.evaluation import EvaluateConfig
+    from dae.prepare import PrepareConfig
+    from dae.sweep import SweepConfig
+    from dae.train import TrainConfig
+
+    return [
+        # bools True (default False), an Optional int, a value with a space, one starting with "-"
+        ("jobs.prepare", PrepareConfig(source="folder", input="/tmp/my pictures", out="o", name="-odd", limit=7,
+                                       overwrite=True, labels_from_subdirs=True, test_fraction=0.25)),
+        # bools False (default True) and True (default False)
+        ("jobs.denoise", DenoiseConfig(input="i", model="m", output="o", bf16=False, deterministic=False,
+                                       convert_channels=True, max_error_fraction=0.5)),
+        # a dict with a float YAML 1.1 would read as a string if written JSON's way (1e-05)
+        ("jobs.train", TrainConfig(data="d", model="unet", model_kwargs={"width": 16, "eps": 1e-5, "tag": "yes"},
+                                   lr=1e-5, noise="gaussian:0.05-0.6")),
+        # nargs words (--noise a b), a bool set, a dict
+        ("jobs.demo", DemoConfig(out="x", noise=("gaussian:0.3",), model_kwargs={}, skip_train=True, limit=3)),
+        # nested dicts and lists, a tuple of dicts, a tuple of words as YAML, bool True
+        ("jobs.quality_sweep", build_config(SweepConfig, {"dry_run": True, "baselines": ["median", "tv"], "out": "q"},
+                                            preset="quality-sweep-cpu")),
+        # nargs words, one with a space
+        ("jobs.evaluate", EvaluateConfig(data="d", out="o", noise=("gaussian:0.1", "salt_pepper:0.2"),
+                                         models=("m1", "m 2"), baselines=("median",))),
+    ]
+
+
+@pytest.mark.parametrize("module, cfg", _configs(), ids=lambda v: v if isinstance(v, str) else None)
+@pytest.mark.parametrize("full", [False, True])
+def test_command_line_parses_back_to_the_same_config(module, cfg, full):
+    """What command_line writes, the job's own parser + resolve_config read back as an equal config:
+    bools as --flag / --no-flag (argparse rejects '--flag True'), dicts and lists as YAML."""
+    cmd = command_line(module, cfg, full=full)
+    argv = shlex.split(cmd)
+    assert argv[:3] == ["python", "-m", module]
+    assert "True" not in argv and "False" not in argv
+    job = importlib.import_module(module)
+    assert resolve_config(type(cfg), job.get_args_parser().parse_args(argv[3:])) == cfg
+
+
+def test_command_line_spells_bools_and_leaves_defaults_out():
+    from dae.denoise import DenoiseConfig
+    from dae.prepare import PrepareConfig
+
+    cmd = command_line("jobs.prepare", PrepareConfig(source="mnist5k", out="o", overwrite=True, name="-x"))
+    assert cmd == "python -m jobs.prepare --source mnist5k --out o --name=-x --overwrite"
+    assert command_line("jobs.denoise", DenoiseConfig(bf16=False)) == "python -m jobs.denoise --no-bf16"
+    assert "--bf16 --" in command_line("jobs.denoise", DenoiseConfig(), full=True)
+    assert "--limit" not in command_line("jobs.prepare", PrepareConfig(), full=True)  # None: the flag's absence

@@ -1,17 +1,21 @@
-"""jobs.quality_sweep end to end on a tiny grid (real Ray, real shards, the real train and evaluate
-jobs): the table's numbers are the evaluate job's, each model appears at its own level and the blind
-one across its range, targets report margins, a rerun reuses every step, a retrained model is scored
-again and a changed setting fails."""
+"""The quality sweep (dae.sweep, run by jobs.quality_sweep) end to end on a tiny grid (real Ray, real
+shards, the real prepare, train and evaluate stages): the table's numbers are the evaluate stage's,
+each model appears at its own level and the blind one across its range, targets report margins, the
+recorded command reruns the same config, a rerun reuses every step, a retrained model is scored again
+and a changed setting fails."""
 
 import json
 import os
+import re
+import shlex
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from dae.config import build_config
-from jobs import quality_sweep as qs
+from dae import sweep as qs
+from dae.config import build_config, resolve_config
+from dae.jobutil import slug
 
 TINY = {
     "datasets": {"mnist5k": {"source": "mnist5k", "limit": 160, "epochs": 1}},
@@ -36,7 +40,7 @@ def tiny(out, **over):
 @pytest.fixture(scope="module")
 def sweep(ray_session, tmp_path_factory):
     out = tmp_path_factory.mktemp("sweep")
-    res = qs.run(tiny(out), "test")
+    res = qs.run(tiny(out))
     return out, res
 
 
@@ -60,7 +64,7 @@ def test_models_at_their_level_blind_across_its_range(sweep):
     table = res["table"]["mnist5k"]
     for level in ("gaussian:0.3", "salt_pepper:0.2"):
         assert table[level]["conv28k"]["trained_noise"] == level
-        assert table[level]["keras_blog"]["run"] == "keras_blog-" + qs.slug(level)
+        assert table[level]["keras_blog"]["run"] == "keras_blog-" + slug(level)
     assert table["gaussian:0.3"]["conv28k blind"]["trained_noise"] == "gaussian:0.2-0.4"
     assert "conv28k blind" not in table["salt_pepper:0.2"]  # not in the blind range
 
@@ -94,11 +98,29 @@ def test_outputs_written(sweep):
     assert len(res["runs"]) == 5 and not any(r["reused"] for r in res["runs"])
 
 
+def test_recorded_commands_rerun_the_same_configs(sweep):
+    """quality.md's command, parsed by the sweep job's own parser, gives back the sweep's config;
+    the evaluate report's command, by the evaluate job's parser, the evaluate config."""
+    from dae.evaluation import EvaluateConfig
+    from jobs import evaluate, quality_sweep
+
+    out, res = sweep
+    md = open(os.path.join(out, "quality.md")).read()
+    command = re.search(r"```\n(python -m jobs.quality_sweep .*)\n```", md).group(1)
+    assert command == res["command"]
+    argv = shlex.split(command)[3:]
+    assert resolve_config(qs.SweepConfig, quality_sweep.get_args_parser().parse_args(argv)) == tiny(out)
+    report = json.load(open(os.path.join(out, "eval", "mnist5k", "report.json")))
+    ecfg = resolve_config(EvaluateConfig, evaluate.get_args_parser().parse_args(shlex.split(report["command"])[3:]))
+    assert {k: list(v) if isinstance(v, tuple) else v for k, v in vars(ecfg).items()} == report["config"]
+    assert len(ecfg.models) == 5 and ecfg.baselines == ("median", "tv")
+
+
 def test_rerun_reuses_every_step(sweep):
     out, first = sweep
     marker = os.path.join(out, "eval", "mnist5k", "report.json")
     mtime = os.path.getmtime(marker)
-    again = qs.run(tiny(out), "test")
+    again = qs.run(tiny(out))
     assert all(r["reused"] for r in again["runs"])
     assert os.path.getmtime(marker) == mtime
     assert again["table"] == first["table"]
@@ -123,7 +145,7 @@ def test_retrained_model_is_scored_again(sweep):
     save_file({k: v * 0.5 if v.is_floating_point() else v for k, v in state.items()}, weights)
     marker = os.path.join(out, "eval", "mnist5k", "report.json")
     mtime = os.path.getmtime(marker)
-    again = qs.run(tiny(out), "test")
+    again = qs.run(tiny(out))
     assert all(r["reused"] for r in again["runs"])
     assert os.path.getmtime(marker) != mtime
     old, new = first["table"]["mnist5k"], again["table"]["mnist5k"]
@@ -135,7 +157,7 @@ def test_retrained_model_is_scored_again(sweep):
 def test_changed_setting_fails_naming_the_run(sweep):
     out, _ = sweep
     with pytest.raises(ValueError, match="other settings.*lr"):
-        qs.run(tiny(out, lr=0.001), "test")
+        qs.run(tiny(out, lr=0.001))
 
 
 @pytest.mark.parametrize("over, msg", [

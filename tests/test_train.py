@@ -50,30 +50,30 @@ def read_metrics(out):
 
 def test_invalid_choices_list_valid_ones():
     from dae.config import build_config
-    from dae.train import TrainConfig, validate
+    from dae.train import TrainConfig, check_config
 
     with pytest.raises(ValueError, match="valid: adam, adamw, sgd"):
         build_config(TrainConfig, {"data": "x", "optimizer": "rmsprop"})
     with pytest.raises(ValueError, match="valid: mse, l1, bce"):
         build_config(TrainConfig, {"data": "x", "loss": "huber"})
     with pytest.raises(ValueError, match="known models"):
-        validate(TrainConfig(data="x", model="nope"))
+        check_config(TrainConfig(data="x", model="nope"))
     with pytest.raises(ValueError, match="divisible by workers"):
-        validate(TrainConfig(data="x", batch_size=33, workers=2))
+        check_config(TrainConfig(data="x", batch_size=33, workers=2))
     with pytest.raises(ValueError, match="unknown noise kind"):
-        validate(TrainConfig(data="x", noise="pink:0.1"))
+        check_config(TrainConfig(data="x", noise="pink:0.1"))
     with pytest.raises(ValueError, match="unknown argument"):
-        validate(TrainConfig(data="x", model="conv28k", model_kwargs={"width": 3}))
+        check_config(TrainConfig(data="x", model="conv28k", model_kwargs={"width": 3}))
 
 
 def test_presets_resolve():
     from dae.config import build_config, list_presets
-    from dae.train import TrainConfig, validate
+    from dae.train import TrainConfig, check_config
 
     names = [p for p in list_presets() if p.startswith("train-")]
     assert names
     for name in names:
-        validate(build_config(TrainConfig, {"data": "x"}, preset=name))
+        check_config(build_config(TrainConfig, {"data": "x"}, preset=name))
 
 
 def test_workers_that_cannot_fit_fail_fast(ray_session):
@@ -106,7 +106,7 @@ def test_two_workers_train_and_checkpoint_reloads(ray_session, shards_root, tmp_
     from dae import metrics
     from dae.checkpoint import load_model
     from dae.noise import add_noise_batch
-    from jobs.quality_train import load_split, nchw
+    from dae.reference import load_split, nchw
 
     res = train(shards_root, tmp_path, "two-workers", "--workers", 2, "--epochs", 2)
     hist = read_metrics(res["out"])

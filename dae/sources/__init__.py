@@ -1,4 +1,5 @@
-"""Image sources for the ``prepare`` job: real datasets and image folders, as train/test records.
+"""Image sources for the prepare stage (:mod:`dae.prepare`): real datasets and image folders, as
+train/test records.
 
 Every source turns its input into a :class:`Prepared`: the dataset name, where it came from, and one
 lazy iterable of records per split. A record is ``(id, image, label)``:
@@ -8,8 +9,8 @@ lazy iterable of records per split. A record is ``(id, image, label)``:
            | Encoded           PNG bytes already encoded by a parallel reader (the folder source)
     label  int | None
 
-The registry maps each ``--source`` name to an adapter from the job's config to the per-source
-function, so the per-source modules take plain keyword arguments and stay testable on their own:
+The registry maps each ``--source`` name to an adapter from :class:`dae.prepare.PrepareConfig` to the
+per-source function, so the per-source modules take plain keyword arguments and stay testable on their own:
 
     idx            MNIST / Fashion-MNIST IDX files (.gz or raw)          dae.sources.idx
     svhn           SVHN format 2 .mat files                                dae.sources.svhn
@@ -23,9 +24,12 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, NamedTuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterable, NamedTuple, Union
 
 import numpy as np
+
+if TYPE_CHECKING:  # dae.prepare imports this package (its choices come from SOURCES)
+    from ..prepare import PrepareConfig
 
 SPLITS = ("train", "test")
 
@@ -45,7 +49,7 @@ Record = tuple  # (id: str, image: Image, label: int | None)
 
 @dataclass
 class Prepared:
-    """What a source hands the job: records per split plus facts for the metadata and the log.
+    """What a source hands the prepare stage: records per split plus facts for the metadata and the log.
 
     ``splits`` values are lazy iterables, consumed once, in order. ``stats`` and ``errors`` may be
     filled while those iterables run (the folder source counts dropped alpha channels and lists
@@ -91,12 +95,11 @@ def make_id(dataset: str, split: str, index: int) -> str:
 
 
 # ---------------------------------------------------------------- registry
-# Adapters take the job config (any object with the PrepareConfig attributes) and call the
-# per-source function with plain arguments. Imports are inside so that `--source idx` never
-# imports torchvision, scipy or Ray.
+# Adapters take a dae.prepare.PrepareConfig and call the per-source function with plain
+# arguments. Imports are inside so that `--source idx` never imports torchvision, scipy or Ray.
 
 
-def _idx(cfg) -> Prepared:
+def _idx(cfg: PrepareConfig) -> Prepared:
     from . import idx
 
     if not cfg.input:
@@ -104,7 +107,7 @@ def _idx(cfg) -> Prepared:
     return idx.prepare(cfg.input, dataset=cfg.name or None, limit=cfg.limit)
 
 
-def _svhn(cfg) -> Prepared:
+def _svhn(cfg: PrepareConfig) -> Prepared:
     from . import svhn
 
     if not cfg.input:
@@ -112,7 +115,7 @@ def _svhn(cfg) -> Prepared:
     return svhn.prepare(cfg.input, dataset=cfg.name or "svhn", limit=cfg.limit)
 
 
-def _cifar10(cfg) -> Prepared:
+def _cifar10(cfg: PrepareConfig) -> Prepared:
     from . import cifar
 
     if not cfg.input:
@@ -120,7 +123,7 @@ def _cifar10(cfg) -> Prepared:
     return cifar.prepare(cfg.input, dataset=cfg.name or "cifar10", limit=cfg.limit)
 
 
-def _folder(cfg) -> Prepared:
+def _folder(cfg: PrepareConfig) -> Prepared:
     from . import folder
 
     if not cfg.input:
@@ -130,34 +133,34 @@ def _folder(cfg) -> Prepared:
                           parallel_min_files=cfg.parallel_min_files, files_per_task=cfg.files_per_task)
 
 
-def _torchvision(cfg) -> Prepared:
+def _torchvision(cfg: PrepareConfig) -> Prepared:
     from . import tv
 
     return tv.prepare(cfg.tv_name, root=cfg.input or "data/torchvision", download=cfg.download,
                       dataset=cfg.name or None, limit=cfg.limit)
 
 
-def _mnist5k(cfg) -> Prepared:
+def _mnist5k(cfg: PrepareConfig) -> Prepared:
     from . import offline
 
     return offline.mnist5k(dataset=cfg.name or "mnist5k", limit=cfg.limit)
 
 
-def _fashion_mnist(cfg) -> Prepared:
+def _fashion_mnist(cfg: PrepareConfig) -> Prepared:
     from . import offline
 
     return offline.fashion_mnist(cfg.input or offline.FASHION_MNIST_DIR, dataset=cfg.name or "fashion-mnist",
                                  limit=cfg.limit)
 
 
-def _sklearn_digits(cfg) -> Prepared:
+def _sklearn_digits(cfg: PrepareConfig) -> Prepared:
     from . import offline
 
     return offline.sklearn_digits(dataset=cfg.name or "sklearn-digits", test_fraction=cfg.test_fraction,
                                   limit=cfg.limit)
 
 
-def _photos(cfg) -> Prepared:
+def _photos(cfg: PrepareConfig) -> Prepared:
     from . import offline
 
     photos = [p.strip() for p in cfg.photos.split(",") if p.strip()] if cfg.photos else None
@@ -167,7 +170,7 @@ def _photos(cfg) -> Prepared:
                           test_fraction=cfg.test_fraction, seed=cfg.seed, limit=cfg.limit)
 
 
-SOURCES: dict[str, tuple[Callable[[Any], Prepared], str]] = {
+SOURCES: dict[str, tuple[Callable[[PrepareConfig], Prepared], str]] = {
     "idx": (_idx, "MNIST/Fashion-MNIST IDX files (.gz or raw) in --input"),
     "svhn": (_svhn, "SVHN format 2 train_32x32.mat / test_32x32.mat in --input"),
     "cifar10": (_cifar10, "CIFAR-10 binary version (data_batch_N.bin, test_batch.bin) in --input"),
@@ -184,12 +187,12 @@ def list_sources() -> list[str]:
     return list(SOURCES)
 
 
-def get_source(name: str) -> Callable[[Any], Prepared]:
+def get_source(name: str) -> Callable[[PrepareConfig], Prepared]:
     if name not in SOURCES:
         raise ValueError(f"unknown source {name!r}; valid sources: {', '.join(SOURCES)}")
     return SOURCES[name][0]
 
 
-def open_source(cfg) -> Prepared:
-    """The :class:`Prepared` for ``cfg.source`` (a PrepareConfig or anything with its fields)."""
+def open_source(cfg: PrepareConfig) -> Prepared:
+    """The :class:`Prepared` for ``cfg.source``."""
     return get_source(cfg.source)(cfg)

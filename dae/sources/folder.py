@@ -4,10 +4,10 @@
 * the train/test split hashes the relative path (:func:`dae.sources.is_test`): the same file lands
   in the same split whatever else is in the folder and however many workers read it;
 * with ``labels_from_subdirs`` the first path component is the class; sorted class names map to
-  0, 1, ... (the job saves the mapping as ``classes.json``);
+  0, 1, ... (:mod:`dae.prepare` saves the mapping as ``classes.json``);
 * RGBA/LA images lose their alpha channel (counted in ``stats["alpha_dropped"]``), 16-bit gray stays
   16-bit (:func:`dae.shards.image_to_array`);
-* unreadable files go to ``Prepared.errors`` (path + reason; the job writes ``errors.jsonl``) and
+* unreadable files go to ``Prepared.errors`` (path + reason; :mod:`dae.prepare` writes ``errors.jsonl``) and
   are never silently skipped.
 
 Large folders (``parallel_min_files`` files or more) are decoded with Ray Data: a list of paths,

@@ -1,0 +1,180 @@
+"""The prepare stage: a real dataset or an image folder -> train/test Parquet shards.
+
+    from dae.prepare import PrepareConfig, run
+    summary = run(PrepareConfig(source="mnist5k", out="data/mnist5k", limit=500))
+
+    python -m jobs.prepare --source fashion-mnist --out data/fashion-mnist      # the job over run()
+
+The sources (:mod:`dae.sources`) turn their input into records per split; :func:`run` writes them as
+``OUT/train/part-00000.parquet``, ``OUT/test/...`` (:mod:`dae.shards` schema; dataset name and source
+in the file metadata), plus ``classes.json`` when the source has class names, ``errors.jsonl``
+(folder source: one line per unreadable file), ``preview.png`` (``preview`` > 0),
+``config.resolved.json`` and ``summary.json``. Same input and options -> byte-identical shards.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+from . import shards, storage
+from .jobutil import Progress, save_resolved_config
+from .sources import SOURCES, Encoded, Prepared, open_source, tv
+from .sources import offline as offline_sources
+
+log = logging.getLogger("dae")
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    source: str = field(default="", metadata={"help": "where the images come from", "choices": list(SOURCES)})
+    out: str = field(default="", metadata={"help": "output root (local path or s3:// URI)"})
+    input: str = field(default="", metadata={"help": "input directory / root (idx, svhn, cifar10, folder, "
+                                                     "torchvision; fashion-mnist: override the Debian path)"})
+    name: str = field(default="", metadata={"help": "dataset name for ids and metadata; empty: the source's own name"})
+    rows_per_shard: int = field(default=10_000, metadata={"help": "images per Parquet file"})
+    limit: Optional[int] = field(default=None, metadata={"help": "at most this many images per split"})
+    test_fraction: float = field(default=0.1, metadata={
+        "help": "share of test images for folder, sklearn-digits and photos (hash-based split)"})
+    overwrite: bool = field(default=False, metadata={"help": "replace shards already in --out"})
+    preview: int = field(default=0, metadata={"help": "write preview.png with the first N train images"})
+    # folder
+    labels_from_subdirs: bool = field(default=False, metadata={"help": "folder: class = first sub-folder name"})
+    parallel_min_files: int = field(default=2000, metadata={
+        "help": "folder: decode with Ray Data from this many files on (smaller folders: in process)"})
+    files_per_task: int = field(default=256, metadata={"help": "folder: files per Ray Data block/task"})
+    # torchvision
+    tv_name: str = field(default="MNIST", metadata={"help": "torchvision dataset", "choices": list(tv.DATASETS)})
+    download: bool = field(default=False, metadata={"help": "torchvision: download into --input (needs internet)"})
+    # photos
+    photos: str = field(default="", metadata={
+        "help": f"photos: comma list; empty: {','.join(offline_sources.DEFAULT_PHOTOS)}"})
+    patch_size: int = field(default=32, metadata={"help": "photos: patch side in pixels"})
+    color: str = field(default="rgb", metadata={"help": "photos: patch colors", "choices": list(offline_sources.COLORS)})
+    patch_mode: str = field(default="grid", metadata={"help": "photos: how patches are cut",
+                                                      "choices": list(offline_sources.PATCH_MODES)})
+    patch_stride: int = field(default=0, metadata={"help": "photos: grid stride (0 = patch size, no overlap)"})
+    patches_per_photo: int = field(default=100, metadata={"help": "photos: random patches per photo"})
+    split_by: str = field(default="photo", metadata={"help": "photos: hold out whole photos or single patches",
+                                                     "choices": list(offline_sources.SPLIT_BY)})
+    seed: int = field(default=0, metadata={"help": "photos: seed of the random patch positions"})
+
+
+def check_config(cfg: PrepareConfig) -> None:
+    if not cfg.out:
+        raise ValueError("--out is required (output directory or s3:// URI)")
+    if cfg.rows_per_shard < 1:
+        raise ValueError(f"--rows-per-shard must be >= 1, got {cfg.rows_per_shard}")
+    if cfg.limit is not None and cfg.limit < 0:
+        raise ValueError(f"--limit must be >= 0, got {cfg.limit}")
+    if not 0.0 <= cfg.test_fraction <= 1.0:
+        raise ValueError(f"--test-fraction must be in [0, 1], got {cfg.test_fraction}")
+
+
+def check_outputs(out: str, overwrite: bool) -> None:
+    """Refuse to mix a new run's shards with an old run's (a smaller run would leave stale part
+    files behind) unless --overwrite."""
+    old = [s for s in ("train", "test") if shards.list_shards(out, s)]
+    if old and not overwrite:
+        raise FileExistsError(f"{out} already has shards in {', '.join(old)}; pass --overwrite to replace them")
+
+
+def clear_outputs(out: str) -> None:
+    """Delete an earlier run's split folders and side files (only called with --overwrite)."""
+    for name in ("train", "test", "errors.jsonl", "classes.json", "preview.png", "summary.json"):
+        storage.delete(storage.join(out, name))
+
+
+def write_split(out: str, split: str, records, prepared: Prepared, cfg: PrepareConfig, seen: set) -> dict:
+    progress = Progress(f"prepare {split}")
+    with shards.ShardWriter(out, split, dataset=prepared.dataset, source=prepared.source,
+                            rows_per_shard=cfg.rows_per_shard) as writer:
+        # The stage also applies --limit (sources apply it too where it saves reading).
+        for rid, image, label in itertools.islice(records, cfg.limit):
+            if rid in seen:
+                raise ValueError(f"duplicate id {rid!r} from source {cfg.source}")
+            seen.add(rid)
+            if isinstance(image, Encoded):
+                writer.add(rid, png=image.png, height=image.height, width=image.width,
+                           channels=image.channels, label=label)
+            else:
+                writer.add(rid, image=image, label=label)
+            progress.update(1)
+    return {"images": writer.count, "files": len(writer.files)}
+
+
+def write_preview(out: str, n: int, per_row: int = 16) -> str | None:
+    from . import viz
+
+    images = []
+    for row in shards.iter_rows(shards.list_shards(out, "train"), columns=["image"]):
+        images.append(shards.to_float(shards.decode_png(row["image"])))
+        if len(images) >= n:
+            break
+    if not images:
+        return None
+    rows = [("train" if i == 0 else "", images[i:i + per_row]) for i in range(0, len(images), per_row)]
+    return viz.save_grid(rows, storage.join(out, "preview.png"))
+
+
+def run(cfg: PrepareConfig) -> dict:
+    """Write the shards and side files of ``cfg``; returns the summary (also OUT/summary.json)."""
+    check_config(cfg)
+    storage.check_access(cfg.out, write=True)  # missing bucket / bad credentials / no endpoint: fail now
+    if cfg.input and storage.is_uri(cfg.input):
+        storage.check_access(cfg.input, must_exist=True)
+    start = time.perf_counter()
+    check_outputs(cfg.out, cfg.overwrite)
+    prepared = open_source(cfg)  # validates the input before anything old is deleted
+    if cfg.overwrite:
+        clear_outputs(cfg.out)
+    log.info("prepare: %s from %s -> %s", prepared.dataset, prepared.source, cfg.out)
+
+    splits, seen = {}, set()
+    for split, records in prepared.splits.items():
+        splits[split] = write_split(cfg.out, split, records, prepared, cfg, seen)
+
+    extra_files = []
+    if prepared.classes is not None:
+        storage.write_json(storage.join(cfg.out, "classes.json"),
+                           {"classes": prepared.classes, "class_to_label": {c: i for i, c in enumerate(prepared.classes)}})
+        extra_files.append("classes.json")
+    if prepared.errors is not None:
+        lines = "".join(json.dumps(e, sort_keys=True) + "\n" for e in prepared.errors)
+        storage.write_bytes(storage.join(cfg.out, "errors.jsonl"), lines.encode())
+        extra_files.append("errors.jsonl")
+    if cfg.preview > 0 and write_preview(cfg.out, cfg.preview):
+        extra_files.append("preview.png")
+    seconds = time.perf_counter() - start
+    total = sum(s["images"] for s in splits.values())
+    summary = {"dataset": prepared.dataset, "source": prepared.source, "out": cfg.out, "splits": splits,
+               "images": total, "errors": len(prepared.errors or []), "stats": prepared.stats,
+               "seconds": round(seconds, 3), "side_files": extra_files}
+    if prepared.errors:
+        log.warning("prepare: %d unreadable file(s) left out, listed in %s (first: %s: %s)", len(prepared.errors),
+                    storage.join(cfg.out, "errors.jsonl"), prepared.errors[0]["path"], prepared.errors[0]["reason"])
+    if total == 0:
+        log.warning("prepare: no images written (check --input, --limit and errors.jsonl)")
+    save_resolved_config(cfg, cfg.out)
+    storage.write_json(storage.join(cfg.out, "summary.json"), summary)
+    return summary
+
+
+def format_summary(summary: dict) -> str:
+    """What the job prints: images and files per split, unreadable files, the rate."""
+    out, splits, total, seconds = summary["out"], summary["splits"], summary["images"], summary["seconds"]
+    lines = [f"prepared {summary['dataset']} ({summary['source']}) -> {out}"]
+    for split, s in splits.items():
+        lines.append(f"  {split:5s} {s['images']:8d} images in {s['files']} shard file(s)")
+    if "errors.jsonl" in summary["side_files"]:
+        lines.append(f"  errors{summary['errors']:8d} unreadable file(s), listed in {storage.join(out, 'errors.jsonl')}")
+    if summary["stats"].get("alpha_dropped"):
+        lines.append(f"  alpha channel dropped from {summary['stats']['alpha_dropped']} image(s)")
+    if "preview.png" in summary["side_files"]:
+        lines.append(f"  preview: {storage.join(out, 'preview.png')}")
+    lines.append(f"  {total} images in {seconds:.1f} s ({total / max(seconds, 1e-9):.0f} images/s)")
+    return "\n".join(lines)
