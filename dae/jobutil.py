@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import re
 import sys
 import time
+from typing import Any, Callable
 
 from . import storage
 from .config import config_dict
@@ -68,3 +70,36 @@ class Progress:
         tot = f"/{self.total}" if self.total else ""
         log.info("%s: %d%s %s, %.1f %s/s, %.0fs elapsed%s", self.what, self.done, tot, self.unit,
                  rate, self.unit, el, eta)
+
+
+# Errors a user can cause and fix (bad flag values, missing or malformed inputs, storage access,
+# failed-row thresholds): one line on stderr, not a traceback. Anything else is a bug and keeps it.
+EXPECTED_ERRORS = (ValueError, OSError, RuntimeError)
+
+
+def _user_error(e: BaseException) -> BaseException | None:
+    """The expected error behind ``e``, else None. Ray wraps a task's error (in ``cause``, and Ray
+    Data once more in ``__cause__``): the user's error is the first non-Ray one down that chain."""
+    seen: list[BaseException] = []
+    while e is not None and e not in seen and len(seen) < 8:
+        seen.append(e)
+        if isinstance(e, EXPECTED_ERRORS) and type(e).__module__.split(".")[0] != "ray":
+            return e
+        e = getattr(e, "cause", None) or e.__cause__
+    return None
+
+
+def cli(parser: argparse.ArgumentParser, main: Callable[..., Any], **kwargs) -> Any:
+    """``if __name__ == "__main__"`` of every job: parses the command line and runs ``main``. An
+    expected error becomes ``error: <what is wrong and how to fix it>`` on stderr and exit code 2;
+    ``--debug`` shows the Python traceback instead."""
+    parser.add_argument("--debug", action="store_true", help="on an error, show the Python traceback")
+    args = parser.parse_args()
+    try:
+        return main(args, **kwargs)
+    except Exception as e:  # noqa: BLE001 - sorted into expected (one line) and bugs (traceback) below
+        err = _user_error(e)
+        if err is None or args.debug:
+            raise
+        print(f"error: {' '.join(str(err).split())} (--debug shows the traceback)", file=sys.stderr, flush=True)
+        sys.exit(2)

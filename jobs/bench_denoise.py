@@ -48,6 +48,7 @@ from dae.checkpoint import save_model
 from dae.models import create_model
 from dae.noise import NoiseSpec, image_rng
 from dae.sources.offline import FASHION_MNIST_DIR
+from dae.jobutil import cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CBSD432 = os.path.join(os.path.dirname(REPO), "shared", "datasets", "natural", "train", "CBSD432")
@@ -383,4 +384,4 @@ def main(args: argparse.Namespace) -> dict:
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    cli(get_args_parser(), main)

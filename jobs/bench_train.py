@@ -23,7 +23,7 @@ import os
 import time
 
 from dae import shards, storage
-from dae.jobutil import setup_logging
+from dae.jobutil import cli, setup_logging
 from dae.reference import fashion_shards, plain_train
 from dae.train import MODES, TrainConfig, format_summary, run as train_run
 
@@ -124,4 +124,4 @@ def main(args) -> dict:
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    cli(get_args_parser(), main)

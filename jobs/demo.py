@@ -15,7 +15,7 @@ import argparse
 
 from dae.config import add_config_args, resolve_config
 from dae.demo import DemoConfig, format_result, run
-from dae.jobutil import setup_logging
+from dae.jobutil import cli, setup_logging
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -33,4 +33,4 @@ def main(args: argparse.Namespace) -> dict:
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    cli(get_args_parser(), main)

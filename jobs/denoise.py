@@ -27,7 +27,7 @@ import argparse
 from dae import storage
 from dae.config import add_config_args, resolve_config
 from dae.denoise import DenoiseConfig, run
-from dae.jobutil import setup_logging
+from dae.jobutil import cli, setup_logging
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -45,4 +45,4 @@ def main(args: argparse.Namespace) -> dict:
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    cli(get_args_parser(), main)

@@ -26,7 +26,7 @@ import sys
 from dae import storage
 from dae.config import add_config_args, resolve_config
 from dae.evaluation import EvaluateConfig, report_command, run
-from dae.jobutil import setup_logging
+from dae.jobutil import cli, setup_logging
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -46,4 +46,4 @@ def main(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args(), argv=sys.argv[1:])
+    cli(get_args_parser(), main, argv=sys.argv[1:])

@@ -24,7 +24,7 @@ import argparse
 
 from dae import storage
 from dae.config import add_config_args, resolve_config
-from dae.jobutil import setup_logging
+from dae.jobutil import cli, setup_logging
 from dae.prepare import PrepareConfig, format_summary, run
 
 
@@ -46,4 +46,4 @@ def main(args: argparse.Namespace) -> dict:
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    cli(get_args_parser(), main)

@@ -21,7 +21,7 @@ import argparse
 import time
 
 from dae import storage
-from dae.jobutil import setup_logging
+from dae.jobutil import cli, setup_logging
 from dae.reference import fashion_shards, plain_train
 from dae.sources.offline import FASHION_MNIST_DIR
 from dae.train import TrainConfig, format_summary, run as train_run
@@ -84,4 +84,4 @@ def main(args) -> dict:
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    cli(get_args_parser(), main)

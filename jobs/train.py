@@ -21,7 +21,7 @@ import argparse
 
 from dae import storage
 from dae.config import add_config_args, resolve_config
-from dae.jobutil import setup_logging
+from dae.jobutil import cli, setup_logging
 from dae.train import TrainConfig, format_summary, run
 
 
@@ -43,4 +43,4 @@ def main(args: argparse.Namespace) -> dict:
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    cli(get_args_parser(), main)

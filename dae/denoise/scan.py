@@ -187,6 +187,14 @@ def scan(files: list[InputFile], cpus: float, check_ids: bool = True) -> Duplica
             finder = ray.remote(num_cpus=1)(find_duplicates)
             found = ray.get([finder.remote(*[r[1 + j] for r in refs]) for j in range(buckets)])
     except ray.exceptions.RayTaskError as e:
+        # Collect the failed tasks' other results too: Ray logs every error object that is dropped
+        # unread ("Unhandled error ..."), which would bury the one line the job prints.
+        for r in refs:
+            for x in r[1:]:
+                try:
+                    ray.get(x)
+                except Exception:  # noqa: BLE001 - the same error, already being raised
+                    pass
         raise _cause(e) from None
     k = 0
     for meta in metas:
