@@ -10,7 +10,7 @@ import time
 from typing import Any, Callable
 
 from . import storage
-from .config import config_dict
+from .config import add_config_args, config_dict, resolve_config
 
 log = logging.getLogger("dae")
 
@@ -25,6 +25,25 @@ class _StdoutHandler(logging.StreamHandler):
     @stream.setter
     def stream(self, _):
         pass
+
+
+def config_parser(doc: str, cls, add_help: bool = True, s3: bool = True) -> argparse.ArgumentParser:
+    """A stage job's parser: its docstring as help, ``--config PRESET``, one flag per field of the
+    config dataclass ``cls``, and (``s3``) the S3 connection flags."""
+    parser = argparse.ArgumentParser(description=doc, add_help=add_help,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_args(parser, cls)
+    if s3:
+        storage.add_s3_args(parser)
+    return parser
+
+
+def stage_config(args: argparse.Namespace, cls):
+    """What every stage job does before its stage: logging, S3 settings from the flags, and the
+    config resolved from defaults <- preset <- flags."""
+    setup_logging()
+    storage.configure_from_args(args)
+    return resolve_config(cls, args)
 
 
 def setup_logging(level: int = logging.INFO) -> None:

@@ -13,21 +13,17 @@ from __future__ import annotations
 
 import argparse
 
-from dae.config import add_config_args, resolve_config
 from dae.demo import DemoConfig, format_result, run
-from dae.jobutil import cli, setup_logging
+from dae.jobutil import cli, config_parser, stage_config
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Demo: MNIST shards and a clean/noisy grid", add_help=add_help)
-    add_config_args(parser, DemoConfig)
-    return parser
+    return config_parser(__doc__, DemoConfig, add_help, s3=False)
 
 
 def main(args: argparse.Namespace) -> dict:
     """Returns {data, noisy_grid, train, denoise, seconds, config}."""
-    setup_logging()
-    result = run(resolve_config(DemoConfig, args))
+    result = run(stage_config(args, DemoConfig))
     print(format_result(result), flush=True)
     return result
 

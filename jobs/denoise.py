@@ -24,24 +24,17 @@ from __future__ import annotations
 
 import argparse
 
-from dae import storage
-from dae.config import add_config_args, resolve_config
 from dae.denoise import DenoiseConfig, run
-from dae.jobutil import cli, setup_logging
+from dae.jobutil import cli, config_parser, stage_config
 
 
-def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_args(parser, DenoiseConfig)
-    storage.add_s3_args(parser)
-    return parser
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    return config_parser(__doc__, DenoiseConfig, add_help)
 
 
 def main(args: argparse.Namespace) -> dict:
     """Runs the job; returns the summary dict (also in OUTPUT/summary.json)."""
-    setup_logging()
-    storage.configure_from_args(args)
-    return run(resolve_config(DenoiseConfig, args))
+    return run(stage_config(args, DenoiseConfig))
 
 
 if __name__ == "__main__":

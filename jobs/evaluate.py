@@ -23,25 +23,17 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dae import storage
-from dae.config import add_config_args, resolve_config
 from dae.evaluation import EvaluateConfig, report_command, run
-from dae.jobutil import cli, setup_logging
+from dae.jobutil import cli, config_parser, stage_config
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], add_help=add_help,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_args(parser, EvaluateConfig)  # --noise, --models, --baselines: space-separated words
-    storage.add_s3_args(parser)
-    return parser
+    return config_parser(__doc__, EvaluateConfig, add_help)  # --noise, --models, --baselines: several words
 
 
 def main(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
     """Runs the job; returns the report dict. ``argv``: what was typed, kept in the report's command."""
-    setup_logging()
-    storage.configure_from_args(args)
-    cfg = resolve_config(EvaluateConfig, args)
+    cfg = stage_config(args, EvaluateConfig)
     return run(cfg, report_command(cfg, argv))
 
 

@@ -22,25 +22,17 @@ from __future__ import annotations
 
 import argparse
 
-from dae import storage
-from dae.config import add_config_args, resolve_config
-from dae.jobutil import cli, setup_logging
+from dae.jobutil import cli, config_parser, stage_config
 from dae.prepare import PrepareConfig, format_summary, run
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Write train/test Parquet shards from a dataset or image folder",
-                                     add_help=add_help)
-    add_config_args(parser, PrepareConfig)
-    storage.add_s3_args(parser)
-    return parser
+    return config_parser(__doc__, PrepareConfig, add_help)
 
 
 def main(args: argparse.Namespace) -> dict:
     """Returns the summary (also OUT/summary.json): images and files per split, errors, seconds."""
-    setup_logging()
-    storage.configure_from_args(args)
-    summary = run(resolve_config(PrepareConfig, args))
+    summary = run(stage_config(args, PrepareConfig))
     print(format_summary(summary), flush=True)
     return summary
 

@@ -18,25 +18,17 @@ from __future__ import annotations
 
 import argparse
 
-from dae import storage
-from dae.config import add_config_args, resolve_config
-from dae.jobutil import cli, setup_logging
+from dae.jobutil import cli, config_parser, stage_config
 from dae.sweep import SweepConfig, run
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], add_help=add_help,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_args(parser, SweepConfig)
-    storage.add_s3_args(parser)
-    return parser
+    return config_parser(__doc__, SweepConfig, add_help)
 
 
 def main(args: argparse.Namespace) -> dict:
     """Returns what OUT/quality.json holds (with --dry-run: the plan)."""
-    setup_logging()
-    storage.configure_from_args(args)
-    return run(resolve_config(SweepConfig, args))
+    return run(stage_config(args, SweepConfig))
 
 
 if __name__ == "__main__":

@@ -19,25 +19,17 @@ from __future__ import annotations
 
 import argparse
 
-from dae import storage
-from dae.config import add_config_args, resolve_config
-from dae.jobutil import cli, setup_logging
+from dae.jobutil import cli, config_parser, stage_config
 from dae.train import TrainConfig, format_summary, run
 
 
-def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_args(parser, TrainConfig)
-    storage.add_s3_args(parser)
-    return parser
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    return config_parser(__doc__, TrainConfig, add_help)
 
 
 def main(args: argparse.Namespace) -> dict:
     """Returns the run summary: out, best_model, best_epoch, best, last, history, ..."""
-    setup_logging()
-    storage.configure_from_args(args)
-    cfg = resolve_config(TrainConfig, args)
-    summary = run(cfg)
+    summary = run(stage_config(args, TrainConfig))
     print(format_summary(summary), flush=True)
     return summary
 

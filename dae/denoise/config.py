@@ -28,9 +28,8 @@ class DenoiseConfig:
     max_actors: int = field(default=0, metadata={"help": "model actor pool upper bound; 0: as many as the "
                                                          "cluster fits while leaving CPU for the other stages"})
     gpus_per_actor: float = field(default=1.0, metadata={"help": "GPUs per model actor (when using GPUs)"})
-    cpus_per_actor: float = field(default=0.0, metadata={"help": "CPUs per model actor; 0: 1 with GPUs, 0.5 "
-                                                                 "on CPU (two single-thread actors per core "
-                                                                 "given to the pool)"})
+    cpus_per_actor: float = field(default=0.0, metadata={"help": "CPUs per model actor; 0: 1 (on CPU-only "
+                                                                 "clusters the pool gets half the CPUs)"})
     torch_threads: int = field(default=0, metadata={"help": "torch threads per actor; 0: 2 per CPU of a CPU "
                                                             "actor, 1 with GPUs"})
     device: str = field(default="auto", metadata={"help": "auto: cuda when the cluster has GPUs", "choices": DEVICES})
