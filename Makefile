@@ -32,7 +32,7 @@ bench-train: $(STAMP) data
 	$(BIN)/python -m jobs.bench_train --data bench_out/fashion-mnist --work bench_out/train --images 20000 --epochs 2
 
 bench-denoise: $(STAMP) data
-	$(BIN)/python -m jobs.bench_denoise --n 100000 --work bench_out/denoise
+	$(BIN)/python -m jobs.bench_denoise --work bench_out/denoise
 
 quality-train: $(STAMP) data
 	$(BIN)/python -m jobs.quality_train --data bench_out/fashion-mnist --out bench_out/quality --runs plain,job1,job2
