@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: demo test venv data bench-train bench-denoise quality-train quality-sweep gpu-check clean
+.PHONY: demo test test-unit venv data bench-train bench-denoise quality-train quality-sweep gpu-check clean
 
 venv: $(STAMP)
 
@@ -26,6 +26,10 @@ demo: $(STAMP)
 
 test: $(STAMP) data
 	$(BIN)/python -m pytest -q tests
+
+# The unit tier only: no Ray, no cluster, no S3 server (under a minute on 2 cores). `make test` runs both tiers.
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest -q tests/unit
 
 # Benchmarks and quality checks: they print figures (never timed tests). Fashion-MNIST from `make data`.
 bench-train: $(STAMP) data

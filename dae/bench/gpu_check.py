@@ -22,7 +22,7 @@ with ``dae.shards.ShardWriter`` into ``--work`` (a temp dir, removed at the end 
   4. agreement: denoise outputs with 1 and 2 GPU actors (0.5 GPU each) within one 8-bit level
      (``read_outputs`` tables, ``denoised`` PNGs decoded, on a subset of each set); tiled vs whole-image
      inference (``dae.inference.denoise_images``, tile 96 / overlap 24 vs one huge tile) within the
-     tolerances of tests/test_denoise.py (max < 0.01, mean < 2e-4), in fp32 and in bf16.
+     tolerances of tests/unit/test_denoise.py (max < 0.01, mean < 2e-4), in fp32 and in bf16.
 
 Output: the figures on stdout and in ``OUT/gpu_check.json`` (written after every step, so a run cut
 short still leaves what it measured); ``"skipped"`` lists what did not run and why. ``--device cpu
@@ -85,7 +85,7 @@ SMALL_HW = 28
 BICUBIC = getattr(Image, "Resampling", Image).BICUBIC  # the GPU machine's Pillow may be older or newer
 NOISE = "gaussian:0.3"
 LR, SEED, VAL_SEED = 2e-3, 0, 1234  # TrainConfig's val_seed default: the plain loop validates on the same noise
-# tests/test_denoise.py::test_tiles_match_whole_image_within_tolerance: tiles and tolerances
+# tests/unit/test_denoise.py::test_tiles_match_whole_image_within_tolerance: tiles and tolerances
 TILE, TILE_OVERLAP, TILE_MAX, TILE_MEAN = 96, 24, 0.01, 2e-4
 TRAIN_TARGET, DENOISE_TARGET, GPU_BUSY_TARGET = 0.9, 2.0, 60.0
 
@@ -536,6 +536,7 @@ class Check:
 
 
 def run_check(args, chk: Check) -> None:
+    """Steps 1-4 of the module docstring, each figure into ``chk.r`` as it comes."""
     import ray
 
     device, sz = args.device, (SMALL if args.small else FULL)
@@ -563,10 +564,24 @@ def run_check(args, chk: Check) -> None:
     r["ray_resources"] = {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU")}
     small_root, photo_root = r["data"]["small"]["root"], r["data"]["photos"]["root"]
 
-    # ---- training
+    model_dir = check_training(chk, args.work, sz, device, small_root)
+    r["denoise"] = {}
+    agree_in = {}
+    for name, root, split, n_agree, rps in (
+            ("small", small_root, "train", sz["agree_small"], sz["small_rows_per_shard"]),
+            ("photos", photo_root, "photos", sz["agree_photos"], sz["photo_rows_per_shard"])):
+        check_denoise(chk, args.work, device, model_dir, name, root, split, cluster_cpus)
+        agree_in[name] = (subset(root, split, n_agree, rps, os.path.join(args.work, f"agree-{name}")), split)
+    chk.save()
+    check_agreement(chk, args.work, sz, device, model_dir, agree_in)
+
+
+def check_training(chk: Check, work: str, sz: dict, device: str, small_root: str) -> str:
+    """Step 2: the train job against the plain loop; returns the model dir the later steps denoise with."""
+    gpu = device == "cuda"
     tr: dict = {}
-    r["train"] = tr
-    tr["job"] = chk.step("train: the job (dae.train.run, 1 worker)", train_job, small_root, args.work, sz, device)
+    chk.r["train"] = tr
+    tr["job"] = chk.step("train: the job (dae.train.run, 1 worker)", train_job, small_root, work, sz, device)
     threads = tr["job"]["torch_threads"] if tr["job"] else max(1, min(8, os.cpu_count() or 1))
     tr["plain"] = chk.step("train: the plain PyTorch loop", plain_train, small_root, sz, device, threads)
     if tr["job"] and tr["plain"]:
@@ -582,65 +597,67 @@ def run_check(args, chk: Check) -> None:
         from dae.checkpoint import save_model
 
         torch.manual_seed(SEED)
-        model_dir = save_model(create_model("unet", channels=3, width=sz["width"]), os.path.join(args.work, "untrained"))
-        r["skipped"]["trained_model"] = "the train job failed: denoise used an untrained U-Net of the same shape"
+        model_dir = save_model(create_model("unet", channels=3, width=sz["width"]), os.path.join(work, "untrained"))
+        chk.r["skipped"]["trained_model"] = "the train job failed: denoise used an untrained U-Net of the same shape"
+    return model_dir
 
-    # ---- denoise: 1 actor on each set, the plain script, CPU stages
-    dn: dict = {}
-    r["denoise"] = dn
-    agree_in = {}
-    for name, root, split, n_agree, rps in (
-            ("small", small_root, "train", sz["agree_small"], sz["small_rows_per_shard"]),
-            ("photos", photo_root, "photos", sz["agree_photos"], sz["photo_rows_per_shard"])):
-        d: dict = {}
-        dn[name] = d
-        cfg1 = denoise_config(device, 1, input=root, split=split, model=model_dir,
-                              output=os.path.join(args.work, f"denoise-{name}-1"))
-        kw = forward_kwargs(cfg1)
-        d["job"] = chk.step(f"denoise {name}: the job, 1 actor", denoise_job, cfg1, gpu)
-        d["plain"] = chk.step(f"denoise {name}: the plain script", plain_denoise, root, split, model_dir,
-                              os.path.join(args.work, f"plain-{name}"), device, kw)
-        rows = d["job"]["batch_size"] if d["job"] else 64
-        d["cpu_stages"] = chk.step(f"denoise {name}: CPU stages in-process", cpu_stages, root, split, rows,
-                                   model_dir, device, kw)
-        agree_in[name] = (subset(root, split, n_agree, rps, os.path.join(args.work, f"agree-{name}")), split)
-        j, p, c = d["job"], d["plain"], d["cpu_stages"]
-        if not (j and p and c):
-            continue
-        d["ratio"] = round(j["images_per_s"] / p["images_per_s"], 3)
-        d["bound"] = bound(j, p, c, cluster_cpus)
-        st = p["stage_s"]
-        say(f"   denoise {name}: job {_rate(j['images_per_s'])} images/s end to end ({j['images']} images in "
-            f"{j['wall_s']:.1f}s; pipeline {j['pipeline_images_per_s']} images/s), plain script "
-            f"{_rate(p['images_per_s'])} images/s -> {d['ratio']:.2f}x (target >= {DENOISE_TARGET}x)")
-        say("   plain script stages: " + ", ".join(f"{k} {v:.2f}s" for k, v in st.items())
-            + f"; forward alone {p['forward_images_per_s']} images/s")
-        say(f"   CPU per image (in-process, 1 thread): decode {c['decode_ms']:.3f} ms, encode {c['encode_ms']:.3f} ms, "
-            f"write {c['write_ms']:.3f} ms; over {d['bound']['task_cpus']:g} task CPUs the CPU stages cap at "
-            f"{_rate(d['bound']['cpu_stage_ceiling_images_per_s'])} images/s, the forward pass at "
-            f"{_rate(d['bound']['forward_ceiling_images_per_s'])}: bound by {d['bound']['bound_by']}")
-        u = j["gpu_utilization"]
-        if u is not None:
-            say(f"   GPU utilization: {u.get('active_span_mean_pct')}% over the active span ({u.get('active_span_s')}s), "
-                f"{u.get('mean_pct')}% over the run, max {u.get('max_pct')}%, {u['samples']} samples")
-            chk.target(f"denoise {name}: GPU busy % (active span)", u.get("active_span_mean_pct"), GPU_BUSY_TARGET,
-                       (u.get("active_span_mean_pct") or 0) >= GPU_BUSY_TARGET)
-        chk.target(f"denoise {name}: job / plain script, images/s", d["ratio"], DENOISE_TARGET,
-                   d["ratio"] >= DENOISE_TARGET if gpu else None)
-        comp = compare(_pngs(read_outputs(j["output"], columns=["id", "denoised"])),
-                       _pngs(pq.read_table(p["output"])), j["images"])
-        d["job_vs_plain"] = comp
-        say(f"   job vs plain script outputs: {comp['identical_png']}/{comp['rows']} identical PNGs, max difference "
-            f"{comp['max_level_diff']} level(s)")
-    chk.save()
 
-    # ---- agreement: 1 vs 2 actors, tiled vs whole
+def check_denoise(chk: Check, work: str, device: str, model_dir: str, name: str, root: str, split: str,
+                  cluster_cpus: float) -> dict:
+    """Step 3 on one set: the denoise job (1 actor), the plain script and the CPU stages in-process;
+    the figures go into ``chk.r["denoise"][name]`` as they come (a run cut short keeps them)."""
+    gpu = device == "cuda"
+    d: dict = {}
+    chk.r["denoise"][name] = d
+    cfg1 = denoise_config(device, 1, input=root, split=split, model=model_dir,
+                          output=os.path.join(work, f"denoise-{name}-1"))
+    kw = forward_kwargs(cfg1)
+    d["job"] = chk.step(f"denoise {name}: the job, 1 actor", denoise_job, cfg1, gpu)
+    d["plain"] = chk.step(f"denoise {name}: the plain script", plain_denoise, root, split, model_dir,
+                          os.path.join(work, f"plain-{name}"), device, kw)
+    rows = d["job"]["batch_size"] if d["job"] else 64
+    d["cpu_stages"] = chk.step(f"denoise {name}: CPU stages in-process", cpu_stages, root, split, rows,
+                               model_dir, device, kw)
+    j, p, c = d["job"], d["plain"], d["cpu_stages"]
+    if not (j and p and c):
+        return d
+    d["ratio"] = round(j["images_per_s"] / p["images_per_s"], 3)
+    d["bound"] = bound(j, p, c, cluster_cpus)
+    st = p["stage_s"]
+    say(f"   denoise {name}: job {_rate(j['images_per_s'])} images/s end to end ({j['images']} images in "
+        f"{j['wall_s']:.1f}s; pipeline {j['pipeline_images_per_s']} images/s), plain script "
+        f"{_rate(p['images_per_s'])} images/s -> {d['ratio']:.2f}x (target >= {DENOISE_TARGET}x)")
+    say("   plain script stages: " + ", ".join(f"{k} {v:.2f}s" for k, v in st.items())
+        + f"; forward alone {p['forward_images_per_s']} images/s")
+    say(f"   CPU per image (in-process, 1 thread): decode {c['decode_ms']:.3f} ms, encode {c['encode_ms']:.3f} ms, "
+        f"write {c['write_ms']:.3f} ms; over {d['bound']['task_cpus']:g} task CPUs the CPU stages cap at "
+        f"{_rate(d['bound']['cpu_stage_ceiling_images_per_s'])} images/s, the forward pass at "
+        f"{_rate(d['bound']['forward_ceiling_images_per_s'])}: bound by {d['bound']['bound_by']}")
+    u = j["gpu_utilization"]
+    if u is not None:
+        say(f"   GPU utilization: {u.get('active_span_mean_pct')}% over the active span ({u.get('active_span_s')}s), "
+            f"{u.get('mean_pct')}% over the run, max {u.get('max_pct')}%, {u['samples']} samples")
+        chk.target(f"denoise {name}: GPU busy % (active span)", u.get("active_span_mean_pct"), GPU_BUSY_TARGET,
+                   (u.get("active_span_mean_pct") or 0) >= GPU_BUSY_TARGET)
+    chk.target(f"denoise {name}: job / plain script, images/s", d["ratio"], DENOISE_TARGET,
+               d["ratio"] >= DENOISE_TARGET if gpu else None)
+    comp = compare(_pngs(read_outputs(j["output"], columns=["id", "denoised"])),
+                   _pngs(pq.read_table(p["output"])), j["images"])
+    d["job_vs_plain"] = comp
+    say(f"   job vs plain script outputs: {comp['identical_png']}/{comp['rows']} identical PNGs, max difference "
+        f"{comp['max_level_diff']} level(s)")
+    return d
+
+
+def check_agreement(chk: Check, work: str, sz: dict, device: str, model_dir: str, agree_in: dict) -> dict:
+    """Step 4: 1 vs 2 actors on a subset of each set, tiled vs whole-image inference."""
+    gpu = device == "cuda"
     ag: dict = {"actors": {}, "tiles": {}}
-    r["agreement"] = ag
+    chk.r["agreement"] = ag
     for name, (root, split) in agree_in.items():
-        j1 = dn[name].get("job")
+        j1 = chk.r["denoise"][name].get("job")
         cfg2 = denoise_config(device, 2, input=root, split=split, model=model_dir,
-                              output=os.path.join(args.work, f"denoise-{name}-2"))
+                              output=os.path.join(work, f"denoise-{name}-2"))
         j2 = chk.step(f"agreement {name}: the job, 2 actors", denoise_job, cfg2, gpu)
         if not (j1 and j2):
             continue
@@ -666,6 +683,7 @@ def run_check(args, chk: Check) -> None:
             f"(< {TILE_MAX}), mean {t['mean_abs']:.2e} (< {TILE_MEAN:g}) -> {'agree' if t['agree'] else 'DISAGREE'}")
     ag["actors_agree"] = bool(ag["actors"]) and len(ag["actors"]) == 2 and all(c["agree"] for c in ag["actors"].values())
     ag["tiles_agree"] = bool(ag["tiles"]) and all(t["agree"] for t in ag["tiles"].values())
+    return ag
 
 
 def print_figures(r: dict) -> None:

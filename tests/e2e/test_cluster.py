@@ -22,7 +22,12 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+import helpers
+from helpers import needs_mnist5k
+
+pytestmark = pytest.mark.ray
+
+REPO = Path(helpers.REPO)
 LOCAL = REPO / "cluster" / "local"
 RAY_BIN = Path(sys.executable).parent / "ray"
 # The scripts' path budget for Ray's unix sockets (start.sh refuses longer cluster dirs).
@@ -260,6 +265,8 @@ def test_submit_prepare_train_denoise_across_nodes(cluster, shared):
     from dae import checkpoint, shards
     from dae.denoise import read_outputs
 
+    needs_mnist5k()  # the prepare job reads the real digits: a skip saying why where they are missing
+
     data, runs, out = shared["root"] / "data", shared["root"] / "runs", shared["root"] / "denoised"
     nodes = {n["node_id"] for n in cluster.json("list", "nodes", "--filter", "state=ALIVE")}
     assert len(nodes) == 3
@@ -304,26 +311,21 @@ def test_submit_prepare_train_denoise_across_nodes(cluster, shared):
     assert len(denoise_nodes) == 3 and set(denoise_nodes) <= nodes, denoise_nodes
 
 
-def test_denoise_survives_a_killed_worker_node_exactly_once(cluster, shared):
+def test_denoise_survives_a_killed_worker_node_exactly_once(cluster, shared, tiny_shards):
     """A worker node dies (SIGKILL of its raylet, object store and workers) while a denoise job runs:
     the job finishes through task retries and actor restarts, or a rerun completes it; either way
     every input id lands exactly once, for the documented reader and for a plain Parquet reader."""
     import glob
 
-    import numpy as np
     import pyarrow.parquet as pq
     import torch
 
-    from dae import shards
     from dae.checkpoint import save_model
     from dae.denoise import read_outputs
     from dae.models import create_model
 
     root = shared["root"] / "kill"
-    rng = np.random.default_rng(0)
-    with shards.ShardWriter(str(root / "data"), "test", dataset="kill", source="test", rows_per_shard=50) as w:
-        for i in range(2000):  # 40 input files
-            w.add(id=f"k/{i:05d}", image=(rng.random((64, 64)) * 255).astype(np.uint8), label=i % 10)
+    tiny_shards(n_test=2000, size=(64, 64), root=root / "data", rows_per_shard=50, dataset="kill")  # 40 input files
     torch.manual_seed(0)
     model = save_model(create_model("unet", channels=1, width=8).eval(), str(root / "model"), noise="gaussian:0.3")
     out = root / "out"
@@ -333,26 +335,32 @@ def test_denoise_survives_a_killed_worker_node_exactly_once(cluster, shared):
     cluster.ray("job", "submit", "--no-wait", "--submission-id", "dae-kill", "--working-dir", str(shared["wd"]),
                 "--runtime-env-json", json.dumps(runtime_env), "--", "python", "-m", *args)
 
-    def status() -> str:
+    seen = []
+
+    def active() -> bool:
+        # One status call per check: two (`"running" in status() or "pending" in status()`) read
+        # PENDING, then RUNNING, and stopped waiting at once.
         cp = cluster.ray("job", "status", "dae-kill", check=False)
-        return (cp.stdout + cp.stderr).lower()
+        seen.append((cp.stdout + cp.stderr).lower())
+        return "running" in seen[-1] or "pending" in seen[-1]
 
     done = out / "_done"
     deadline = time.time() + 300
-    while time.time() < deadline and ("running" in status() or "pending" in status()):
+    while time.time() < deadline and active():
         if done.exists() and len(list(done.iterdir())) >= 3:
             break
         time.sleep(1)
     committed = len(list(done.iterdir())) if done.exists() else 0
-    assert 3 <= committed < 40, (f"the job was not caught part-way ({committed} of 40 inputs committed): "
+    assert 3 <= committed < 40, (f"the job was not caught part-way ({committed} of 40 inputs committed); "
+                                 f"last status: {seen[-1][-1500:]}\nlogs: "
                                  + cluster.ray("job", "logs", "dae-kill", check=False).stdout[-3000:])
     cluster.observe()
     killed = cluster.script("kill-node.sh", "--node", "2").stdout.split()
     assert killed, "kill-node.sh killed nothing"
     deadline = time.time() + 480
-    while time.time() < deadline and ("running" in status() or "pending" in status()):
+    while time.time() < deadline and active():
         time.sleep(2)
-    finished = "succeeded" in status()
+    finished = "succeeded" in seen[-1]
     print(f"[cluster test] killed worker node 2 ({len(killed)} processes) after {committed} of 40 inputs; "
           f"the job then {'finished by itself' if finished else 'failed: rerunning it'}", flush=True)
     if not finished:

@@ -1,9 +1,9 @@
-"""The denoise job end to end on real Ray (CPU) and real Parquet, plus its pure pieces."""
+"""The denoise job end to end on real Ray (CPU) and real Parquet. Its pure pieces (export names, actor
+plans, tiles, batching, the duplicate finder) are in tests/unit/test_denoise.py."""
 
 from __future__ import annotations
 
 import glob
-import gzip
 import io
 import os
 import signal
@@ -17,62 +17,19 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import ray  # noqa: F401  (imported here: Ray's log handlers must not bind to a test's capsys stream)
-import torch
 from PIL import Image
 
 from dae import inference, metrics, shards
-from dae.checkpoint import load_model, save_model
+from dae.checkpoint import load_model
 from dae.denoise import outputs, read_outputs
-from dae.denoise.scan import bucket_of, find_duplicates, scan_files
-from dae.models import create_model
 from dae.noise import NoiseSpec, image_rng
-from dae.sources.offline import FASHION_MNIST_DIR
-from jobs import denoise
+from helpers import HOSTILE, REPO, fashion, run_job
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FASHION = os.path.join(FASHION_MNIST_DIR, "t10k-images-idx3-ubyte.gz")
-
-
-def fashion(n: int) -> np.ndarray:
-    """The first n real Fashion-MNIST test images; the test skips, saying why, where they are missing."""
-    if not os.path.exists(FASHION):
-        pytest.skip(f"Fashion-MNIST is not installed ({FASHION}): run `make data`")
-    with gzip.open(FASHION) as fh:
-        return np.frombuffer(fh.read(), np.uint8, offset=16).reshape(-1, 28, 28)[:n].copy()
+pytestmark = pytest.mark.ray
 
 
 def run(*argv):
-    return denoise.main(denoise.get_args_parser().parse_args([str(a) for a in argv]))
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    """conv28k (1 channel) after a few quick denoising steps on Fashion-MNIST, saved as a model dir."""
-    torch.manual_seed(0)
-    model = create_model("conv28k", channels=1)
-    x = torch.from_numpy(fashion(64)).float().div(255).unsqueeze(1)
-    opt = torch.optim.Adam(model.parameters(), lr=5e-3)
-    for step in range(20):  # a few steps: weights that are not the init, cheap on a loaded machine
-        clean = x[(step * 16) % 64:(step * 16) % 64 + 16]
-        noisy = (clean + 0.3 * torch.randn_like(clean)).clamp(0, 1)
-        loss = torch.nn.functional.mse_loss(model(noisy), clean)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    path = str(tmp_path_factory.mktemp("model") / "conv28k")
-    save_model(model.eval(), path, noise="gaussian:0.3")
-    return path
-
-
-def write_shards(root, rows, rows_per_shard, split="test"):
-    """rows: (id, uint8/uint16 array or raw bytes, label)."""
-    with shards.ShardWriter(str(root), split, dataset="t", source="test", rows_per_shard=rows_per_shard) as w:
-        for rid, img, label in rows:
-            if isinstance(img, bytes):
-                w.add(id=rid, png=img, height=1, width=1, channels=1, label=label)
-            else:
-                w.add(id=rid, image=img, label=label)
-    return str(root)
+    return run_job("denoise", *argv)
 
 
 def read_output(out):
@@ -90,99 +47,6 @@ def raw_ids(out, what="data"):
     return [i for f in files for i in pq.read_table(f, columns=["id"]).column("id").to_pylist()]
 
 
-HOSTILE = ["../../escape", "/abs/evil", "a/b", "a_b", "..", ".", "weird \n name \u2603", "C:\\win\\path", "x" * 300]
-
-
-# ---------------------------------------------------------------- pure pieces
-
-
-def test_export_name_never_leaves_the_folder():
-    names = [inference.export_name(i) for i in HOSTILE]
-    assert len(set(names)) == len(names)  # the hash keeps a/b and a_b apart
-    for n in names:
-        assert "/" not in n and "\\" not in n and not n.startswith(".") and n.endswith(".png")
-        assert len(n) < 120 and os.path.basename(n) == n
-
-
-def test_plan_actors_leaves_cpu_for_reads():
-    # automatic CPU pool: half the CPUs, as 1-CPU actors, fixed size; tasks take 1 CPU
-    p = inference.plan_actors(2, 0)
-    assert (p["min_actors"], p["max_actors"], p["actor_cpus"], p["task_cpus"], p["device"]) == (1, 1, 1.0, 1.0, "cpu")
-    p = inference.plan_actors(16, 0)
-    assert (p["min_actors"], p["max_actors"], p["actor_cpus"]) == (8, 8, 1.0)
-    p = inference.plan_actors(6, 0, min_actors=1)  # an autoscaling pool when asked for
-    assert (p["min_actors"], p["max_actors"]) == (1, 3)
-    p = inference.plan_actors(2, 0, min_actors=2, max_actors=2, cpus_per_actor=1)  # would hang: lowered, said so
-    assert p["max_actors"] == 1 and p["min_actors"] == 1 and len(p["notes"]) == 2
-    # half-CPU actors: as many as fit next to one free CPU, and tasks of half a CPU too
-    p = inference.plan_actors(2, 0, min_actors=2, max_actors=2, cpus_per_actor=0.5)
-    assert p["max_actors"] == 2 and p["task_cpus"] == 0.5 and not p["notes"]
-    p = inference.plan_actors(1, 0)
-    assert p["actor_cpus"] == 0.5 and p["max_actors"] == 1 and p["task_cpus"] == 0.5 and not p["notes"]
-    p = inference.plan_actors(16, 2)
-    assert p["device"] == "cuda" and p["max_actors"] == 2 and p["actor_gpus"] == 1.0 and p["task_cpus"] == 1.0
-    with pytest.raises(ValueError, match="no GPU"):
-        inference.plan_actors(4, 0, device="cuda")
-    with pytest.raises(ValueError, match="valid: auto, cpu, cuda"):
-        inference.plan_actors(4, 0, device="tpu")
-
-
-def test_torch_threads_follow_the_actor():
-    from dae.denoise import DenoiseConfig
-    from dae.denoise.pipeline import plan_actors
-
-    assert plan_actors(DenoiseConfig(), 2, 0)["torch_threads"] == 2  # 1-CPU CPU actor: 2 threads
-    assert plan_actors(DenoiseConfig(cpus_per_actor=0.5), 2, 0)["torch_threads"] == 1
-    assert plan_actors(DenoiseConfig(torch_threads=3), 2, 0)["torch_threads"] == 3
-    assert plan_actors(DenoiseConfig(), 16, 2)["torch_threads"] == 1  # GPU actors
-
-
-def test_tiles_match_whole_image_within_tolerance():
-    """Stated tolerance: tiles of 96 px with 24 px overlap agree with whole-image inference within
-    0.01 (2.6 gray levels) max and 2e-4 mean absolute difference, for a U-Net whose receptive field
-    is wider than the overlap (measured: 0.0026 max, 2.8e-5 mean); without blending (overlap 0)
-    the seams are far worse (0.027 max). Sides are multiples of the model's size multiple, so the
-    whole-image pass has no border padding that the tiles would not have."""
-    from skimage import data
-
-    img = (data.camera()[100:260, 80:228].astype(np.float32) / 255)[:, :, None]  # 160 x 148
-    torch.manual_seed(0)
-    model = create_model("unet", channels=1, width=8).eval()
-    whole = inference.denoise_images(model, [img], tile=4096)[0]
-    assert inference.tile_starts(160, 96, 24) == [0, 64] and inference.tile_starts(148, 96, 24) == [0, 52]
-    # small forward_pixels: tiles go through several fixed-size passes
-    tiled = inference.denoise_images(model, [img, img[:50, :40]], tile=96, overlap=24,
-                                     forward_pixels=96 * 96 * 3)
-    d = np.abs(tiled[0] - whole)
-    assert tiled[0].shape == img.shape and d.max() < 0.01 and d.mean() < 2e-4, (d.max(), d.mean())
-    np.testing.assert_array_equal(tiled[1], inference.denoise_images(model, [img[:50, :40]])[0])
-    seams = np.abs(inference.denoise_images(model, [img], tile=96, overlap=0)[0] - whole)
-    assert seams.max() > 0.01 and seams.mean() > 3 * d.mean()
-
-
-def test_forward_results_do_not_depend_on_batching():
-    torch.manual_seed(0)
-    model = create_model("conv28k", channels=1).eval()
-    imgs = [np.random.default_rng(i).random((28, 28, 1), dtype=np.float32) for i in range(40)]
-    alone = [inference.denoise_images(model, [im], forward_batch=16)[0] for im in imgs[:5]]
-    together = inference.denoise_images(model, imgs, forward_batch=16)
-    for a, b in zip(alone, together):
-        np.testing.assert_array_equal(a, b)
-
-
-def test_invalid_choices_list_the_valid_ones(tmp_path, model_dir, capsys):
-    with pytest.raises(SystemExit):
-        denoise.get_args_parser().parse_args(["--device", "tpu"])
-    assert "choose from 'auto', 'cpu', 'cuda'" in capsys.readouterr().err
-    src = write_shards(tmp_path / "in", [("a", fashion(1)[0], 0)], 4)
-    # denoise.run, not main: main's logging setup would keep writing to capsys' closed stream later
-    with pytest.raises(ValueError, match="valid kinds: gaussian, salt_pepper"):
-        denoise.run(denoise.DenoiseConfig(input=src, model=model_dir, output=str(tmp_path / "o"),
-                                          add_noise="pink:0.1"))
-    with pytest.raises(ValueError, match="--model is required"):
-        denoise.run(denoise.DenoiseConfig(input=src, output=str(tmp_path / "o")))
-
-
 # ---------------------------------------------------------------- end to end (Ray)
 
 
@@ -197,11 +61,11 @@ def _mixed_rows():
     return rows
 
 
-def test_mixed_sizes_metrics_tiles_and_safe_export(ray_session, tmp_path, model_dir):
+def test_mixed_sizes_metrics_tiles_and_safe_export(ray_session, tmp_path, fashion_model_dir, tiny_shards):
     rows = _mixed_rows()
-    src = write_shards(tmp_path / "in", rows, rows_per_shard=7)
+    src = tiny_shards(rows={"test": rows}, root=tmp_path / "in", rows_per_shard=7)
     out, export = tmp_path / "out", tmp_path / "sub" / "export"
-    s = run("--input", src, "--model", model_dir, "--output", out, "--add-noise", "gaussian:0.2", "--seed", 3,
+    s = run("--input", src, "--model", fashion_model_dir, "--output", out, "--add-noise", "gaussian:0.2", "--seed", 3,
             "--batch-size", 5, "--tile", 32, "--tile-overlap", 8, "--export-png", export)
     n = len(rows)
     assert (s["rows_in"], s["rows_out"], s["rows_failed"], s["files"]) == (n, n, 0, 4)
@@ -232,7 +96,7 @@ def test_mixed_sizes_metrics_tiles_and_safe_export(ray_session, tmp_path, model_
     assert s["metrics"]["psnr_denoised"] == pytest.approx(psnr_sum / n)
     # the stored denoised image is the model applied here, in this process, to the stored noisy one
     # (same tiling; torch threads differ from the actor's, so allow a rare last-bit rounding flip)
-    model, _ = load_model(model_dir)
+    model, _ = load_model(fashion_model_dir)
     for r in got:
         nz = shards.decode_png(r["noisy"])
         ref = shards.from_float(inference.denoise_images(model, [shards.to_float(nz)], tile=32, overlap=8)[0],
@@ -252,13 +116,11 @@ def test_mixed_sizes_metrics_tiles_and_safe_export(ray_session, tmp_path, model_
         assert (out / name).exists()
 
 
-def test_channel_mismatch_fails_clearly_or_converts(ray_session, tmp_path, model_dir):
-    rng = np.random.default_rng(2)
-    rgb = [(f"rgb/{i}", (rng.random((24, 28, 3)) * 255).astype(np.uint8), None) for i in range(5)]
-    src = write_shards(tmp_path / "in", rgb, rows_per_shard=5)
+def test_channel_mismatch_fails_clearly_or_converts(ray_session, tmp_path, fashion_model_dir, tiny_shards):
+    src = tiny_shards(n_test=5, size=(24, 28), channels=3, rows_per_shard=5)  # random RGB images
     with pytest.raises(ValueError, match=r"expects 1-channel images but 5 of 5.*--convert-channels"):
-        run("--input", src, "--model", model_dir, "--output", tmp_path / "o1")
-    s = run("--input", src, "--model", model_dir, "--output", tmp_path / "o2", "--convert-channels")
+        run("--input", src, "--model", fashion_model_dir, "--output", tmp_path / "o1")
+    s = run("--input", src, "--model", fashion_model_dir, "--output", tmp_path / "o2", "--convert-channels")
     assert s["rows_out"] == 5 and s["input_channels"] == {"3": 5}
     for r in read_output(str(tmp_path / "o2")):
         assert shards.decode_png(r["denoised"]).shape == (24, 28, 1)
@@ -279,7 +141,7 @@ def _tiff(array) -> bytes:
     return buf.getvalue()
 
 
-def test_bad_rows_go_to_errors_and_the_threshold_fails_loudly(ray_session, tmp_path, model_dir):
+def test_bad_rows_go_to_errors_and_the_threshold_fails_loudly(ray_session, tmp_path, fashion_model_dir, tiny_shards):
     good = [(f"ok/{i}", img, 1) for i, img in enumerate(fashion(12))]
     png = shards.encode_png(fashion(1)[0])
     bad = {
@@ -291,9 +153,9 @@ def test_bad_rows_go_to_errors_and_the_threshold_fails_loudly(ray_session, tmp_p
         "bad/int32-range": _tiff(np.full((8, 8), 1 << 20, np.int32)),  # 32-bit beyond 16-bit
     }
     rows = good[:5] + [(k, v, None) for k, v in bad.items()] + good[5:]
-    src = write_shards(tmp_path / "in", rows, rows_per_shard=6)
+    src = tiny_shards(rows={"test": rows}, root=tmp_path / "in", rows_per_shard=6)
     out = tmp_path / "out"
-    s = run("--input", src, "--model", model_dir, "--output", out, "--max-error-fraction", 0.5,
+    s = run("--input", src, "--model", fashion_model_dir, "--output", out, "--max-error-fraction", 0.5,
             "--batch-size", 4)
     assert (s["rows_in"], s["rows_out"], s["rows_failed"]) == (18, 12, 6)
     errors = {e["id"]: e for e in read_errors(str(out))}
@@ -307,14 +169,14 @@ def test_bad_rows_go_to_errors_and_the_threshold_fails_loudly(ray_session, tmp_p
     assert sorted(ids) == sorted(r[0] for r in rows)  # nothing dropped, nothing twice
     # same outputs (complete, nothing recomputed), stricter threshold: the job fails and says why
     with pytest.raises(RuntimeError, match=r"6 of 18 rows failed \(33.3%\), above --max-error-fraction 0.1"):
-        run("--input", src, "--model", model_dir, "--output", out, "--max-error-fraction", 0.1)
+        run("--input", src, "--model", fashion_model_dir, "--output", out, "--max-error-fraction", 0.1)
 
 
-def test_same_outputs_whatever_actor_count_and_batch_size(ray_session, tmp_path, model_dir):
+def test_same_outputs_whatever_actor_count_and_batch_size(ray_session, tmp_path, fashion_model_dir, tiny_shards):
     f = fashion(60)
     rows = [(f"d/{i:03d}", f[i] if i % 4 else f[i][:21, :26].copy(), i % 10) for i in range(60)]
-    src = write_shards(tmp_path / "in", rows, rows_per_shard=16)
-    common = ["--input", src, "--model", model_dir, "--add-noise", "salt_pepper:0.1", "--seed", 7]
+    src = tiny_shards(rows={"test": rows}, root=tmp_path / "in", rows_per_shard=16)
+    common = ["--input", src, "--model", fashion_model_dir, "--add-noise", "salt_pepper:0.1", "--seed", 7]
     a = run(*common, "--output", tmp_path / "a", "--batch-size", 7, "--max-actors", 1)
     b = run(*common, "--output", tmp_path / "b", "--batch-size", 64, "--min-actors", 2, "--max-actors", 2,
             "--cpus-per-actor", 0.5)
@@ -325,12 +187,12 @@ def test_same_outputs_whatever_actor_count_and_batch_size(ray_session, tmp_path,
     assert a["metrics"] == b["metrics"]
 
 
-def test_resume_after_killed_driver_is_exactly_once(ray_session, tmp_path, model_dir):
+def test_resume_after_killed_driver_is_exactly_once(ray_session, tmp_path, fashion_model_dir, tiny_shards):
     f = fashion(400)
     rows = [(f"r/{i:04d}", f[i], i % 10) for i in range(400)]
-    src = write_shards(tmp_path / "in", rows, rows_per_shard=25)  # 16 input files
+    src = tiny_shards(rows={"test": rows}, root=tmp_path / "in", rows_per_shard=25)  # 16 input files
     out = tmp_path / "out"
-    argv = ["--input", src, "--model", model_dir, "--output", out, "--add-noise", "gaussian:0.3",
+    argv = ["--input", src, "--model", fashion_model_dir, "--output", out, "--add-noise", "gaussian:0.3",
             "--batch-size", 5, "--forward-batch", 5]
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": REPO}
     env.pop("RAY_ADDRESS", None)
@@ -392,38 +254,22 @@ def test_resume_after_killed_driver_is_exactly_once(ray_session, tmp_path, model
 # ---------------------------------------------------------------- duplicate ids, the driver's metadata
 
 
-def test_duplicate_finder_pieces(tmp_path):
-    """The scan task's buckets and the per-bucket finder, without Ray: within and across files."""
-    a = write_shards(tmp_path / "a", [("x", fashion(1)[0], 0), ("y", fashion(1)[0], 0), ("x", fashion(1)[0], 0)], 8)
-    b = write_shards(tmp_path / "b", [("y", fashion(1)[0], 0), ("z", fashion(1)[0], 0)], 8)
-    files = shards.list_shards(a, "test") + shards.list_shards(b, "test")
-    meta, *buckets = scan_files(files, 0, 3, True)
-    assert meta == [(3, {1: 3}, 784), (2, {1: 2}, 784)] and sum(t.num_rows for t in buckets) == 5
-    ids = np.array(["x", "y", "z", "x"], object)
-    np.testing.assert_array_equal(bucket_of(ids, 3), bucket_of(ids.copy(), 3))  # stable
-    for j, t in enumerate(buckets):  # each id sits in the bucket its hash says, whatever the file
-        assert all(bucket_of(np.array([i], object), 3)[0] == j for i in t.column("id").to_pylist())
-    found = [find_duplicates(t) for t in buckets]
-    assert sum(f[0] for f in found) == 2 and sum(f[1] for f in found) == 4
-    shown = sorted(e for f in found for e in f[2])
-    assert shown == [("x", 2, [0]), ("y", 2, [0, 1])]
-
-
-def test_duplicate_ids_fail_before_any_write_or_pass_when_allowed(ray_session, tmp_path, model_dir):
+def test_duplicate_ids_fail_before_any_write_or_pass_when_allowed(ray_session, tmp_path, fashion_model_dir,
+                                                                 tiny_shards):
     f = fashion(12)
     rows_a = [(f"a/{i}", f[i], 0) for i in range(5)] + [("a/1", f[6], 0)]  # a/1 twice in one file
     rows_b = [("a/3", f[7], 1), ("b/0", f[8], 1), ("b/1", f[9], 1)]  # a/3 again, in another file
     root = tmp_path / "in"
-    write_shards(root / "one", rows_a, 16)
-    write_shards(root / "two", rows_b, 16)
+    tiny_shards(rows={"test": rows_a}, root=root / "one", rows_per_shard=16)
+    tiny_shards(rows={"test": rows_b}, root=root / "two", rows_per_shard=16)
     out = tmp_path / "out"
     with pytest.raises(ValueError, match=r"2 id\(s\) occur more than once in the input \(4 rows in all; "
                                          r"first 2: 'a/1' x2 in one/test/part-00000.parquet; 'a/3' x2 in "
                                          r"one/test/part-00000.parquet, two/test/part-00000.parquet\).*"
                                          r"--allow-duplicate-ids"):
-        run("--input", root, "--model", model_dir, "--output", out)
+        run("--input", root, "--model", fashion_model_dir, "--output", out)
     assert not out.exists()  # failed before writing anything
-    s = run("--input", root, "--model", model_dir, "--output", out, "--allow-duplicate-ids")
+    s = run("--input", root, "--model", fashion_model_dir, "--output", out, "--allow-duplicate-ids")
     assert (s["rows_in"], s["rows_out"], s["duplicate_ids"]) == (9, 9, {"ids": 2, "rows": 4})
     got = read_output(str(out))
     assert sorted(r["id"] for r in got) == sorted(r[0] for r in rows_a + rows_b)  # one row per input row
@@ -434,7 +280,7 @@ def test_duplicate_ids_fail_before_any_write_or_pass_when_allowed(ray_session, t
     assert images == sorted([shards.encode_png(f[1]), shards.encode_png(f[6])])
 
 
-def test_the_driver_receives_only_small_metadata(ray_session, tmp_path, model_dir, monkeypatch):
+def test_the_driver_receives_only_small_metadata(ray_session, tmp_path, fashion_model_dir, tiny_shards, monkeypatch):
     """Instrument what the driver consumes from the pipeline: every table its books receive."""
     seen = []
     real_add = outputs.Books.add
@@ -446,8 +292,8 @@ def test_the_driver_receives_only_small_metadata(ray_session, tmp_path, model_di
     monkeypatch.setattr(outputs.Books, "add", spy)
     big = (np.random.default_rng(3).random((96, 80)) * 255).astype(np.uint8)
     rows = [(f"p/{i:03d}", np.roll(big, i, axis=1), 0) for i in range(40)]
-    src = write_shards(tmp_path / "in", rows, rows_per_shard=10)
-    s = run("--input", src, "--model", model_dir, "--output", tmp_path / "out", "--add-noise", "gaussian:0.2",
+    src = tiny_shards(rows={"test": rows}, root=tmp_path / "in", rows_per_shard=10)
+    s = run("--input", src, "--model", fashion_model_dir, "--output", tmp_path / "out", "--add-noise", "gaussian:0.2",
             "--batch-size", 8)
     assert s["rows_out"] == 40 and seen
     for t in seen:

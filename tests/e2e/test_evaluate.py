@@ -1,9 +1,10 @@
-"""jobs.evaluate and dae.baselines: the report's numbers are recomputed here from scratch.
+"""jobs.evaluate on Ray: the report's numbers are recomputed here from scratch.
 
 One shared evaluation run (real Ray via ``ray_session``) over small camera-crop shards, with a
 model dir trained for a few steps, 2 noise specs and 3 classical methods; the "wavelet" method is
 made to look uninstalled (its real optional dependency, PyWavelets, reported missing) to check a
-missing baseline is reported as skipped, never as zero.
+missing baseline is reported as skipped, never as zero. The pieces that need no Ray (dae.baselines,
+the model scorer, the argument checks) are in tests/unit/test_evaluate.py.
 """
 
 from __future__ import annotations
@@ -17,65 +18,23 @@ import pytest
 import torch
 
 from dae import baselines, evaluation, metrics, shards
-from dae.checkpoint import load_model, save_model
+from dae.checkpoint import load_model
 from dae.jobutil import slug
-from dae.models import create_model
 from dae.noise import add_noise_batch
-from dae.shards import ShardWriter
+from helpers import run_job
 
-SIZE = 24
+pytestmark = pytest.mark.ray
+
 NOISE = ["gaussian:0.2", "salt_pepper:0.1"]
 LIMIT = 20
 
 
-def _crops(n: int, offset: int) -> list[np.ndarray]:
-    from skimage import data
-
-    cam = data.camera()  # 512 x 512 uint8, ships with scikit-image
-    out = []
-    for k in range(offset, offset + n):
-        y, x = 16 + (k // 12) * 20, 16 + (k % 12) * 38  # distinct windows, all inside the photo
-        out.append(np.ascontiguousarray(cam[y:y + SIZE, x:x + SIZE]))
-    return out
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("evaldata"))
-    with ShardWriter(root, "test", dataset="cam", source="skimage.data.camera", rows_per_shard=8) as w:
-        for i, img in enumerate(_crops(26, 0)):
-            w.add(id=f"cam/test/{i:04d}", image=img)
-    with ShardWriter(root, "train", dataset="cam", source="skimage.data.camera", rows_per_shard=8) as w:
-        for i, img in enumerate(_crops(8, 100)):
-            w.add(id=f"cam/train/{i:04d}", image=img)
-    return root
-
-
-@pytest.fixture(scope="module")
-def model_dirs(tmp_path_factory, data_root):
-    d = tmp_path_factory.mktemp("evalmodels")
-    torch.manual_seed(0)
-    model = create_model("conv28k", channels=1, filters=8)
-    opt = torch.optim.Adam(model.parameters(), 1e-2)
-    x = torch.from_numpy(np.stack(_crops(16, 200)).astype(np.float32) / 255)[:, None]
-    for _ in range(5):
-        loss = torch.nn.functional.mse_loss(model((x + 0.2 * torch.randn_like(x)).clamp(0, 1)), x)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    gray = save_model(model, str(d / "tiny-gray"), noise="gaussian:0.2")
-    rgb = save_model(create_model("conv28k", channels=3, filters=8), str(d / "tiny-rgb"), noise="gaussian:0.2")
-    return {"gray": gray, "rgb": rgb}
-
-
 def _main(argv):
-    from jobs.evaluate import get_args_parser, main
-
-    return main(get_args_parser().parse_args(argv))
+    return run_job("evaluate", *argv)
 
 
 @pytest.fixture(scope="module")
-def report(ray_session, data_root, model_dirs, tmp_path_factory):
+def report(ray_session, camera_shards, camera_models, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("evalout"))
     real = baselines.availability
 
@@ -84,7 +43,7 @@ def report(ray_session, data_root, model_dirs, tmp_path_factory):
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(baselines, "availability", fake)
-        r = _main(["--data", data_root, "--out", out, "--noise", *NOISE, "--models", model_dirs["gray"],
+        r = _main(["--data", camera_shards, "--out", out, "--noise", *NOISE, "--models", camera_models["gray"],
                    "--baselines", "median", "tv", "wavelet", "bm3d", "--limit", str(LIMIT), "--bm3d-limit", "3",
                    "--tune-images", "4", "--picture-images", "3", "--batch-size", "8",
                    # the numbers are recomputed below in float32 on CPU; on GPU the models run in bf16
@@ -92,9 +51,9 @@ def report(ray_session, data_root, model_dirs, tmp_path_factory):
     return r, out
 
 
-def _scored(data_root, n=LIMIT, skip=0):
+def _scored(root, n=LIMIT, skip=0):
     """(ids, clean images) of the scored images: the first n test images in file order."""
-    rows = list(shards.iter_rows(shards.list_shards(data_root, "test"), ["id", "image"]))[skip:skip + n]
+    rows = list(shards.iter_rows(shards.list_shards(root, "test"), ["id", "image"]))[skip:skip + n]
     return [r["id"] for r in rows], [shards.to_float(shards.decode_png(r["image"])) for r in rows]
 
 
@@ -104,10 +63,10 @@ def _entry(r, noise, method):
     return hits[0]
 
 
-def test_report_numbers_recomputed(report, data_root, model_dirs):
+def test_report_numbers_recomputed(report, camera_shards, camera_models):
     r, _ = report
-    ids, clean = _scored(data_root)
-    model, _ = load_model(model_dirs["gray"])
+    ids, clean = _scored(camera_shards)
+    model, _ = load_model(camera_models["gray"])
     for spec in NOISE:
         noisy = list(add_noise_batch(clean, ids, spec, seed=0))
         e = _entry(r, spec, "noisy")
@@ -131,9 +90,9 @@ def test_report_numbers_recomputed(report, data_root, model_dirs):
         assert abs(e["psnr_mean"] - float(metrics.psnr(y, np.stack(clean)).mean())) < 1e-4
 
 
-def test_every_method_gets_identical_noisy_pixels(report, data_root):
+def test_every_method_gets_identical_noisy_pixels(report, camera_shards):
     r, out = report
-    ids, clean = _scored(data_root)
+    ids, clean = _scored(camera_shards)
     t = pq.read_table(os.path.join(out, "per_image.parquet")).to_pylist()
     for spec in NOISE:
         assert r["same_input"][spec]["identical"] is True
@@ -206,13 +165,16 @@ def _scored_ids(report_json):
     return [f"cam/test/{i:04d}" for i in range(report_json["data"]["images_scored"])]
 
 
-def test_holdout_tuning_never_scores_tuning_images(ray_session, data_root, tmp_path):
+def _rows(ids, clean):
+    """Shard rows (id, uint8 image, no label) of the scored images."""
+    return [(i, shards.from_float(img), None) for i, img in zip(ids, clean)]
+
+
+def test_holdout_tuning_never_scores_tuning_images(ray_session, camera_shards, tmp_path, tiny_shards):
     # Only a test split: the first tune_images test images tune, the rest are scored.
-    root = str(tmp_path / "onlytest")
-    ids, clean = _scored(data_root, n=12)
-    with ShardWriter(root, "test", dataset="cam", source="test", rows_per_shard=5) as w:
-        for i, img in zip(ids, clean):
-            w.add(id=i, image=shards.from_float(img))
+    ids, clean = _scored(camera_shards, n=12)
+    root = tiny_shards(rows={"test": _rows(ids, clean)}, root=tmp_path / "onlytest", rows_per_shard=5,
+                       dataset="cam", source="test")
     out = str(tmp_path / "out")
     r = _main(["--data", root, "--out", out, "--noise", "gaussian:0.3", "--baselines", "median",
                "--tune-images", "4", "--picture-images", "2"])
@@ -223,117 +185,7 @@ def test_holdout_tuning_never_scores_tuning_images(ray_session, data_root, tmp_p
     assert r["model_actors"] == {}
 
 
-def test_model_scorer_runs_models_as_the_denoise_job(model_dirs):
-    """ModelScorer scores exactly dae.inference.denoise_images' outputs (clipped to [0, 1]): the
-    denoise job's tiles and fixed-size, zero-padded forward passes, not a forward code of its own.
-    A 24 x 600 image is wider than the default 512 px tile, so it is denoised in blended tiles."""
-    from skimage import data
-
-    from dae import inference
-
-    cam = data.camera()
-    wide = np.concatenate([cam[100:124], cam[200:224, :88]], axis=1)
-    clean = [x.astype(np.float32)[:, :, None] / 255 for x in [*_crops(5, 250), wide]]
-    noisy = list(add_noise_batch(clean, [str(i) for i in range(6)], "gaussian:0.2", seed=0))
-    threads = torch.get_num_threads()
-    try:
-        out = evaluation.ModelScorer([("m", model_dirs["gray"])], device="cpu")(
-            {"noisy": shards.stack_or_ragged(noisy), "clean": shards.stack_or_ragged(clean)})
-        model, _ = load_model(model_dirs["gray"])
-        tiled = [np.clip(y, 0, 1) for y in inference.denoise_images(model, noisy)]
-        with torch.inference_mode():
-            whole = model(torch.from_numpy(noisy[5]).permute(2, 0, 1)[None]).clamp(0, 1)[0].permute(1, 2, 0).numpy()
-    finally:
-        torch.set_num_threads(threads)  # the actor pins its threads; the rest of the session keeps its own
-    assert not np.array_equal(whole, tiled[5])  # tiling shows: the check below can tell the two apart
-    want = evaluation.score_images(tiled, clean)
-    assert np.array_equal(out["m__psnr"], want[0]) and np.array_equal(out["m__ssim"], want[1])
-    assert out["m__hash"].tolist() == [evaluation.array_hash(x) for x in noisy]
-
-
-def test_model_actors_sized_like_denoise():
-    cfg = evaluation.EvaluateConfig
-    # 2 CPUs: one 1-CPU actor, one CPU left to the read, noise and classical tasks.
-    p = evaluation.plan_model_actors(cfg(), 2, 0)
-    assert (p["min_actors"], p["max_actors"], p["actor_cpus"], p["task_cpus"], p["device"]) == (1, 1, 1.0, 1.0, "cpu")
-    # Automatic CPU pools: a quarter of the CPUs, at most 4; an explicit count is kept when it fits.
-    assert evaluation.plan_model_actors(cfg(), 8, 0)["max_actors"] == 2
-    assert evaluation.plan_model_actors(cfg(), 64, 0)["max_actors"] == 4
-    assert evaluation.plan_model_actors(cfg(model_actors=3), 8, 0)["max_actors"] == 3
-    # 1 CPU: a half-CPU actor, and tasks that fit next to it (1-CPU tasks would never be placed).
-    p = evaluation.plan_model_actors(cfg(), 1, 0)
-    assert p["actor_cpus"] == 0.5 and p["task_cpus"] == 0.5 and p["max_actors"] == 1
-    p = evaluation.plan_model_actors(cfg(), 8, 2)
-    assert (p["max_actors"], p["actor_gpus"], p["device"]) == (2, 1.0, "cuda")
-    assert evaluation.plan_model_actors(cfg(device="cpu"), 8, 2)["device"] == "cpu"
-    with pytest.raises(ValueError, match="no GPU"):
-        evaluation.plan_model_actors(cfg(device="cuda"), 8, 0)
-
-
-def test_unknown_baseline_fails_listing_valid(tmp_path, data_root):
-    with pytest.raises(ValueError, match="unknown baseline 'gauss'.*median, nlm, tv, bilateral, wavelet, bm3d"):
-        _main(["--data", data_root, "--out", str(tmp_path), "--baselines", "median", "gauss"])
-
-
-def test_model_channel_mismatch_fails_clearly(tmp_path, data_root, model_dirs):
-    with pytest.raises(ValueError, match="tiny-rgb.*3-channel images but the data .* 1-channel"):
-        _main(["--data", data_root, "--out", str(tmp_path), "--models", model_dirs["rgb"], "--baselines", "median"])
-
-
-# ---------------------------------------------------------------- dae.baselines on its own (no Ray)
-
-
-@pytest.mark.parametrize("channels", [1, 3])
-def test_baselines_shape_range_and_denoise(channels):
-    from skimage import data
-
-    img = (data.astronaut()[200:232, 200:232] / 255.0).astype(np.float32)
-    img = img if channels == 3 else img.mean(axis=2, keepdims=True)
-    noisy = add_noise_batch(img[None], ["x"], "gaussian:0.1", seed=0)[0]
-    before = float(metrics.psnr(noisy, img)[0])
-    for name in baselines.BASELINES:
-        if not baselines.availability(name)[0]:
-            continue
-        ro = noisy.copy()
-        ro.flags.writeable = False  # Ray hands read-only arrays; no method may write its input
-        out = baselines.apply(name, ro, baselines.noise_sigma("gaussian:0.1", noisy))
-        assert out.shape == img.shape and out.dtype == np.float32
-        assert 0 <= out.min() and out.max() <= 1
-        if name != "median":  # median is for impulse noise
-            assert float(metrics.psnr(out, img)[0]) > before, name
-
-
-def test_tune_picks_best_on_tuning_set_deterministically():
-    from skimage import data
-
-    img = (data.camera()[100:132, 100:132, None] / 255.0).astype(np.float32)
-    clean = [img, img[::-1].copy()]
-    noisy = list(add_noise_batch(clean, ["a", "b"], "salt_pepper:0.3", seed=0))
-    sig = [baselines.noise_sigma("salt_pepper:0.3", x) for x in noisy]
-    a = baselines.tune("median", clean, noisy, sig)
-    assert a == baselines.tune("median", clean, noisy, sig)
-    best = max(a["grid"], key=lambda g: g["psnr"])
-    assert a["params"] == best["params"] and len(a["grid"]) == len(baselines.BASELINES["median"].grid)
-    assert baselines.tune("tv", clean, noisy, sig, grid=[])["params"] == baselines.BASELINES["tv"].params()
-
-
-def test_noise_sigma_uses_level_or_estimate():
-    rng = np.random.default_rng(0)
-    flat = np.full((32, 32, 1), 0.5, np.float32)
-    assert baselines.noise_sigma("gaussian:0.3", flat) == pytest.approx(0.3)
-    noisy = np.clip(flat + 0.1 * rng.standard_normal(flat.shape), 0, 1).astype(np.float32)
-    assert baselines.noise_sigma("gaussian:0.05-0.3", noisy) == pytest.approx(0.1, rel=0.25)
-
-
-def test_model_names_from_run_dirs(tmp_path):
-    m = create_model("conv28k", channels=1, filters=4)
-    dirs = [save_model(m, str(tmp_path / run / "best_model")) for run in ("unet-g05", "conv-g05")]
-    dup = save_model(m, str(tmp_path / "x" / "unet-g05"))
-    names = [e["name"] for e in evaluation._model_entries([*dirs, dup], {"noisy"})]
-    assert names == ["unet-g05", "conv-g05", "unet-g05-conv28k"]
-
-
-def test_shards_and_report_in_object_storage(s3_server, ray_session, data_root):
+def test_shards_and_report_in_object_storage(s3_server, ray_session, camera_shards, tiny_shards):
     """--data and --out as s3:// URIs (SeaweedFS test server): every output goes through dae.storage."""
     import uuid
 
@@ -342,10 +194,8 @@ def test_shards_and_report_in_object_storage(s3_server, ray_session, data_root):
     s3_server.create_bucket("dae-eval")
     with s3_server.env():
         prefix = f"s3://dae-eval/t-{uuid.uuid4().hex[:8]}"
-        ids, clean = _scored(data_root, n=6)
-        with ShardWriter(prefix, "test", dataset="cam", source="test", rows_per_shard=4) as w:
-            for i, img in zip(ids, clean):
-                w.add(id=i, image=shards.from_float(img))
+        ids, clean = _scored(camera_shards, n=6)
+        tiny_shards(rows={"test": _rows(ids, clean)}, root=prefix, rows_per_shard=4, dataset="cam", source="test")
         out = storage.join(prefix, "eval")
         r = _main(["--data", prefix, "--out", out, "--noise", "gaussian:0.2", "--baselines", "median",
                    "--tune-images", "0", "--picture-images", "2"])

@@ -2,7 +2,7 @@
 shards, the real prepare, train and evaluate stages): the table's numbers are the evaluate stage's,
 each model appears at its own level and the blind one across its range, targets report margins, the
 recorded command reruns the same config, a rerun reuses every step, a retrained model is scored again
-and a changed setting fails."""
+and a changed setting fails. The plan checks and the chart (no Ray) are in tests/unit/test_quality_sweep.py."""
 
 import json
 import os
@@ -14,33 +14,18 @@ import pyarrow.parquet as pq
 import pytest
 
 from dae import sweep as qs
-from dae.config import build_config, resolve_config
+from dae.config import resolve_config
 from dae.jobutil import slug
+from helpers import needs_mnist5k, tiny_sweep
 
-TINY = {
-    "datasets": {"mnist5k": {"source": "mnist5k", "limit": 160, "epochs": 1}},
-    "models": {"keras_blog": {"model": "keras_blog", "loss": "bce"}, "conv28k": {"model": "conv28k"}},
-    "grid": [{"data": "mnist5k", "models": ["keras_blog", "conv28k"], "noise": ["gaussian:0.3", "salt_pepper:0.2"]}],
-    "best": "conv28k",
-    "reference": "keras_blog",
-    "blind": "gaussian:0.2-0.4",
-    "batch_size": 32,
-    "lr": 0.005,
-    "val_limit": 32,
-    "eval_limit": 48,
-    "baselines": ["median", "tv"],
-    "bm3d_limit": 0,
-}
-
-
-def tiny(out, **over):
-    return build_config(qs.SweepConfig, {**TINY, "out": str(out), **over})
+pytestmark = pytest.mark.ray
 
 
 @pytest.fixture(scope="module")
 def sweep(ray_session, tmp_path_factory):
+    needs_mnist5k()  # the grid's dataset is the real digits: a skip saying why where they are missing
     out = tmp_path_factory.mktemp("sweep")
-    res = qs.run(tiny(out))
+    res = qs.run(tiny_sweep(out))
     return out, res
 
 
@@ -109,7 +94,7 @@ def test_recorded_commands_rerun_the_same_configs(sweep):
     command = re.search(r"```\n(python -m jobs.quality_sweep .*)\n```", md).group(1)
     assert command == res["command"]
     argv = shlex.split(command)[3:]
-    assert resolve_config(qs.SweepConfig, quality_sweep.get_args_parser().parse_args(argv)) == tiny(out)
+    assert resolve_config(qs.SweepConfig, quality_sweep.get_args_parser().parse_args(argv)) == tiny_sweep(out)
     report = json.load(open(os.path.join(out, "eval", "mnist5k", "report.json")))
     ecfg = resolve_config(EvaluateConfig, evaluate.get_args_parser().parse_args(shlex.split(report["command"])[3:]))
     assert {k: list(v) if isinstance(v, tuple) else v for k, v in vars(ecfg).items()} == report["config"]
@@ -120,7 +105,7 @@ def test_rerun_reuses_every_step(sweep):
     out, first = sweep
     marker = os.path.join(out, "eval", "mnist5k", "report.json")
     mtime = os.path.getmtime(marker)
-    again = qs.run(tiny(out))
+    again = qs.run(tiny_sweep(out))
     assert all(r["reused"] for r in again["runs"])
     assert os.path.getmtime(marker) == mtime
     assert again["table"] == first["table"]
@@ -145,7 +130,7 @@ def test_retrained_model_is_scored_again(sweep):
     save_file({k: v * 0.5 if v.is_floating_point() else v for k, v in state.items()}, weights)
     marker = os.path.join(out, "eval", "mnist5k", "report.json")
     mtime = os.path.getmtime(marker)
-    again = qs.run(tiny(out))
+    again = qs.run(tiny_sweep(out))
     assert all(r["reused"] for r in again["runs"])
     assert os.path.getmtime(marker) != mtime
     old, new = first["table"]["mnist5k"], again["table"]["mnist5k"]
@@ -157,42 +142,4 @@ def test_retrained_model_is_scored_again(sweep):
 def test_changed_setting_fails_naming_the_run(sweep):
     out, _ = sweep
     with pytest.raises(ValueError, match="other settings.*lr"):
-        qs.run(tiny(out, lr=0.001))
-
-
-@pytest.mark.parametrize("over, msg", [
-    ({"grid": [{"data": "nope", "models": ["conv28k"], "noise": ["gaussian:0.3"]}]}, "unknown dataset 'nope'; datasets: mnist5k"),
-    ({"grid": [{"data": "mnist5k", "models": ["vit"], "noise": ["gaussian:0.3"]}]}, "unknown model tag 'vit'; models: keras_blog, conv28k"),
-    ({"blind": "gaussian:0.3"}, "must be a range"),
-    ({"best": "unet"}, "not in models: keras_blog, conv28k"),
-    ({"models": {"conv28k": {"model": "nope"}, "keras_blog": {"model": "keras_blog"}}}, "model one of"),
-    ({"models": {"conv28k": {"model": "conv28k", "loss": "huber"}, "keras_blog": {"model": "keras_blog"}}},
-     "loss 'huber' is not one of mse, l1, bce"),
-    ({"models": {"conv28k": {"model": "conv28k", "lr": 1}, "keras_blog": {"model": "keras_blog"}}},
-     r"unknown key\(s\) \['lr'\]; valid: model, model_kwargs, loss"),
-])
-def test_bad_plan_fails_listing_valid_choices(tmp_path, over, msg):
-    with pytest.raises(ValueError, match=msg):
-        qs.plan(tiny(tmp_path, **over))
-
-
-def test_presets_plan():
-    full, _ = qs.plan(build_config(qs.SweepConfig, preset="quality-sweep"))
-    assert len(full) == 3 * 8 * 5 + 3
-    cpu, levels = qs.plan(build_config(qs.SweepConfig, preset="quality-sweep-cpu"))
-    assert {"gaussian:0.1", "gaussian:0.5", "salt_pepper:0.2"} <= set(levels["fashion-mnist"])
-
-
-def test_chart_lines_have_distinct_colors_and_baselines_are_dashed(tmp_path):
-    """A sweep chart has 13 methods: past matplotlib's 10-color cycle two methods shared a color."""
-    from dae.viz import line_styles, save_lines
-
-    labels = ["noisy", "median", "nlm", "tv", "bilateral", "wavelet", "bm3d", "keras_blog", "conv28k",
-              "bn_leaky", "svhn_ae", "unet16", "unet16 blind"]
-    styles = line_styles(labels, dashed=labels[:7])
-    assert len({str(s["color"]) for s in styles.values()}) == len(labels)
-    assert [s.get("linestyle") == "--" for s in styles.values()] == [True] * 7 + [False] * 6
-    panels = {"gaussian": {m: ((0.1, 0.5), (20.0 + i, 10.0 + i)) for i, m in enumerate(labels)},
-              "salt_pepper": {m: ((0.2,), (15.0 + i,)) for i, m in enumerate(labels[:-1])}}
-    path = save_lines(panels, str(tmp_path / "chart.png"), xlabel="noise level", dashed=labels[:7])
-    assert open(path, "rb").read(4) == b"\x89PNG"
+        qs.run(tiny_sweep(out, lr=0.001))

@@ -1,7 +1,8 @@
 """Object storage end to end against a real S3-compatible server (SeaweedFS on 127.0.0.1).
 
-The server is started once per session by the ``s3_server`` fixture (tests/conftest.py,
-tests/s3server.py); tests needing it skip only when it cannot start, saying why.
+The server is started once per session by the ``s3_server`` fixture (tests/e2e/conftest.py,
+tests/s3server.py); tests needing it skip only when it cannot start, saying why. The storage checks
+that need no server (redaction, URI errors, local paths) are in tests/unit/test_storage.py.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ import pyarrow.fs as pafs
 import pytest
 
 from dae import storage
+from helpers import needs_mnist5k
+
+pytestmark = pytest.mark.ray
 
 BUCKET = "dae-test"
 
@@ -128,14 +132,13 @@ def test_killed_upload_leaves_no_object(prefix, s3):
 # ---------------------------------------------------------------- shards, Ray Data, models
 
 
-def test_shards_and_ray_data_from_bucket(prefix, ray_session):
+def test_shards_and_ray_data_from_bucket(prefix, ray_session, tiny_shards):
     from dae import data, shards
 
     rng = np.random.default_rng(0)
     imgs = rng.integers(0, 256, (25, 12, 10), dtype=np.uint8)
-    with shards.ShardWriter(prefix, "train", dataset="t", source="test", rows_per_shard=10) as w:
-        for i, im in enumerate(imgs):
-            w.add(id=f"t/{i:03d}", image=im, label=i % 3)
+    tiny_shards(rows={"train": [(f"t/{i:03d}", im, i % 3) for i, im in enumerate(imgs)]}, root=prefix,
+                rows_per_shard=10, dataset="t", source="test")
     files = shards.list_shards(prefix, "train")
     assert [f.rsplit("/", 1)[1] for f in files] == ["part-00000.parquet", "part-00001.parquet",
                                                     "part-00002.parquet"]
@@ -227,25 +230,6 @@ def test_check_access_unreachable_endpoint(s3):
         assert time.perf_counter() - t0 < 10
 
 
-def test_check_access_local(tmp_path):
-    storage.check_access(str(tmp_path / "new" / "dir"), write=True)
-    with pytest.raises(storage.StorageError, match="does not exist"):
-        storage.check_access(str(tmp_path / "missing"), must_exist=True)
-    f = tmp_path / "file"
-    f.write_text("x")
-    with pytest.raises(storage.StorageError, match="not a writable directory"):
-        storage.check_access(str(f / "sub"), write=True)
-
-
-def test_bad_uri_and_endpoint_errors():
-    with pytest.raises(ValueError, match="must not carry credentials"):
-        storage.resolve("s3://AKIA:topsecret@bucket/x")
-    with pytest.raises(ValueError, match=r"http\(s\)://host"):
-        storage.configure(endpoint="127.0.0.1:9000")
-    with pytest.raises(ValueError, match="valid: path, virtual"):
-        storage.configure(addressing="sideways")
-
-
 # ---------------------------------------------------------------- configuration and redaction
 
 
@@ -284,28 +268,6 @@ def test_endpoint_flag_reaches_ray_workers(s3, ray_session):
         assert storage.read_bytes(path + ".worker") == b"driver+worker"
         assert {"endpoint", "access_key", "secret_key"} <= set(keys)
     storage.share_with_ray()  # the fixture's variables are back: publish them again
-
-
-def test_redact():
-    r = storage.redact
-    assert r("s3://AKIAXYZ:s3cr3t@bucket/x") == "s3://***@bucket/x"
-    assert r("see http://user:pw@host:9000/path and s3://bucket/p") == "see http://***@host:9000/path and s3://bucket/p"
-    assert r("AWS_SECRET_ACCESS_KEY=abc/def+ghi next") == "AWS_SECRET_ACCESS_KEY=*** next"
-    cfg = {"data": "s3://k:v@b/d", "epochs": 3, "secret_key": "zzz", "s3_access_key_id": "AKIA",
-           "max_tokens": 5, "nested": [{"password": "hunter2"}], "endpoint": "http://127.0.0.1:9000"}
-    out = r(cfg)
-    assert out == {"data": "s3://***@b/d", "epochs": 3, "secret_key": "***", "s3_access_key_id": "***",
-                   "max_tokens": 5, "nested": [{"password": "***"}], "endpoint": "http://127.0.0.1:9000"}
-    assert cfg["secret_key"] == "zzz", "redact must not modify its input"
-    old = os.environ.get("AWS_SECRET_ACCESS_KEY")
-    os.environ["AWS_SECRET_ACCESS_KEY"] = "live-secret-value"
-    try:
-        assert r({"log": "error with live-secret-value inside"}) == {"log": "error with *** inside"}
-    finally:
-        if old is None:
-            os.environ.pop("AWS_SECRET_ACCESS_KEY")
-        else:
-            os.environ["AWS_SECRET_ACCESS_KEY"] = old
 
 
 def test_saved_config_is_redacted(prefix, s3):
@@ -409,6 +371,7 @@ def _run_job(name, *argv):
 @pytest.fixture(scope="module")
 def e2e(s3, ray_session):
     """s3://BUCKET/e2e-XXXX with mnist5k shards prepared into it by the prepare job."""
+    needs_mnist5k()  # the real digits, or a skip saying why
     root = f"s3://{BUCKET}/e2e-{uuid.uuid4().hex[:8]}"
     data = storage.join(root, "data")
     summary = _run_job("prepare", "--source", "mnist5k", "--limit", 64, "--rows-per-shard", 32, "--out", data)

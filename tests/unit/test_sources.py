@@ -1,4 +1,5 @@
-"""Per-source readers on small files in exactly the real formats, plus the bundled offline data."""
+"""Per-source readers on small files in exactly the real formats (written by tests/helpers.py), plus the
+bundled offline data."""
 
 import gzip
 import os
@@ -10,56 +11,8 @@ from PIL import Image
 
 from dae import shards
 from dae.sources import SourceError, cifar, folder, get_source, hash_unit, idx, is_test, list_sources, offline, svhn, tv
-
-RNG = np.random.default_rng(1234)
-
-
-# ---------------------------------------------------------------- helpers writing real formats
-
-
-def idx_bytes(a: np.ndarray) -> bytes:
-    """IDX encoding of a uint8 array: magic 0x0000 08 NDIM, big-endian uint32 dims, values."""
-    assert a.dtype == np.uint8
-    return struct.pack(">BBBB", 0, 0, 0x08, a.ndim) + struct.pack(f">{a.ndim}I", *a.shape) + a.tobytes()
-
-
-def write_idx_dir(d, images, labels, test_images, test_labels, gz: bool, dotted: bool = False):
-    os.makedirs(d, exist_ok=True)
-    sep = "." if dotted else "-"
-    for prefix, im, lab in (("train", images, labels), ("t10k", test_images, test_labels)):
-        for kind, n, arr in (("images", 3, im), ("labels", 1, lab)):
-            name = f"{prefix}-{kind}{sep}idx{n}-ubyte"
-            data = idx_bytes(arr)
-            if gz:
-                with gzip.open(os.path.join(d, name + ".gz"), "wb") as fh:
-                    fh.write(data)
-            else:
-                with open(os.path.join(d, name), "wb") as fh:
-                    fh.write(data)
-
-
-def small_idx(n_train=7, n_test=3, h=28, w=28):
-    return (RNG.integers(0, 256, (n_train, h, w), dtype=np.uint8), RNG.integers(0, 10, n_train, dtype=np.uint8),
-            RNG.integers(0, 256, (n_test, h, w), dtype=np.uint8), RNG.integers(0, 10, n_test, dtype=np.uint8))
-
-
-def cifar_record_bytes(images: np.ndarray, labels: np.ndarray) -> bytes:
-    """CIFAR-10 binary records: label byte, then the R, G and B 32x32 planes (row-major)."""
-    out = bytearray()
-    for img, lab in zip(images, labels):
-        out.append(int(lab))
-        for c in range(3):
-            out += img[:, :, c].tobytes()
-    return bytes(out)
-
-
-def write_svhn_mat(path, images: np.ndarray, digits: np.ndarray):
-    """SVHN format 2: X (32, 32, 3, N) uint8, y (N, 1) with 10 for the digit 0."""
-    import scipy.io
-
-    X = np.ascontiguousarray(np.transpose(images, (1, 2, 3, 0)))
-    y = np.where(digits == 0, 10, digits).astype(np.uint8).reshape(-1, 1)
-    scipy.io.savemat(path, {"X": X, "y": y})
+from helpers import (RNG, idx_bytes, make_image_folder, needs_mnist5k, small_idx, write_cifar_dir, write_idx_dir,
+                     write_svhn_mat)  # writers of the real formats, shared with test_prepare.py
 
 
 def consume(prepared):
@@ -189,20 +142,6 @@ def test_svhn_errors(tmp_path):
 # ---------------------------------------------------------------- cifar10
 
 
-def write_cifar_dir(d, n_per_batch=3, n_test=4):
-    os.makedirs(d, exist_ok=True)
-    data = {"train": [], "test": []}
-    for name in cifar.FILES["train"] + cifar.FILES["test"]:
-        split = "test" if name.startswith("test") else "train"
-        n = n_test if split == "test" else n_per_batch
-        im = RNG.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
-        lab = RNG.integers(0, 10, n)
-        with open(os.path.join(d, name), "wb") as fh:
-            fh.write(cifar_record_bytes(im, lab))
-        data[split].append((im, lab))
-    return {s: (np.concatenate([a for a, _ in v]), np.concatenate([b for _, b in v])) for s, v in data.items()}
-
-
 def test_cifar_binary_roundtrip(tmp_path):
     truth = write_cifar_dir(tmp_path / "cifar-10-batches-bin")
     prepared = cifar.prepare(str(tmp_path))  # finds the cifar-10-batches-bin sub-folder
@@ -234,38 +173,6 @@ def test_cifar_errors(tmp_path):
 
 
 # ---------------------------------------------------------------- folder
-
-
-def make_image_folder(root) -> dict:
-    """Images of every supported format and mode; returns {relative path: expected array}."""
-    expected = {}
-
-    def save(rel, arr, fmt=None, **kw):
-        p = os.path.join(root, rel)
-        os.makedirs(os.path.dirname(p), exist_ok=True)
-        Image.fromarray(arr).save(p, format=fmt, **kw)
-
-    g = RNG.integers(0, 256, (10, 12), dtype=np.uint8)
-    save("cats/gray.png", g, "PNG")
-    expected["cats/gray.png"] = g[:, :, None]
-    rgb = RNG.integers(0, 256, (9, 11, 3), dtype=np.uint8)
-    save("cats/rgb.tiff", rgb, "TIFF")
-    expected["cats/rgb.tiff"] = rgb
-    rgba = RNG.integers(0, 256, (8, 8, 4), dtype=np.uint8)
-    save("dogs/rgba.png", rgba, "PNG")
-    expected["dogs/rgba.png"] = rgba[:, :, :3]
-    g16 = RNG.integers(0, 65536, (7, 6), dtype=np.uint16)
-    save("dogs/g16.png", g16, "PNG")
-    expected["dogs/g16.png"] = g16[:, :, None]
-    save("dogs/rgb.bmp", rgb[:5, :6], "BMP")
-    expected["dogs/rgb.bmp"] = rgb[:5, :6]
-    g16t = RNG.integers(0, 65536, (4, 5), dtype=np.uint16)
-    save("birds/sub/g16.tif", g16t, "TIFF")
-    expected["birds/sub/g16.tif"] = g16t[:, :, None]
-    smooth = np.tile(np.arange(0, 256, 8, dtype=np.uint8), (16, 1))
-    save("birds/photo.JPG", np.stack([smooth] * 3, axis=2), "JPEG", quality=95)
-    expected["birds/photo.JPG"] = None  # lossy: checked by shape only
-    return expected
 
 
 def test_folder_decode_modes_and_errors(tmp_path):
@@ -361,6 +268,7 @@ def test_torchvision_missing_files_names_layout(tmp_path):
 
 
 def test_mnist5k_real_digits():
+    needs_mnist5k()  # the real digits, or a skip saying why
     images, labels = offline.load_mnist5k()
     assert images.shape == (5000, 28, 28) and images.dtype == np.uint8
     prepared = offline.mnist5k()

@@ -2,8 +2,6 @@
 restore on a tiny DnCNN and a few real MNIST digits (a few seconds on 1 CPU)."""
 
 import dataclasses
-import gzip
-import os
 import pickle
 import subprocess
 import sys
@@ -16,10 +14,10 @@ from dae import metrics
 from dae.checkpoint import load_model
 from dae.models import create_model
 from dae.noise import add_noise_batch
-from dae.sources.offline import mnist5k_path
 from dae.train import (LoopConfig, TrainConfig, TrainState, batches, collapsed, load_train,
                        load_validation, make_loss, make_optimizer, make_scheduler, restore, save_checkpoint,
                        train_one_epoch, validate)
+from helpers import REPO, mnist5k_digits
 
 CFG = TrainConfig(data="unused", model="dncnn", model_kwargs={"depth": 3, "width": 8}, noise="gaussian:0.5",
                   lr=0.01, batch_size=16, epochs=3, schedule="constant", seed=0, run_name="unit")
@@ -27,10 +25,9 @@ CFG = TrainConfig(data="unused", model="dncnn", model_kwargs={"depth": 3, "width
 
 @pytest.fixture(scope="module")
 def digits():
-    """64 MNIST digits (N, 28, 28, 1) float32 in [0, 1] and their ids."""
-    with gzip.open(mnist5k_path(), "rt") as fh:
-        d = np.loadtxt(fh, delimiter=",", max_rows=64)
-    return (d[:, :784].reshape(-1, 28, 28, 1) / 255).astype(np.float32), np.array([f"d/{i:03d}" for i in range(64)])
+    """64 real MNIST digits (N, 28, 28, 1) float32 in [0, 1] and their ids (a skip where they are missing)."""
+    x, _ = mnist5k_digits(64)
+    return (x[..., None] / 255).astype(np.float32), np.array([f"d/{i:03d}" for i in range(64)])
 
 
 class FakeIterator:
@@ -239,5 +236,5 @@ def test_checkpoint_restores_model_optimizer_and_schedule(digits, tmp_path):
 def test_pieces_need_no_ray():
     code = ("import sys, dae.train, dae.inference, dae.models, dae.noise, dae.metrics; "
             "assert 'ray' not in sys.modules, sorted(m for m in sys.modules if m.startswith('ray'))")
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
 

@@ -1,0 +1,46 @@
+"""The quality sweep's plan (dae.sweep.plan) on the tiny grid and the presets, and its chart, without
+Ray. The sweep end to end is in tests/e2e/test_quality_sweep.py."""
+
+import pytest
+
+from dae import sweep as qs
+from dae.config import build_config
+from helpers import tiny_sweep
+
+
+@pytest.mark.parametrize("over, msg", [
+    ({"grid": [{"data": "nope", "models": ["conv28k"], "noise": ["gaussian:0.3"]}]}, "unknown dataset 'nope'; datasets: mnist5k"),
+    ({"grid": [{"data": "mnist5k", "models": ["vit"], "noise": ["gaussian:0.3"]}]}, "unknown model tag 'vit'; models: keras_blog, conv28k"),
+    ({"blind": "gaussian:0.3"}, "must be a range"),
+    ({"best": "unet"}, "not in models: keras_blog, conv28k"),
+    ({"models": {"conv28k": {"model": "nope"}, "keras_blog": {"model": "keras_blog"}}}, "model one of"),
+    ({"models": {"conv28k": {"model": "conv28k", "loss": "huber"}, "keras_blog": {"model": "keras_blog"}}},
+     "loss 'huber' is not one of mse, l1, bce"),
+    ({"models": {"conv28k": {"model": "conv28k", "lr": 1}, "keras_blog": {"model": "keras_blog"}}},
+     r"unknown key\(s\) \['lr'\]; valid: model, model_kwargs, loss"),
+])
+def test_bad_plan_fails_listing_valid_choices(tmp_path, over, msg):
+    with pytest.raises(ValueError, match=msg):
+        qs.plan(tiny_sweep(tmp_path, **over))
+
+
+def test_presets_plan():
+    full, _ = qs.plan(build_config(qs.SweepConfig, preset="quality-sweep"))
+    assert len(full) == 3 * 8 * 5 + 3
+    cpu, levels = qs.plan(build_config(qs.SweepConfig, preset="quality-sweep-cpu"))
+    assert {"gaussian:0.1", "gaussian:0.5", "salt_pepper:0.2"} <= set(levels["fashion-mnist"])
+
+
+def test_chart_lines_have_distinct_colors_and_baselines_are_dashed(tmp_path):
+    """A sweep chart has 13 methods: past matplotlib's 10-color cycle two methods shared a color."""
+    from dae.viz import line_styles, save_lines
+
+    labels = ["noisy", "median", "nlm", "tv", "bilateral", "wavelet", "bm3d", "keras_blog", "conv28k",
+              "bn_leaky", "svhn_ae", "unet16", "unet16 blind"]
+    styles = line_styles(labels, dashed=labels[:7])
+    assert len({str(s["color"]) for s in styles.values()}) == len(labels)
+    assert [s.get("linestyle") == "--" for s in styles.values()] == [True] * 7 + [False] * 6
+    panels = {"gaussian": {m: ((0.1, 0.5), (20.0 + i, 10.0 + i)) for i, m in enumerate(labels)},
+              "salt_pepper": {m: ((0.2,), (15.0 + i,)) for i, m in enumerate(labels[:-1])}}
+    path = save_lines(panels, str(tmp_path / "chart.png"), xlabel="noise level", dashed=labels[:7])
+    assert open(path, "rb").read(4) == b"\x89PNG"
