@@ -61,12 +61,13 @@ def _sk_call(fn, img: np.ndarray, **kw) -> np.ndarray:
 
 
 def noise_sigma(spec: NoiseSpec | str, noisy: np.ndarray) -> float:
-    """The noise standard deviation a method is told: the Gaussian level for ``gaussian:LEVEL``;
-    for every other spec (blind ranges, salt-and-pepper, Poisson, speckle) an estimate from the
-    noisy image itself. Never below 1e-3 (a zero sigma makes NLM/TV/BM3D no-ops or divide by 0)."""
+    """The noise standard deviation a method is told: the Gaussian level for ``gaussian:LEVEL`` and
+    ``awgn:SIGMA`` (SIGMA / 255); for every other spec (blind ranges, salt-and-pepper, Poisson,
+    speckle) an estimate from the noisy image itself. Never below 1e-3 (a zero sigma makes
+    NLM/TV/BM3D no-ops or divide by 0)."""
     spec = NoiseSpec.parse(spec)
-    if spec.kind == "gaussian" and not spec.blind:
-        return max(float(spec.low), 1e-3)
+    if spec.sigma(spec.low) is not None and not spec.blind:
+        return max(float(spec.sigma(spec.low)), 1e-3)
     from skimage.restoration import estimate_sigma
 
     a = np.asarray(noisy, dtype=np.float64)

@@ -114,7 +114,9 @@ def prepare_batch(batch: dict, model_channels: int, noise: str | None = None, se
     ``noise``, ``clean`` (the reference for metrics). Bad rows get ``error``/``error_stage``.
 
     With noise, the noisy image is rounded to its PNG bit depth before the model sees it, so the
-    ``noisy`` PNG written later is exactly the model's input and metrics recompute from the files.
+    ``noisy`` PNG written later is exactly the model's input and metrics recompute from the files;
+    except unclipped noise (``awgn``, the literature's protocol): the model sees it neither clipped nor
+    rounded, and the ``noisy`` PNG is only its clipped, rounded picture.
     """
     spec = NoiseSpec.parse(noise) if noise else None
     ids = batch["id"]
@@ -139,7 +141,9 @@ def prepare_batch(batch: dict, model_channels: int, noise: str | None = None, se
             x = quantize(convert_channels(x, model_channels), int(depth[i]))
         if spec is not None:
             cleans[i] = x
-            x = quantize(spec.apply(x, image_rng(seed, str(ids[i]))), int(depth[i]))
+            x = spec.apply(x, image_rng(seed, str(ids[i])))
+            if spec.clipped:
+                x = quantize(x, int(depth[i]))
         inputs[i] = x
     good = [x for x in inputs if x is not None]
     hole = _placeholder(good, model_channels)

@@ -9,6 +9,13 @@ mode: each image draws its own level uniformly from the range)::
     salt_pepper:0.2,salt=0.3  30% of the replaced pixels are salt
     poisson:30                Poisson(peak * x) / peak  (shot noise; lower peak = noisier)
     speckle:0.2               x + x * 0.2 * N(0, 1), clipped
+    awgn:25                   x + (25 / 255) * N(0, 1), NOT clipped: the denoising literature's
+                              protocol (sigma on the 0-255 scale; BM3D, DnCNN, FFDNet, DRUNet tables)
+    awgn:0-55                 blind AWGN, sigma drawn per image
+
+Every kind but ``awgn`` clips to [0, 1] (the seed notebooks' noise); ``awgn`` is neither clipped nor
+quantized, so a model fed it sees values outside [0, 1], as in the published tables. Where a noisy
+image is stored (a PNG column, a picture) it is clipped and rounded then, and only there.
 
 Each image's noise comes from a generator seeded by (seed, image id, epoch) only, so the same image
 gets the same noise whatever the batch size, block layout or number of workers.
@@ -23,14 +30,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-KINDS = ("gaussian", "salt_pepper", "poisson", "speckle")
+KINDS = ("gaussian", "salt_pepper", "poisson", "speckle", "awgn")
 # Optional keys each kind accepts after the level, with their defaults.
 _KIND_OPTIONS: dict[str, dict[str, float]] = {
     "gaussian": {},
     "salt_pepper": {"salt": 0.5},
     "poisson": {},
     "speckle": {},
+    "awgn": {},
 }
+UNCLIPPED = ("awgn",)  # kinds whose noisy images leave [0, 1]
 
 
 def image_seed(seed: int, image_id: str, epoch: int = 0) -> int:
@@ -55,13 +64,23 @@ class NoiseSpec:
     def blind(self) -> bool:
         return self.high != self.low
 
+    @property
+    def clipped(self) -> bool:
+        """Whether noisy images stay in [0, 1] (every kind but awgn)."""
+        return self.kind not in UNCLIPPED
+
+    def sigma(self, level: float) -> float:
+        """The Gaussian standard deviation on the [0, 1] scale of a level (gaussian: the level itself;
+        awgn: level / 255); None for the other kinds."""
+        return {"gaussian": level, "awgn": level / 255.0}.get(self.kind)
+
     @classmethod
     def parse(cls, spec: str) -> "NoiseSpec":
         if isinstance(spec, NoiseSpec):
             return spec
         usage = (
             f"bad noise spec {spec!r}: expected KIND:LEVEL[,key=value] or KIND:LO-HI with KIND one of "
-            f"{', '.join(KINDS)} (e.g. gaussian:0.5, salt_pepper:0.2, gaussian:0.05-0.6)"
+            f"{', '.join(KINDS)} (e.g. gaussian:0.5, salt_pepper:0.2, gaussian:0.05-0.6, awgn:25)"
         )
         if not isinstance(spec, str) or ":" not in spec:
             raise ValueError(usage)
@@ -103,11 +122,12 @@ class NoiseSpec:
         return f"{self.kind}:{level}{opts}"
 
     def apply(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Noisy copy of one float image (H, W, C) in [0, 1]; returns float32 in [0, 1]."""
+        """Noisy copy of one float image (H, W, C) in [0, 1]; returns float32, in [0, 1] unless the kind
+        is unclipped (awgn)."""
         x = np.asarray(image, dtype=np.float32)
         level = self.low if not self.blind else float(rng.uniform(self.low, self.high))
-        if self.kind == "gaussian":
-            y = x + np.float32(level) * rng.standard_normal(x.shape, dtype=np.float32)
+        if self.kind in ("gaussian", "awgn"):
+            y = x + np.float32(self.sigma(level)) * rng.standard_normal(x.shape, dtype=np.float32)
         elif self.kind == "speckle":
             y = x + x * np.float32(level) * rng.standard_normal(x.shape, dtype=np.float32)
         elif self.kind == "poisson":
@@ -119,6 +139,8 @@ class NoiseSpec:
             y = x.copy()
             y[salt] = 1.0
             y[pepper] = 0.0
+        if not self.clipped:
+            return y.astype(np.float32, copy=False)
         return np.clip(y, 0.0, 1.0).astype(np.float32, copy=False)
 
 

@@ -28,7 +28,7 @@ def test_bad_spec_lists_valid_kinds(bad):
 
 
 def test_unknown_kind_message_lists_all_kinds():
-    with pytest.raises(ValueError, match="valid kinds: gaussian, salt_pepper, poisson, speckle"):
+    with pytest.raises(ValueError, match="valid kinds: gaussian, salt_pepper, poisson, speckle, awgn"):
         NoiseSpec.parse("blur:1")
 
 
@@ -77,3 +77,34 @@ def test_ragged_batches():
     imgs = [np.random.rand(5, 7, 3).astype(np.float32), np.random.rand(9, 4, 3).astype(np.float32)]
     y = add_noise_batch(imgs, ["a", "b"], "poisson:10", seed=0)
     assert [a.shape for a in y] == [(5, 7, 3), (9, 4, 3)]
+
+
+def test_awgn_is_the_literatures_protocol_unclipped_sigma_over_255():
+    """awgn:25 adds N(0, 25/255) and neither clips nor quantizes (the published tables' protocol)."""
+    x = np.random.default_rng(0).random((256, 256, 1), dtype=np.float32)
+    x[:32] = 0.0  # black and white bands: clipping would show there
+    x[32:64] = 1.0
+    s = NoiseSpec.parse("awgn:25")
+    assert not s.clipped and NoiseSpec.parse("gaussian:0.1").clipped and str(s) == "awgn:25"
+    y = add_noise(x, s, seed=0, image_id="bsd68/test/0001")
+    d = (y - x).astype(np.float64)
+    assert abs(d.std() - 25 / 255) < 0.002 and abs(d.mean()) < 0.001  # 65,536 draws: se 0.0003 / 0.0004
+    assert abs(d[:32].mean()) < 0.002 and abs(d[32:64].mean()) < 0.002  # zero mean at the ends too
+    assert (y < 0).mean() > 0.05 and (y > 1).mean() > 0.05  # about 0.5 * 12.5% / 8 of the pixels each
+    assert not np.allclose(y * 255, np.rint(y * 255), atol=1e-3)  # not quantized to 8 bits
+    assert np.array_equal(y, add_noise(x, "awgn:25", seed=0, image_id="bsd68/test/0001"))
+    # blind: sigma drawn per image within the range
+    stds = [float((add_noise(x, "awgn:0-55", seed=0, image_id=str(i)) - x).std()) * 255 for i in range(20)]
+    assert 0 <= min(stds) and max(stds) <= 55.5 and max(stds) - min(stds) > 10
+
+
+def test_awgn_reaches_the_model_unrounded_and_baselines_get_its_sigma():
+    from dae import baselines, inference, shards
+
+    img = (np.random.default_rng(1).random((24, 20, 1)) * 255).astype(np.uint8)
+    batch = {"id": np.array(["a", "b"], dtype=object), "image": [shards.encode_png(img)] * 2}
+    for spec, rounded in (("awgn:25", False), ("gaussian:0.1", True)):
+        x = inference.prepare_batch(batch, 1, noise=spec, seed=3)["input"][0]
+        assert np.allclose(x * 255, np.rint(x * 255), atol=1e-3) == rounded, spec
+    assert abs(baselines.noise_sigma("awgn:25", img) - 25 / 255) < 1e-9
+    assert baselines.noise_sigma("gaussian:0.1", img) == 0.1
