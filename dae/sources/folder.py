@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image
 
 from .. import shards, storage
-from . import Encoded, Prepared, SourceError, is_test, read_raw
+from . import SPLITS, Encoded, Prepared, SourceError, is_test, read_raw
 
 log = logging.getLogger("dae")
 
@@ -161,6 +161,7 @@ def _read_parallel(items: list[dict], files_per_task: int) -> Iterator[dict]:
 
 def _records(items: list[dict], labels: dict[str, int] | None, prepared: Prepared, parallel: bool,
              files_per_task: int):
+    """``labels``: {id: label}, or None for unlabeled images."""
     if not items:
         return
     batches = _read_parallel(items, files_per_task) if parallel else _read_serial(items, files_per_task)
@@ -177,49 +178,75 @@ def _records(items: list[dict], labels: dict[str, int] | None, prepared: Prepare
             if b["alpha"][k]:
                 prepared.stats["alpha_dropped"] += 1
             enc = Encoded(bytes(b["png"][k]), int(b["height"][k]), int(b["width"][k]), int(b["channels"][k]))
-            yield rid, enc, (labels[class_of(rid)] if labels is not None else None)
+            yield rid, enc, (labels[rid] if labels is not None else None)
     left = next(expected, None)
     if left is not None:
         raise RuntimeError(f"folder: the reader returned no row for {left['id']!r} (and maybe others)")
 
 
+def _list_split_dirs(split_dirs: dict[str, str]) -> tuple[dict[str, list[tuple[str, str]]], list[str]]:
+    """{split: [(path, rel)]} and the other files, each split from its own folder."""
+    out, other = {}, []
+    for split, d in split_dirs.items():
+        if split not in SPLITS:
+            raise SourceError(f"--split-dir {split}={d}: unknown split {split!r}; valid: {', '.join(SPLITS)}")
+        rels, oth = list_images(d)
+        if not rels:
+            raise SourceError(f"--split-dir {split}={d}: no image files ({', '.join(EXTENSIONS)}) there")
+        out[split] = [(storage.join(str(d).rstrip("/"), r), r) for r in rels]
+        other += oth
+    return out, other
+
+
 def prepare(input_dir: str, dataset: str | None = None, labels_from_subdirs: bool = False,
             test_fraction: float = 0.1, limit: int | None = None, parallel_min_files: int = 2000,
-            files_per_task: int = 256) -> Prepared:
+            files_per_task: int = 256, split_dirs: dict[str, str] | None = None) -> Prepared:
+    """Records of the image files under ``input_dir``, split into train/test by a hash of each path
+    (``test_fraction``); with ``split_dirs`` ({split: folder}, e.g. a ROOT/train, ROOT/test layout)
+    each split is its own folder instead, and ids are ``SPLIT/relative path``."""
     if not 0.0 <= test_fraction <= 1.0:
         raise SourceError(f"--test-fraction must be in [0, 1], got {test_fraction}")
     if files_per_task < 1:
         raise SourceError(f"files_per_task must be >= 1, got {files_per_task}")
-    dataset = dataset or os.path.basename(str(input_dir).rstrip("/")) or "folder"
-    rels, other = list_images(input_dir)
+    if split_dirs:
+        dataset = dataset or "folder"
+        listed, other = _list_split_dirs(split_dirs)
+        where = ", ".join(f"{s}={d}" for s, d in split_dirs.items())
+        files = [(f"{s}/{rel}", path, rel) for s, v in listed.items() for path, rel in v]
+    else:
+        dataset = dataset or os.path.basename(str(input_dir).rstrip("/")) or "folder"
+        rels, other = list_images(input_dir)
+        if not rels:
+            raise SourceError(f"no image files ({', '.join(EXTENSIONS)}) under {input_dir}")
+        where = str(input_dir)
+        files = [(r, storage.join(str(input_dir).rstrip("/"), r), r) for r in rels]
     if other:
         log.info("folder: ignoring %d files that are not %s (e.g. %s)", len(other), "/".join(EXTENSIONS),
                  ", ".join(other[:3]))
-    if not rels:
-        raise SourceError(f"no image files ({', '.join(EXTENSIONS)}) under {input_dir}")
-    prepared = Prepared(dataset=dataset, source=f"folder:{input_dir}", splits={},
-                        stats={"alpha_dropped": 0, "files": len(rels), "ignored_other_files": len(other)},
+    prepared = Prepared(dataset=dataset, source=f"folder:{where}", splits={},
+                        stats={"alpha_dropped": 0, "files": len(files), "ignored_other_files": len(other)},
                         errors=[])
     labels = None
     if labels_from_subdirs:
-        classes = sorted({c for c in map(class_of, rels) if c is not None})
+        classes = sorted({c for c in (class_of(rel) for _, _, rel in files) if c is not None})
         if not classes:
-            raise SourceError(f"--labels-from-subdirs: no sub-folders with images under {input_dir}")
-        labels = {c: i for i, c in enumerate(classes)}
+            raise SourceError(f"--labels-from-subdirs: no sub-folders with images under {where}")
+        index = {c: i for i, c in enumerate(classes)}
         prepared.classes = classes
-        for r in rels:
-            if class_of(r) is None:
-                prepared.errors.append({"path": r, "reason": "not inside a class sub-folder (--labels-from-subdirs)"})
-        rels = [r for r in rels if class_of(r) is not None]
+        for rid, _, rel in files:
+            if class_of(rel) is None:
+                prepared.errors.append({"path": rid, "reason": "not inside a class sub-folder (--labels-from-subdirs)"})
+        files = [f for f in files if class_of(f[2]) is not None]
+        labels = {rid: index[class_of(rel)] for rid, _, rel in files}
     per_split: dict[str, list[dict]] = {"train": [], "test": []}
-    for r in rels:
-        per_split["test" if is_test(r, test_fraction) else "train"].append(
-            {"path": storage.join(str(input_dir).rstrip("/"), r), "id": r})
+    for rid, path, _ in files:
+        split = rid.split("/", 1)[0] if split_dirs else ("test" if is_test(rid, test_fraction) else "train")
+        per_split[split].append({"path": path, "id": rid})
     if limit is not None:
         per_split = {s: v[:limit] for s, v in per_split.items()}
     total = sum(len(v) for v in per_split.values())
     parallel = total >= parallel_min_files
-    log.info("folder: %d image files under %s -> train %d, test %d%s", len(rels), input_dir,
+    log.info("folder: %d image files under %s -> train %d, test %d%s", len(files), where,
              len(per_split["train"]), len(per_split["test"]),
              f", {len(other)} other files ignored" if other else "")
     prepared.splits = {s: _records(v, labels, prepared, parallel, files_per_task) for s, v in per_split.items()}

@@ -171,7 +171,8 @@ def _configs():
     return [
         # bools True (default False), an Optional int, a value with a space, one starting with "-"
         ("jobs.prepare", PrepareConfig(source="folder", input="/tmp/my pictures", out="o", name="-odd", limit=7,
-                                       overwrite=True, labels_from_subdirs=True, test_fraction=0.25)),
+                                       overwrite=True, labels_from_subdirs=True, test_fraction=0.25,
+                                       split_dir=("train=a b", "test=c"))),
         # bools False (default True) and True (default False)
         ("jobs.denoise", DenoiseConfig(input="i", model="m", output="o", bf16=False, deterministic=False,
                                        convert_channels=True, max_error_fraction=0.5)),

@@ -11,8 +11,8 @@ from PIL import Image
 
 from dae import shards
 from dae.sources import SourceError, cifar, folder, get_source, hash_unit, idx, is_test, list_sources, offline, svhn, tv
-from helpers import (RNG, idx_bytes, make_image_folder, needs_mnist5k, small_idx, write_cifar_dir, write_idx_dir,
-                     write_svhn_mat)  # writers of the real formats, shared with test_prepare.py
+from helpers import (RNG, idx_bytes, make_image_folder, needs_mnist5k, needs_natural, small_idx, write_cifar_dir,
+                     write_idx_dir, write_svhn_mat)  # writers of the real formats, shared with test_prepare.py
 
 
 def consume(prepared):
@@ -361,3 +361,53 @@ def test_folder_lists_underscore_files_and_ignores_hidden(tmp_path):
     Image.fromarray(np.zeros((2, 2), np.uint8)).save(tmp_path / "x" / "a.PNG")
     images, other = folder.list_images(str(tmp_path))
     assert images == ["_under.png", "x/a.PNG"] and other == [".hidden.png"]
+
+
+# ---------------------------------------------------------------- one folder per split; the benchmark sets
+
+
+def test_split_dirs_read_each_split_from_its_folder(tmp_path):
+    from dae.sources import folder
+
+    for split, n in (("train", 3), ("test", 2)):
+        for i in range(n):
+            (tmp_path / split / "sub").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.full((4 + i, 5, 3), 40 * i, np.uint8)).save(tmp_path / split / "sub" / f"{i}.png")
+    p = folder.prepare("", dataset="mine", split_dirs={"train": str(tmp_path / "train"), "test": str(tmp_path / "test")},
+                       labels_from_subdirs=True)
+    rows = {s: list(r) for s, r in p.splits.items()}
+    assert [r[0] for r in rows["train"]] == ["train/sub/0.png", "train/sub/1.png", "train/sub/2.png"]
+    assert [r[0] for r in rows["test"]] == ["test/sub/0.png", "test/sub/1.png"]
+    assert {r[2] for r in rows["train"] + rows["test"]} == {0} and p.classes == ["sub"]
+    assert rows["test"][1][1].height == 5
+    with pytest.raises(SourceError, match="unknown split 'val'; valid: train, test"):
+        folder.prepare("", split_dirs={"val": str(tmp_path / "test")})
+    with pytest.raises(SourceError, match="is not a directory"):
+        folder.prepare("", split_dirs={"test": str(tmp_path / "missing")})
+
+
+def test_natural_sets_by_name_and_clear_errors(tmp_path):
+    from dae.sources import natural
+
+    root = needs_natural()
+    p = natural.prepare(["train=Train400", "test=BSD68"], limit=3)
+    rows = {s: list(r) for s, r in p.splits.items()}
+    assert p.dataset == "Train400-BSD68" and [len(v) for v in rows.values()] == [3, 3]
+    assert rows["test"][0][0] == "test/test001.png"
+    assert {(r[1].height, r[1].width) for r in rows["test"]} <= {(481, 321), (321, 481)}  # real BSD68 photos
+    assert all(r[1].channels == 1 for r in rows["test"]) and rows["train"][0][1].height == 180
+    with pytest.raises(SourceError, match="unknown set 'BSD100'; valid: Train400, CBSD432, Set12, BSD68"):
+        natural.prepare(["test=BSD100"])
+    with pytest.raises(SourceError, match=f"set Kodak24 is not at {tmp_path}/test/Kodak24"):
+        natural.prepare(["test=Kodak24"], root=str(tmp_path))
+    with pytest.raises(SourceError, match="needs --sets"):
+        natural.prepare([])
+    assert os.path.isdir(os.path.join(root, "test", "CBSD68"))
+
+
+def test_natural_default_root_names_where_it_looked(monkeypatch, tmp_path):
+    from dae.sources import natural
+
+    monkeypatch.setattr(natural, "candidate_roots", lambda: [str(tmp_path / "a"), str(tmp_path / "b")])
+    with pytest.raises(SourceError, match=f"not in {tmp_path}/a nor {tmp_path}/b; pass --input DIR"):
+        natural.default_root()
