@@ -58,7 +58,7 @@ from . import checkpoint as ckpt_lib
 from . import metrics, shards, storage
 from .config import config_dict
 from .models import create_model, list_models
-from .noise import NoiseSpec, add_noise_batch
+from .noise import NoiseSpec, add_noise_batch, image_rng
 
 log = logging.getLogger("dae")
 
@@ -66,6 +66,7 @@ LOSSES = ("mse", "l1", "bce")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("onecycle", "cosine", "constant")
 MODES = ("auto", "cache", "stream")
+STREAM_TASK_CPUS = 0.25  # CPUs of a stream-mode read/decode task (see _datasets)
 # Test-only fault injection (read by the driver, passed to the workers in LoopConfig).
 FAIL_AT_EPOCH_ENV = "DAE_TEST_FAIL_AT_EPOCH"
 FAIL_MARKER_ENV = "DAE_TEST_FAIL_MARKER"
@@ -104,6 +105,12 @@ class TrainConfig:
         "help": "how workers are placed on nodes (SPREAD: one per node where possible)",
         "choices": ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")})
     samples: int = field(default=8, metadata={"help": "validation images shown in samples.png"})
+    crop: int = field(default=0, metadata={
+        "help": "train on random CROP x CROP crops of images of any sizes (positions from seed, id and epoch); "
+                "0: whole images, all of one size"})
+    crops_per_image: int = field(default=1, metadata={"help": "with --crop: crops of each image per epoch"})
+    augment: bool = field(default=True, metadata={
+        "help": "with --crop: a random flip and 90-degree rotation of each crop, drawn with its position"})
 
 
 # ---------------------------------------------------------------- config and planning (driver)
@@ -123,6 +130,8 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
                          f"{cfg.workers} (each worker takes batch_size / workers)")
     if cfg.lr <= 0:
         raise ValueError(f"lr must be > 0, got {cfg.lr}")
+    if cfg.crop < 0 or cfg.crops_per_image < 1:
+        raise ValueError(f"--crop must be >= 0 and --crops-per-image >= 1, got {cfg.crop} and {cfg.crops_per_image}")
     if cfg.gpus_per_worker < 0 or cfg.cpus_per_worker < 0:
         raise ValueError("gpus_per_worker and cpus_per_worker must be >= 0")
     create_model(cfg.model, **cfg.model_kwargs)  # unknown kwargs fail here, listing the valid ones
@@ -135,29 +144,36 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
                                out=storage.absolute(cfg.out))
 
 
-def describe_split(root: str, split: str) -> dict:
-    """Rows, image size and channels of a split from its small columns (no image decoding)."""
+def describe_split(root: str, split: str, one_size: bool = True, min_side: int = 0) -> dict:
+    """Rows, image sizes and channels of a split from its small columns (no image decoding).
+    ``one_size``: every image must have the same size (whole-image training batches); ``min_side``:
+    no image may be smaller than that on either side (random crops of that size)."""
     from .data import shard_files
 
     files = shard_files(root, split)
-    n, sizes, chans = 0, set(), set()
+    n, pixels, sizes, chans = 0, 0, set(), set()
     for f in files:
         t = shards.read_shard(f, ["height", "width", "channels"])
         n += t.num_rows
-        hw = np.stack([t.column("height").to_numpy(), t.column("width").to_numpy()], 1)
-        sizes.update(map(tuple, np.unique(hw, axis=0).tolist()))
+        h, w = t.column("height").to_numpy().astype(np.int64), t.column("width").to_numpy().astype(np.int64)
+        pixels += int((h * w).sum())
+        sizes.update(map(tuple, np.unique(np.stack([h, w], 1), axis=0).tolist()))
         chans.update(np.unique(t.column("channels").to_numpy()).tolist())
     if n == 0:
         raise ValueError(f"split {split!r} under {root} has no rows")
     if len(chans) != 1:
         raise ValueError(f"split {split!r} mixes {sorted(chans)} channels; training needs one channel count")
-    if len(sizes) != 1:
+    if one_size and len(sizes) != 1:
         shown = ", ".join(f"{h}x{w}" for h, w in sorted(sizes)[:5])
-        raise ValueError(f"split {split!r} has images of {len(sizes)} sizes ({shown}, ...); training batches need "
-                         "one size: resize or crop the images when preparing the shards")
-    (h, w), c = sizes.pop(), chans.pop()
+        raise ValueError(f"split {split!r} has images of {len(sizes)} sizes ({shown}, ...); training on whole images "
+                         "needs one size: train on random crops (--crop 64) or resize the images when preparing")
+    small = sorted((h, w) for h, w in sizes if min(h, w) < min_side)
+    if small:
+        raise ValueError(f"split {split!r} has images smaller than --crop {min_side} (e.g. {small[0][0]}x{small[0][1]}); "
+                         "use a smaller --crop")
+    (h, w), c = max(sizes), chans.pop()
     return {"files": files, "rows": n, "height": int(h), "width": int(w), "channels": int(c),
-            "decoded_mb": n * h * w * c * 4 / 2**20}
+            "sizes": len(sizes), "decoded_mb": pixels * c * 4 / 2**20}
 
 
 def plan_resources(workers: int, gpus_per_worker: float, cpus_per_worker: float, reserve_cpus: float = 0.0) -> dict:
@@ -216,10 +232,11 @@ class LoopConfig:
     mode: str  # "cache" or "stream" (the driver resolves "auto")
     torch_threads: int
     channels: int
-    size: tuple[int, int]  # (height, width) of every image
+    size: tuple[int, int]  # (height, width) of every image (of the largest with --crop)
     train_rows: int  # rows of the whole train split: stream mode sizes its epochs from it
     out: str  # where rank 0 writes metrics.jsonl
-    # Test-only fault injection, from FAIL_AT_EPOCH_ENV / FAIL_MARKER_ENV on the driver (0/"": off).
+    STREAM_TASK_CPUS = 0.25  # CPUs of a stream-mode read/decode task (see _datasets)
+# Test-only fault injection, from FAIL_AT_EPOCH_ENV / FAIL_MARKER_ENV on the driver (0/"": off).
     fail_at_epoch: int = 0
     fail_marker: str = ""
 
@@ -229,8 +246,8 @@ class Validation:
     """This rank's slice of the fixed noisy copy of the held-out split, and the noisy input's mean
     scores over the whole split (they do not change between epochs: computed once)."""
 
-    clean: torch.Tensor  # (n, C, H, W) float32
-    noisy: torch.Tensor
+    clean: torch.Tensor | list  # (n, C, H, W) float32; images of mixed sizes: a list of (H, W, C) arrays
+    noisy: torch.Tensor | list
     total: int  # images over all ranks: the denominator of every mean
     noisy_psnr: float
     noisy_ssim: float
@@ -241,7 +258,7 @@ class TrainData:
     """This rank's training rows: held in memory (cache mode) or streamed every epoch."""
 
     rows: int  # rows per rank per epoch, the same on every rank: DDP ranks step in lockstep
-    images: np.ndarray | None = None  # cache mode: (rows, H, W, C) float32, sorted by id
+    images: np.ndarray | None = None  # cache mode: (rows, H, W, C) float32 sorted by id (object array: mixed sizes)
     ids: np.ndarray | None = None
     stream: Any = None  # stream mode: this rank's Ray DataIterator (a streaming_split shard)
 
@@ -262,15 +279,43 @@ def _to_nchw(a: np.ndarray) -> torch.Tensor:
 
 
 def _collect(it) -> tuple[np.ndarray, np.ndarray]:
-    """All rows of a DataIterator as (images (N, H, W, C) float32, ids), sorted by id so the
-    order does not depend on block arrival order."""
+    """All rows of a DataIterator as (images (N, H, W, C) float32, or an object array of (H, W, C)
+    arrays when sizes differ; ids), sorted by id so the order does not depend on block arrival order."""
     imgs, ids = [], []
     for b in it.iter_batches(batch_size=4096, batch_format="numpy", prefetch_batches=1):
-        imgs.append(np.asarray(b["image"], dtype=np.float32))
+        imgs.extend(np.asarray(x, dtype=np.float32) for x in b["image"])
         ids.append(np.asarray(b["id"]).astype(str))
-    images, id_arr = np.concatenate(imgs), np.concatenate(ids)
+    id_arr = np.concatenate(ids)
     order = np.argsort(id_arr, kind="stable")
-    return images[order], id_arr[order]
+    return shards.stack_or_ragged([imgs[i] for i in order]), id_arr[order]
+
+
+def random_crop(image: np.ndarray, image_id: str, k: int, size: int, seed: int, epoch: int,
+                augment: bool = True) -> tuple[np.ndarray, str]:
+    """Crop ``k`` of an (H, W, C) image: ``size`` x ``size`` float32 at a position (and, with
+    ``augment``, a flip and a 90-degree rotation) drawn from (seed, ``ID#K``, epoch) alone, so the
+    same whatever the batch, rank or worker count; returns it with its id ``ID#K``, which then
+    seeds its noise the same way."""
+    cid = f"{image_id}#{k}"
+    rng = image_rng(seed, "crop:" + cid, epoch)  # a stream of its own: not the noise's
+    h, w = image.shape[:2]
+    y, x = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
+    c = image[y:y + size, x:x + size]
+    if augment:
+        c = np.rot90(c[:, ::-1] if rng.integers(2) else c, int(rng.integers(4)), axes=(0, 1))
+    return np.ascontiguousarray(c, dtype=np.float32), cid
+
+
+def random_crops(images, ids, size: int, per_image: int, seed: int, epoch: int, augment: bool = True):
+    """Crops 0..per_image-1 of each image (:func:`random_crop`): (N * per_image, size, size, C), ids."""
+    pairs = [random_crop(img, str(i), k, size, seed, epoch, augment) for img, i in zip(images, ids)
+             for k in range(per_image)]
+    return np.stack([c for c, _ in pairs]), np.array([cid for _, cid in pairs])
+
+
+def samples_per_epoch(cfg: TrainConfig, rows: int) -> int:
+    """Training samples of ``rows`` images in one epoch: the images, or their crops."""
+    return rows * (cfg.crops_per_image if cfg.crop else 1)
 
 
 def reduce_sums(values: list[float], device: torch.device | str = "cpu", world: int = 1) -> list[float]:
@@ -337,10 +382,15 @@ def load_validation(it, cfg: TrainConfig, rank: int = 0, world: int = 1,
         images, ids = images[: cfg.val_limit], ids[: cfg.val_limit]
     total = len(ids)
     images, ids = images[rank::world], ids[rank::world]
-    clean = _to_nchw(images)
-    noisy = _to_nchw(add_noise_batch(images, ids, NoiseSpec.parse(cfg.noise), cfg.val_seed, 0))
-    ps, ss = reduce_sums([float(metrics.psnr(noisy, clean).sum()), float(metrics.ssim(noisy, clean).sum())],
-                         device, world)
+    noisy = add_noise_batch(images, ids, NoiseSpec.parse(cfg.noise), cfg.val_seed, 0)
+    if images.dtype == object:  # mixed sizes: kept as (H, W, C) arrays, scored one image at a time
+        clean, noisy = list(images), list(noisy)
+        sums = [sum(float(metrics.psnr(n, c)) for n, c in zip(noisy, clean)),
+                sum(float(metrics.ssim(n, c)) for n, c in zip(noisy, clean))]
+    else:
+        clean, noisy = _to_nchw(images), _to_nchw(noisy)
+        sums = [float(metrics.psnr(noisy, clean).sum()), float(metrics.ssim(noisy, clean).sum())]
+    ps, ss = reduce_sums(sums, device, world)
     return Validation(clean, noisy, total, ps / total, ss / total)
 
 
@@ -359,22 +409,36 @@ def batches(data: TrainData, cfg: TrainConfig, epoch: int, rank: int, batch_size
     """(clean, noisy) (B, C, H, W) float32 CPU tensors of this rank for one epoch. Image i's
     noise comes from (seed, id_i, epoch) only, whatever batch or rank it lands in."""
     spec, seed = NoiseSpec.parse(cfg.noise), cfg.seed
+
+    def pair(clean, ids):
+        clean = np.asarray(clean, dtype=np.float32)
+        return _to_nchw(clean), _to_nchw(add_noise_batch(clean, ids, spec, seed, epoch))
+
     if data.stream is None:
-        # cache mode: a seeded permutation of the in-memory rows, no Ray Data work per epoch
-        perm = np.random.default_rng([seed, epoch, rank]).permutation(data.rows)
+        # cache mode: a seeded permutation of the in-memory samples, no Ray Data work per epoch; with
+        # --crop, sample j is crop j % K of image j // K
+        k = cfg.crops_per_image if cfg.crop else 1
+        perm = np.random.default_rng([seed, epoch, rank]).permutation(samples_per_epoch(cfg, data.rows))
         for b in range(0, len(perm), batch_size):
             idx = np.sort(perm[b:b + batch_size])  # sorted: faster gather, order inside a batch is irrelevant
-            clean = data.images[idx]
-            yield _to_nchw(clean), _to_nchw(add_noise_batch(clean, data.ids[idx], spec, seed, epoch))
+            if not cfg.crop:
+                yield pair(data.images[idx], data.ids[idx])
+                continue
+            crops = [random_crop(data.images[j // k], data.ids[j // k], j % k, cfg.crop, seed, epoch, cfg.augment)
+                     for j in idx]
+            yield pair(np.stack([c for c, _ in crops]), [cid for _, cid in crops])
         return
 
     def collate(batch: dict):
-        clean = np.asarray(batch["image"], dtype=np.float32)
-        noisy = add_noise_batch(clean, batch["id"].astype(str), spec, seed, epoch)
-        return _to_nchw(clean), _to_nchw(noisy)
+        images, ids = batch["image"], batch["id"].astype(str)
+        if cfg.crop:
+            images, ids = random_crops(images, ids, cfg.crop, cfg.crops_per_image, seed, epoch, cfg.augment)
+        return pair(images, ids)
 
-    yield from data.stream.iter_torch_batches(batch_size=batch_size, collate_fn=collate,
-                                              local_shuffle_buffer_size=max(batch_size * 8, 1024),
+    # with crops, each row gives crops_per_image samples: batches of rows sized to give batch_size samples
+    rows = max(1, batch_size // (cfg.crops_per_image if cfg.crop else 1))
+    yield from data.stream.iter_torch_batches(batch_size=rows, collate_fn=collate,
+                                              local_shuffle_buffer_size=max(rows * 8, 1024),
                                               local_shuffle_seed=seed * 1000 + epoch, prefetch_batches=2)
 
 
@@ -421,6 +485,11 @@ def validate(model: torch.nn.Module, val: Validation, device: torch.device | str
     of the std across images, ~0 when the model outputs one image for every input (collapsed)."""
     # Pass the unwrapped model: no DDP collective per forward, so ranks may run different batch counts.
     device = torch.device(device)
+    if isinstance(val.clean, list):
+        ps, ss, spread = _validate_mixed(model, val, device)
+        ps, ss, spread = reduce_sums([ps, ss, spread / world], device, world)
+        return {"val_psnr": ps / val.total, "val_ssim": ss / val.total, "noisy_psnr": val.noisy_psnr,
+                "noisy_ssim": val.noisy_ssim, "output_spread": spread}
     model.eval()
     ps = ss = spread = 0.0
     with torch.no_grad():
@@ -436,6 +505,22 @@ def validate(model: torch.nn.Module, val: Validation, device: torch.device | str
     ps, ss, spread = reduce_sums([ps, ss, spread / world], device, world)
     return {"val_psnr": ps / val.total, "val_ssim": ss / val.total, "noisy_psnr": val.noisy_psnr,
             "noisy_ssim": val.noisy_ssim, "output_spread": spread}
+
+
+def _validate_mixed(model: torch.nn.Module, val: Validation, device: torch.device) -> tuple[float, float, float]:
+    """Sums of PSNR and SSIM over this rank's images of mixed sizes, run the way the denoise job runs
+    a model (dae.inference.denoise_images: pooled by shape, tiled when large, bf16 on GPU), and the
+    output spread over their common top-left window."""
+    from .inference import denoise_images
+
+    model.eval()
+    outs = [np.clip(o, 0, 1) for o in denoise_images(model, val.noisy, device)]
+    model.train()
+    ps = sum(float(metrics.psnr(o, c)) for o, c in zip(outs, val.clean))
+    ss = sum(float(metrics.ssim(o, c)) for o, c in zip(outs, val.clean))
+    h, w = min(o.shape[0] for o in outs), min(o.shape[1] for o in outs)
+    spread = float(np.stack([o[:h, :w] for o in outs]).std(axis=0).mean()) if len(outs) > 1 else 0.0
+    return ps, ss, spread
 
 
 def save_checkpoint(path: str, model: torch.nn.Module, opt, sched, state: TrainState, lc: LoopConfig,
@@ -545,7 +630,7 @@ def train_loop(lc: LoopConfig) -> None:
     data = load_train(ray.train.get_dataset_shard("train"), lc, rank, world)
     setup_s = time.perf_counter() - t_setup
     per_worker = cfg.batch_size // world
-    total_steps = max(1, -(-data.rows // per_worker)) * cfg.epochs
+    total_steps = max(1, -(-samples_per_epoch(cfg, data.rows) // per_worker)) * cfg.epochs
 
     torch.manual_seed(cfg.seed)
     raw_model = create_model(cfg.model, channels=lc.channels, **cfg.model_kwargs)
@@ -588,13 +673,13 @@ def train_loop(lc: LoopConfig) -> None:
 # ---------------------------------------------------------------- driver
 
 
-def _read_samples(files: list[str], n: int) -> tuple[np.ndarray, np.ndarray]:
-    """The first ``n`` held-out images by id (from the first shard), (n, H, W, C) float32 and ids."""
+def _read_samples(files: list[str], n: int) -> tuple[list[np.ndarray], np.ndarray]:
+    """The first ``n`` held-out images by id (from the first shard): (H, W, C) float32 arrays and ids."""
     t = shards.read_shard(files[0], ["id", "image"])
     b = shards.decode_batch({"id": np.asarray(t.column("id").to_pylist(), dtype=object),
                              "image": t.column("image").to_pylist()})
     order = np.argsort(np.asarray(b["id"]).astype(str), kind="stable")[:n]
-    return np.asarray(b["image"], dtype=np.float32)[order], np.asarray(b["id"]).astype(str)[order]
+    return [np.asarray(b["image"][i], dtype=np.float32) for i in order], np.asarray(b["id"]).astype(str)[order]
 
 
 def _export_model(checkpoint, model_dir: str) -> torch.nn.Module:
@@ -619,13 +704,14 @@ def save_samples(model: torch.nn.Module, cfg: TrainConfig, files: list[str], pat
 
 
 def _describe_data(cfg: TrainConfig) -> tuple[dict, dict, str]:
-    """(train split, validation split, data mode): the two splits must hold images of one shape."""
-    train_desc = describe_split(cfg.data, cfg.train_split)
-    val_desc = describe_split(cfg.data, cfg.val_split)
-    t, v = ((d["height"], d["width"], d["channels"]) for d in (train_desc, val_desc))
-    if t != v:
-        raise ValueError(f"{cfg.val_split} images are {'x'.join(map(str, v))} but {cfg.train_split} images are "
-                         f"{'x'.join(map(str, t))}")
+    """(train split, validation split, data mode). Training images are all of one size, or of any
+    size at least --crop with --crop; validation images may be of any sizes (scored whole, as the
+    denoise job runs a model). Both splits have the same channel count."""
+    train_desc = describe_split(cfg.data, cfg.train_split, one_size=not cfg.crop, min_side=cfg.crop)
+    val_desc = describe_split(cfg.data, cfg.val_split, one_size=False)
+    if train_desc["channels"] != val_desc["channels"]:
+        raise ValueError(f"{cfg.val_split} images have {val_desc['channels']} channel(s) but {cfg.train_split} "
+                         f"images have {train_desc['channels']}")
     mode = cfg.data_mode
     if mode == "auto":
         mode = "cache" if train_desc["decoded_mb"] <= cfg.cache_max_mb else "stream"
@@ -640,8 +726,16 @@ def _datasets(cfg: TrainConfig, train_desc: dict, val_desc: dict, mode: str) -> 
 
     cols = ["id", "image"]
     val_ds = read_shards(cfg.data, files=val_desc["files"], columns=cols).map_batches(shards.decode_batch).materialize()
-    train_ds = read_shards(cfg.data, files=train_desc["files"], columns=cols).map_batches(shards.decode_batch)
-    return {"train": train_ds.materialize() if mode == "cache" else train_ds, "val": val_ds}
+    if mode == "cache":
+        train_ds = read_shards(cfg.data, files=train_desc["files"], columns=cols).map_batches(shards.decode_batch)
+        return {"train": train_ds.materialize(), "val": val_ds}
+    # Stream mode reads while the workers hold their CPUs. run() leaves one CPU of the cluster to Ray
+    # Data (the workers used to leave a quarter of the CPUs: 0.5 of 2, and the reads waited forever,
+    # "Cluster resources are not enough to run any task", even as quarter-CPU tasks), and the read and
+    # decode tasks ask for a quarter CPU each, so that the CPU left may be spread over nodes.
+    task = {"num_cpus": STREAM_TASK_CPUS}
+    train_ds = read_shards(cfg.data, files=train_desc["files"], columns=cols, num_cpus=STREAM_TASK_CPUS)
+    return {"train": train_ds.map_batches(shards.decode_batch, **task), "val": val_ds}
 
 
 def _trainer(lc: LoopConfig, res: dict, datasets: dict):
@@ -688,7 +782,7 @@ def run(cfg: TrainConfig) -> dict:
     t_start = time.perf_counter()
     train_desc, val_desc, mode = _describe_data(cfg)
     res = plan_resources(cfg.workers, cfg.gpus_per_worker, cfg.cpus_per_worker,
-                         reserve_cpus=0.0 if mode == "cache" else min(1.0, ray.cluster_resources().get("CPU", 0) / 4))
+                         reserve_cpus=0.0 if mode == "cache" else 1.0)  # stream: see _datasets
     threads = cfg.torch_threads or res["torch_threads"]
     run_dir = storage.join(cfg.storage, cfg.run_name)
     out = cfg.out or run_dir

@@ -159,3 +159,31 @@ def test_collapse_is_flagged_and_bce_avoids_it(ray_session, shards_root, tmp_pat
     assert ("WARNING: the model outputs the same image for every input" in format_summary(res)) is collapses
     if not collapses:
         assert last["val_psnr"] > last["noisy_psnr"] + 1.0, last
+
+
+# ---------------------------------------------------------------- images of any size: random crops
+
+
+@pytest.mark.parametrize("mode", ["cache", "stream"])
+def test_crops_of_mixed_size_photos_train_and_validate_whole(ray_session, tiny_shards, tmp_path, mode):
+    """Train on random crops of camera-photo windows of 10 sizes, validate on whole windows of mixed
+    sizes (portrait and landscape): both data modes go through Ray Data with ragged images."""
+    from skimage import data
+
+    cam = data.camera()
+    windows = [cam[20 * i:20 * i + 40 + 4 * i, 30 * i:30 * i + 60 - 3 * i] for i in range(14)]
+    root = tiny_shards(rows={"train": [(f"cam/train/{i:02d}", w, None) for i, w in enumerate(windows[:10])],
+                             "test": [(f"cam/test/{i:02d}", w.T.copy() if i % 2 else w, None)
+                                      for i, w in enumerate(windows[10:])]},
+                       rows_per_shard=4, dataset="cam")
+    with pytest.raises(ValueError, match="train on random crops"):
+        train(root, tmp_path, f"whole-{mode}", "--epochs", 1)
+    with pytest.raises(ValueError, match="smaller than --crop 48"):
+        train(root, tmp_path, f"big-{mode}", "--crop", 48)
+    res = train(root, tmp_path, f"crops-{mode}", "--crop", 24, "--crops-per-image", 16, "--epochs", 4,
+                "--noise", "awgn:25", "--data-mode", mode, "--batch-size", 16)
+    hist = read_metrics(res["out"])
+    assert res["data_mode"] == mode and [h["epoch"] for h in hist] == [1, 2, 3, 4]
+    assert 19.5 < hist[-1]["noisy_psnr"] < 21.5  # awgn:25 on whole images of four sizes, unclipped
+    assert hist[-1]["val_psnr"] > hist[-1]["noisy_psnr"], hist[-1]
+    assert os.path.exists(os.path.join(res["out"], "samples.png"))
