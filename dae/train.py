@@ -235,8 +235,7 @@ class LoopConfig:
     size: tuple[int, int]  # (height, width) of every image (of the largest with --crop)
     train_rows: int  # rows of the whole train split: stream mode sizes its epochs from it
     out: str  # where rank 0 writes metrics.jsonl
-    STREAM_TASK_CPUS = 0.25  # CPUs of a stream-mode read/decode task (see _datasets)
-# Test-only fault injection, from FAIL_AT_EPOCH_ENV / FAIL_MARKER_ENV on the driver (0/"": off).
+    # Test-only fault injection, from FAIL_AT_EPOCH_ENV / FAIL_MARKER_ENV on the driver (0/"": off).
     fail_at_epoch: int = 0
     fail_marker: str = ""
 
