@@ -696,8 +696,7 @@ def write_report(cfg: EvaluateConfig, command: str, *, sel: Selection, specs: li
         "seed": cfg.seed,
         "methods": [methods.display(k) for k in methods.keys],
         "skipped": [{"method": n, "reason": r} for n, r in methods.skipped.items()],
-        "bm3d": ({"images": sel.bm3d_n, "subset": "first %d scored images (file order)" % sel.bm3d_n}
-                 if "bm3d" in methods.running else None),
+        "bm3d": bm3d_note(sel),
         "tuning": tuning,
         "models": [{"name": m["name"], "dir": m["dir"], "model": m["config"].get("model"),
                     "channels": m["config"].get("channels"), "trained_noise": m["config"].get("noise"),
@@ -756,6 +755,14 @@ def _fmt_params(p: dict | None) -> str:
     if not p:
         return ""
     return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in p.items())
+
+
+def bm3d_note(sel) -> dict | None:
+    """The report's note on BM3D's subset, only when it is one: BM3D on every scored image gets no
+    note and no subset table (the table used to come out empty then)."""
+    if sel.bm3d_subset is None:
+        return None
+    return {"images": sel.bm3d_n, "subset": "first %d scored images (file order)" % sel.bm3d_n}
 
 
 def render_markdown(r: dict) -> str:

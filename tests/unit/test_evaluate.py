@@ -128,3 +128,13 @@ def test_model_names_from_run_dirs(tmp_path):
     dup = save_model(m, str(tmp_path / "x" / "unet-g05"))
     names = [e["name"] for e in evaluation._model_entries([*dirs, dup], {"noisy"})]
     assert names == ["unet-g05", "conv-g05", "unet-g05-conv28k"]
+
+
+def test_bm3d_note_only_for_a_real_subset():
+    from types import SimpleNamespace
+
+    from dae.evaluation import bm3d_note
+
+    assert bm3d_note(SimpleNamespace(bm3d_n=3, bm3d_subset={"a", "b", "c"})) == {
+        "images": 3, "subset": "first 3 scored images (file order)"}
+    assert bm3d_note(SimpleNamespace(bm3d_n=20, bm3d_subset=None)) is None  # BM3D scored every image
