@@ -52,7 +52,7 @@ import pyarrow.parquet as pq
 from . import baselines, shards, storage
 from .config import command_line
 from .jobutil import Progress, save_resolved_config, slug
-from .noise import NoiseSpec, add_noise_batch
+from .noise import NoiseSpec, add_noise_batch, noise_sigmas
 
 log = logging.getLogger("dae")
 
@@ -142,9 +142,10 @@ def noisy_batch(batch: dict, specs: Sequence[str], seed: int) -> dict:
     input's metrics (the "noisy" method)."""
     ids = [str(i) for i in batch["id"]]
     clean = [shards.to_float(shards.decode_png(b)) for b in batch["image"]]
-    out: dict[str, list] = {"id": [], "noise": [], "clean": [], "noisy": []}
+    out: dict[str, list] = {"id": [], "noise": [], "clean": [], "noisy": [], "sigma": []}
     for spec in specs:
         noisy = add_noise_batch(clean, ids, spec, seed)
+        out["sigma"] += noise_sigmas(ids, spec, seed).tolist()  # told to conditioned models: the true level
         out["id"] += ids
         out["noise"] += [str(spec)] * len(ids)
         out["clean"] += clean
@@ -154,6 +155,7 @@ def noisy_batch(batch: dict, specs: Sequence[str], seed: int) -> dict:
     return {
         "id": np.array(out["id"], dtype=object),
         "noise": np.array(out["noise"], dtype=object),
+        "sigma": np.array(out["sigma"], dtype=np.float32),
         "clean": _as_array(out["clean"]) if out["id"] else np.empty((0, 1, 1, 1), np.float32),
         "noisy": _as_array(out["noisy"]) if out["id"] else np.empty((0, 1, 1, 1), np.float32),
         f"{NOISY}__psnr": p, f"{NOISY}__ssim": s,
@@ -190,11 +192,12 @@ def baseline_batch(batch: dict, method: str, params: dict, subset: set | None = 
 # ---------------------------------------------------------------- the model actor
 
 
-def denoise(den, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+def denoise(den, images: Sequence[np.ndarray], sigmas: Sequence[float]) -> list[np.ndarray]:
     """A model's outputs as scored and pictured: :meth:`dae.inference.Denoiser.run` (the denoise
     job's tiling and fixed-size forward passes), clipped to [0, 1], the range of every image here
-    (models without an output sigmoid overshoot it)."""
-    return [np.clip(y, 0.0, 1.0) for y in den.run(list(images))]
+    (models without an output sigmoid overshoot it). A conditioned model is told each image's true
+    noise sigma, as the published non-blind tables do (FFDNet, DRUNet)."""
+    return [np.clip(y, 0.0, 1.0) for y in den.run(list(images), list(sigmas))]
 
 
 class ModelScorer:
@@ -221,7 +224,7 @@ class ModelScorer:
                 raise ValueError(f"model {den.config.get('model')} takes {den.channels}-channel images, got "
                                  f"{'/'.join(map(str, wrong))}-channel ones")
             t0 = time.perf_counter()
-            preds = denoise(den, noisy)  # ends with a copy to host memory: GPU time included
+            preds = denoise(den, noisy, batch["sigma"])  # ends with a copy to host memory: GPU time included
             secs = time.perf_counter() - t0
             p, s = score_images(preds, clean) if n else (np.empty(0), np.empty(0))
             out.update({f"{key}__psnr": p, f"{key}__ssim": s, f"{key}__sec": np.full(n, secs / max(n, 1)),
@@ -659,6 +662,7 @@ def make_pictures(cfg: EvaluateConfig, sel: Selection, specs: list[str], methods
     all_rows: list[tuple[str, list]] = [("clean", pclean)]
     for spec in specs:
         pnoisy = list(add_noise_batch(pclean, pic_ids, spec, cfg.seed))
+        psigma = noise_sigmas(pic_ids, spec, cfg.seed)
         pic_set = set(pic_ids)
         sel_idx = [i for i in np.nonzero(noise_col == spec)[0] if str(cols["id"][i]) in pic_set]
         got = {str(cols["id"][i]): int(cols[f"{NOISY}__hash"][i]) for i in sel_idx}
@@ -666,7 +670,7 @@ def make_pictures(cfg: EvaluateConfig, sel: Selection, specs: list[str], methods
         rows = [(f"{spec} noisy", pnoisy)]
         for n in methods.running:
             rows.append((n, [baselines.apply(n, x, baselines.noise_sigma(spec, x), params[n][spec]) for x in pnoisy]))
-        rows += [(m["name"], denoise(den, pnoisy)) for m, den in dens]
+        rows += [(m["name"], denoise(den, pnoisy, psigma)) for m, den in dens]
         pics[spec] = viz.save_grid([("clean", pclean), *rows], storage.join(cfg.out, f"comparison_{slug(spec)}.png"),
                                    label_width=150)
         all_rows += rows

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from . import metrics as M
-from .noise import NoiseSpec, image_rng
+from .noise import NoiseSpec, estimate_sigma, image_rng, noise_sigmas
 from .shards import (DEFAULT_MAX_PIXELS, ImageDecodeError, decode_png, encode_png, from_float, stack_or_ragged,
                      to_float)
 
@@ -47,6 +47,7 @@ INPUT = "input"  # the model's input image, float32 (H, W, C) in [0, 1]
 CLEAN = "clean"
 DENOISED = "denoised"
 DEPTH = "depth"  # 8 or 16: bit depth the denoised PNG is written with
+SIGMA = "sigma"  # float32 noise sigma (0-1 scale) told to a conditioned model; NaN: estimate it
 METRIC_COLUMNS = ("psnr_noisy", "psnr_denoised", "ssim_denoised")
 # ITU-R BT.601 luma, the weights Pillow's convert("L") uses: RGB -> gray for --convert-channels.
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
@@ -109,9 +110,10 @@ def export_name(image_id: str, suffix: str = ".png") -> str:
 
 
 def prepare_batch(batch: dict, model_channels: int, noise: str | None = None, seed: int = 0,
-                  convert: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
-    """Shard rows -> rows with ``input`` (float32 (H, W, C), what the model sees), ``depth`` and, with
-    ``noise``, ``clean`` (the reference for metrics). Bad rows get ``error``/``error_stage``.
+                  convert: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS, sigma: float | None = None) -> dict:
+    """Shard rows -> rows with ``input`` (float32 (H, W, C), what the model sees), ``depth``, ``sigma``
+    (``sigma`` if given, else the level ``noise`` drew for the image, else NaN: estimated later) and,
+    with ``noise``, ``clean`` (the reference for metrics). Bad rows get ``error``/``error_stage``.
 
     With noise, the noisy image is rounded to its PNG bit depth before the model sees it, so the
     ``noisy`` PNG written later is exactly the model's input and metrics recompute from the files;
@@ -152,6 +154,12 @@ def prepare_batch(batch: dict, model_channels: int, noise: str | None = None, se
     if spec is not None:
         out[CLEAN] = stack_or_ragged([hole if x is None else x for x in cleans])
     out[DEPTH] = depth
+    if sigma is not None:
+        out[SIGMA] = np.full(n, sigma, np.float32)
+    elif spec is not None:
+        out[SIGMA] = noise_sigmas([str(i) for i in ids], spec, seed)
+    else:
+        out[SIGMA] = np.full(n, np.nan, np.float32)
     out[ERROR] = _column(errors)
     out[ERROR_STAGE] = _column(stages)
     return out
@@ -192,16 +200,21 @@ def chunk_size(h: int, w: int, forward_batch: int, forward_pixels: int) -> int:
 def denoise_images(model: torch.nn.Module, images: Sequence[np.ndarray], device: str | torch.device = "cpu",
                    tile: int = 512, overlap: int = 32, forward_batch: int = 64,
                    forward_pixels: int = FORWARD_PIXELS, deterministic: bool = True,
-                   bf16: bool = True) -> list[np.ndarray]:
+                   bf16: bool = True, sigmas: Sequence[float] | None = None) -> list[np.ndarray]:
     """Denoise float32 (H, W, C) images of any sizes; returns float32 (H, W, C) arrays.
 
     Every image becomes pieces: itself when it fits in ``tile`` x ``tile``, else overlapping tiles.
     Pieces are pooled by shape across the images (the tiles of several photos share one pass) and
     run ``chunk_size`` at a time, zero-padded up to it when ``deterministic``.
+
+    ``sigmas``: each image's noise sigma (0-1 scale) for a noise-level-conditioned model; a missing
+    or NaN level is estimated from the whole image (:func:`image_sigmas`), so all its tiles get one
+    level. Other models ignore it.
     """
     if overlap < 0 or overlap >= tile:
         raise ValueError(f"tile overlap must be in [0, tile={tile}), got {overlap}")
     device = torch.device(device)
+    levels = image_sigmas(images, sigmas) if is_conditioned(model) else [0.0] * len(images)
     amp = (torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and device.type == "cuda"
            else nullcontext())  # bf16 on GPU only: CPU bf16 is slow and changes numerics
     results: list[np.ndarray | None] = [None] * len(images)
@@ -225,11 +238,13 @@ def denoise_images(model: torch.nn.Module, images: Sequence[np.ndarray], device:
             chunk = pieces[start:start + n]
             # (N, H, W, C) numpy -> (N, C, H, W) tensor; padded rows stay zero.
             x = np.zeros((n if deterministic else len(chunk), h, w, c), np.float32)
+            level = np.zeros(len(x), np.float32)
             for j, (idx, y0, x0) in enumerate(chunk):
                 x[j] = images[idx] if y0 < 0 else images[idx][y0:y0 + h, x0:x0 + w]
+                level[j] = levels[idx]
             t = torch.from_numpy(x).permute(0, 3, 1, 2).to(device)
             with torch.inference_mode(), amp:
-                out = model(t)
+                out = model(t, torch.from_numpy(level).to(device))
             out = out.float().permute(0, 2, 3, 1).cpu().numpy()  # (N, H, W, C)
             for j, (idx, y0, x0) in enumerate(chunk):
                 if y0 < 0:
@@ -244,6 +259,22 @@ def denoise_images(model: torch.nn.Module, images: Sequence[np.ndarray], device:
     for idx, (num, den) in acc.items():
         results[idx] = num / den
     return results  # type: ignore[return-value]
+
+
+def is_conditioned(model: torch.nn.Module) -> bool:
+    """Whether a model (maybe DDP- or compile-wrapped) takes the noise level as an input."""
+    while not hasattr(model, "conditioned") and (hasattr(model, "module") or hasattr(model, "_orig_mod")):
+        model = getattr(model, "module", None) or model._orig_mod
+    return bool(getattr(model, "conditioned", False))
+
+
+def image_sigmas(images: Sequence[np.ndarray], sigmas: Sequence[float] | None = None) -> list[float]:
+    """Each image's noise sigma (0-1 scale): the given one, or estimated from the image
+    (:func:`dae.noise.estimate_sigma`) where none is given (None, NaN)."""
+    given = list(sigmas) if sigmas is not None else [None] * len(images)
+    if len(given) != len(images):
+        raise ValueError(f"{len(given)} noise sigmas for {len(images)} images")
+    return [float(s) if s is not None and np.isfinite(s) else estimate_sigma(img) for img, s in zip(images, given)]
 
 
 def pick_device(device: str = "auto") -> str:
@@ -276,23 +307,24 @@ class Denoiser:
                        deterministic=deterministic, bf16=bf16)
         self.keep_input = keep_input
 
-    def run(self, images: list[np.ndarray]) -> list[np.ndarray]:
-        return denoise_images(self.model, images, self.device, **self.kw)
+    def run(self, images: list[np.ndarray], sigmas: Sequence[float] | None = None) -> list[np.ndarray]:
+        return denoise_images(self.model, images, self.device, sigmas=sigmas, **self.kw)
 
     def __call__(self, batch: dict) -> dict:
         errors = list(batch[ERROR])
         stages = list(batch[ERROR_STAGE])
         inputs = list(batch[INPUT])
+        sigmas = list(batch[SIGMA]) if SIGMA in batch else [None] * len(inputs)
         good = [i for i, e in enumerate(errors) if not e]
         outs: dict[int, np.ndarray] = {}
         try:
-            outs = dict(zip(good, self.run([inputs[i] for i in good])))
+            outs = dict(zip(good, self.run([inputs[i] for i in good], [sigmas[i] for i in good])))
         except Exception:
             if self.device == "cuda":
                 torch.cuda.empty_cache()
             for i in good:  # one by one: fail only the culprits
                 try:
-                    outs[i] = self.run([inputs[i]])[0]
+                    outs[i] = self.run([inputs[i]], [sigmas[i]])[0]
                 except Exception as e:
                     errors[i], stages[i] = f"{type(e).__name__}: {e}"[:2000], "infer"
         hole = _placeholder(list(outs.values()), self.channels)
@@ -327,7 +359,7 @@ def finish_batch(batch: dict, with_noise: bool = False) -> dict:
                 stored[i] = to_float(q)
         except Exception as e:
             errors[i], stages[i] = f"{type(e).__name__}: {e}", "encode"
-    drop = {INPUT, CLEAN, DENOISED, DEPTH}
+    drop = {INPUT, CLEAN, DENOISED, DEPTH, SIGMA}
     out = {k: v for k, v in batch.items() if k not in drop}
     out[DENOISED] = _column(den_png)
     if with_noise:

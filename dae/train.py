@@ -58,7 +58,7 @@ from . import checkpoint as ckpt_lib
 from . import metrics, shards, storage
 from .config import config_dict
 from .models import create_model, list_models
-from .noise import NoiseSpec, add_noise_batch, image_rng
+from .noise import NoiseSpec, add_noise_batch, image_rng, noise_sigmas
 
 log = logging.getLogger("dae")
 
@@ -134,7 +134,11 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
         raise ValueError(f"--crop must be >= 0 and --crops-per-image >= 1, got {cfg.crop} and {cfg.crops_per_image}")
     if cfg.gpus_per_worker < 0 or cfg.cpus_per_worker < 0:
         raise ValueError("gpus_per_worker and cpus_per_worker must be >= 0")
-    create_model(cfg.model, **cfg.model_kwargs)  # unknown kwargs fail here, listing the valid ones
+    model = create_model(cfg.model, **cfg.model_kwargs)  # unknown kwargs fail here, listing the valid ones
+    spec = NoiseSpec.parse(cfg.noise)
+    if model.conditioned and spec.sigma(spec.low) is None:
+        raise ValueError(f"{cfg.model} is conditioned on a Gaussian noise sigma; {spec.kind} noise has none "
+                         f"(use awgn:LO-HI or gaussian:LO-HI)")
     if not cfg.run_name:
         cfg = dataclasses.replace(cfg, run_name=f"train-{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}")
     if "/" in cfg.run_name or cfg.run_name.startswith("."):
@@ -247,6 +251,7 @@ class Validation:
 
     clean: torch.Tensor | list  # (n, C, H, W) float32; images of mixed sizes: a list of (H, W, C) arrays
     noisy: torch.Tensor | list
+    sigma: torch.Tensor  # (n,) the noise sigma of each image (0-1 scale; NaN for kinds without one)
     total: int  # images over all ranks: the denominator of every mean
     noisy_psnr: float
     noisy_ssim: float
@@ -382,6 +387,7 @@ def load_validation(it, cfg: TrainConfig, rank: int = 0, world: int = 1,
     total = len(ids)
     images, ids = images[rank::world], ids[rank::world]
     noisy = add_noise_batch(images, ids, NoiseSpec.parse(cfg.noise), cfg.val_seed, 0)
+    sigma = torch.from_numpy(noise_sigmas(ids, cfg.noise, cfg.val_seed, 0))
     if images.dtype == object:  # mixed sizes: kept as (H, W, C) arrays, scored one image at a time
         clean, noisy = list(images), list(noisy)
         sums = [sum(float(metrics.psnr(n, c)) for n, c in zip(noisy, clean)),
@@ -390,7 +396,7 @@ def load_validation(it, cfg: TrainConfig, rank: int = 0, world: int = 1,
         clean, noisy = _to_nchw(images), _to_nchw(noisy)
         sums = [float(metrics.psnr(noisy, clean).sum()), float(metrics.ssim(noisy, clean).sum())]
     ps, ss = reduce_sums(sums, device, world)
-    return Validation(clean, noisy, total, ps / total, ss / total)
+    return Validation(clean, noisy, sigma, total, ps / total, ss / total)
 
 
 def load_train(it, lc: LoopConfig, rank: int = 0, world: int = 1) -> TrainData:
@@ -405,13 +411,15 @@ def load_train(it, lc: LoopConfig, rank: int = 0, world: int = 1) -> TrainData:
 
 
 def batches(data: TrainData, cfg: TrainConfig, epoch: int, rank: int, batch_size: int):
-    """(clean, noisy) (B, C, H, W) float32 CPU tensors of this rank for one epoch. Image i's
+    """(clean, noisy, sigma) CPU tensors of this rank for one epoch: (B, C, H, W) float32 images and
+    the (B,) noise sigma each sample was drawn with (what a conditioned model is told). Sample i's
     noise comes from (seed, id_i, epoch) only, whatever batch or rank it lands in."""
     spec, seed = NoiseSpec.parse(cfg.noise), cfg.seed
 
     def pair(clean, ids):
         clean = np.asarray(clean, dtype=np.float32)
-        return _to_nchw(clean), _to_nchw(add_noise_batch(clean, ids, spec, seed, epoch))
+        return (_to_nchw(clean), _to_nchw(add_noise_batch(clean, ids, spec, seed, epoch)),
+                torch.from_numpy(noise_sigmas(ids, spec, seed, epoch)))
 
     if data.stream is None:
         # cache mode: a seeded permutation of the in-memory samples, no Ray Data work per epoch; with
@@ -443,7 +451,7 @@ def batches(data: TrainData, cfg: TrainConfig, epoch: int, rank: int, batch_size
 
 def train_one_epoch(model: torch.nn.Module, loader, opt, sched, loss_fn, device: torch.device | str = "cpu",
                     world: int = 1, steps_left: float = math.inf, after_first_step=None) -> dict:
-    """One optimizer step per (clean, noisy) batch of ``loader``. ``sched`` steps at most ``steps_left`` times
+    """One optimizer step per (clean, noisy, sigma) batch of ``loader``. ``sched`` steps at most ``steps_left`` times
     (stream mode may yield a batch more than planned). Returns the epoch's figures over all ranks
     (train_loss, images_per_s, train_s, train_cpu_s, data_s) and this rank's ``steps``."""
     device = torch.device(device)
@@ -452,11 +460,11 @@ def train_one_epoch(model: torch.nn.Module, loader, opt, sched, loss_fn, device:
     n_seen = steps = 0
     t_data = 0.0
     td = time.perf_counter()
-    for clean, noisy in loader:
+    for clean, noisy, sigma in loader:
         t_data += time.perf_counter() - td
         clean, noisy = clean.to(device, non_blocking=True), noisy.to(device, non_blocking=True)
         with _autocast(device):
-            out = model(noisy)
+            out = model(noisy, sigma.to(device, non_blocking=True))
         loss = loss_fn(out.float(), clean)  # loss in float32 (bce is not autocast-safe)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -494,7 +502,7 @@ def validate(model: torch.nn.Module, val: Validation, device: torch.device | str
     with torch.no_grad():
         for i in range(0, len(val.clean), 256):
             with _autocast(device):
-                out = model(val.noisy[i:i + 256].to(device))
+                out = model(val.noisy[i:i + 256].to(device), val.sigma[i:i + 256].to(device))
             out = out.float().clamp(0, 1).cpu()
             ps += float(metrics.psnr(out, val.clean[i:i + 256]).sum())
             ss += float(metrics.ssim(out, val.clean[i:i + 256]).sum())
@@ -513,7 +521,7 @@ def _validate_mixed(model: torch.nn.Module, val: Validation, device: torch.devic
     from .inference import denoise_images
 
     model.eval()
-    outs = [np.clip(o, 0, 1) for o in denoise_images(model, val.noisy, device)]
+    outs = [np.clip(o, 0, 1) for o in denoise_images(model, val.noisy, device, sigmas=val.sigma.tolist())]
     model.train()
     ps = sum(float(metrics.psnr(o, c)) for o, c in zip(outs, val.clean))
     ss = sum(float(metrics.ssim(o, c)) for o, c in zip(outs, val.clean))
@@ -698,7 +706,8 @@ def save_samples(model: torch.nn.Module, cfg: TrainConfig, files: list[str], pat
 
     clean, ids = _read_samples(files, cfg.samples)
     noisy = add_noise_batch(clean, ids, NoiseSpec.parse(cfg.noise), cfg.val_seed, 0)
-    den = [np.clip(d, 0, 1) for d in denoise_images(model, list(noisy))]
+    sigmas = noise_sigmas(ids, cfg.noise, cfg.val_seed, 0).tolist()
+    den = [np.clip(d, 0, 1) for d in denoise_images(model, list(noisy), sigmas=sigmas)]
     save_grid([("clean", list(clean)), ("noisy", list(noisy)), ("denoised", den)], path)
 
 

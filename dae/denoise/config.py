@@ -20,6 +20,9 @@ class DenoiseConfig:
     add_noise: str = field(default="", metadata={"help": "synthesize noise first (evaluation on clean data), "
                                                          "e.g. gaussian:0.5; adds noisy PNG + metrics"})
     seed: int = field(default=0, metadata={"help": "noise seed (noise depends on seed and id only)"})
+    sigma: float = field(default=-1.0, metadata={"help": "noise sigma of the inputs (0-255 scale) told to a "
+                                                       "noise-level-conditioned model (cunet); -1: each image's "
+                                                       "own (--add-noise) or estimated from the image"})
     batch_size: int = field(default=0, metadata={"help": "rows per Ray Data batch, every stage; also the most "
                                                          "rows in one output part file; 0: from the largest "
                                                          "image, up to 1024 (about 64 MiB of float images)"})
@@ -63,6 +66,8 @@ def validate(cfg: DenoiseConfig) -> None:
             raise ValueError(f"--{name} is required")
     if cfg.add_noise:
         NoiseSpec.parse(cfg.add_noise)  # lists the valid kinds on error
+    if cfg.sigma != -1.0 and not 0.0 <= cfg.sigma <= 255.0:
+        raise ValueError(f"--sigma is on the 0-255 scale (or -1: estimated), got {cfg.sigma:g}")
     for name in ("forward_batch", "tile", "forward_pixels"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")

@@ -71,7 +71,7 @@ def fingerprint(cfg: DenoiseConfig, model_dir: str) -> str:
     cfg_model = storage.read_json(storage.join(model_dir, "config.json"))
     keys = {k: cfg_model.get(k) for k in ("model", "model_kwargs", "channels")}
     h.update(json.dumps({"model": keys, "noise": str(NoiseSpec.parse(cfg.add_noise)) if cfg.add_noise else "",
-                         "seed": cfg.seed if cfg.add_noise else None, "tile": cfg.tile,
+                         "seed": cfg.seed if cfg.add_noise else None, "tile": cfg.tile, "sigma": cfg.sigma,
                          "overlap": cfg.tile_overlap, "convert": cfg.convert_channels,
                          "max_pixels": cfg.max_pixels, "layout": outputs.LAYOUT}, sort_keys=True).encode())
     return h.hexdigest()
@@ -128,6 +128,7 @@ def build_dataset(cfg: DenoiseConfig, files: list[InputFile], model_channels: in
     noise = str(NoiseSpec.parse(cfg.add_noise)) if cfg.add_noise else None
     ds = ds.map_batches(inference.prepare_batch, batch_size=rows, num_cpus=task_cpus,
                         fn_kwargs=dict(model_channels=model_channels, noise=noise, seed=cfg.seed,
+                                       sigma=cfg.sigma / 255.0 if cfg.sigma >= 0 else None,
                                        convert=cfg.convert_channels, max_pixels=cfg.max_pixels))
     ds = ds.map_batches(
         inference.Denoiser, batch_size=rows,

@@ -3,10 +3,12 @@
     from dae.models import create_model, list_models
     model = create_model("unet", channels=3, width=32)
 
-Every registered builder returns a plain ``nn.Module`` that maps (N, C, H, W) images in [0, 1] to
-denoised images in [0, 1], for H and W multiples of ``model.multiple``. ``create_model`` wraps it in
+Every registered builder returns a plain ``nn.Module`` that maps (N, C, H, W) images to denoised
+images in [0, 1], for H and W multiples of ``model.multiple``. ``create_model`` wraps it in
 :class:`AnySize`, which pads any H x W up to that multiple and crops back, so every model takes any
-image size.
+image size. Every model is called as ``model(x, sigma=None)``: a noise-level-conditioned model
+(``model.conditioned``) needs ``sigma``, the per-image noise sigma on the 0-1 scale; the others
+ignore it, so callers pass it whenever they know it.
 """
 
 from __future__ import annotations
@@ -73,17 +75,24 @@ class AnySize(nn.Module):
         self.channels = channels
         self.kwargs = dict(kwargs)
         self.multiple = int(getattr(inner, "multiple", 1))
+        self.conditioned = bool(getattr(inner, "conditioned", False))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor | float | None = None) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != self.channels:
             raise ValueError(
                 f"{self.name} expects (N, {self.channels}, H, W) input, got {tuple(x.shape)}"
             )
+        if self.conditioned:
+            if sigma is None:
+                raise ValueError(f"{self.name} is conditioned on the noise level: call it as model(x, sigma)")
+            sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(-1).expand(x.shape[0])
+            if not bool(torch.isfinite(sigma).all()):
+                raise ValueError(f"{self.name} got a non-finite noise sigma: {sigma.tolist()}")
         h, w = x.shape[-2:]
         m = self.multiple
         ph, pw = (-h) % m, (-w) % m
         if ph or pw:
             mode = "reflect" if ph < h and pw < w else "replicate"
             x = F.pad(x, (0, pw, 0, ph), mode=mode)
-        y = self.inner(x)
+        y = self.inner(x, sigma) if self.conditioned else self.inner(x)
         return y[..., :h, :w]

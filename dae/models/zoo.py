@@ -10,8 +10,11 @@ Seed architectures (reproduced from the Keras notebooks, PyTorch layer for layer
 Stronger:
   dncnn       DnCNN (Zhang et al. 2017): predicts the noise, output = x - net(x)
   unet        a small residual U-Net, also predicting a residual
+  cunet       the U-Net conditioned on the noise level: a sigma map as an extra input channel
+              (FFDNet, DRUNet), one model for every level; called as model(x, sigma)
 
-All map (N, C, H, W) in [0, 1] to (N, C, H, W) in [0, 1]. Torch only.
+All map (N, C, H, W) images to (N, C, H, W) in [0, 1]; inputs may leave [0, 1] (unclipped noise).
+Torch only.
 """
 
 from __future__ import annotations
@@ -131,11 +134,28 @@ class _ResBlock(nn.Module):
         return self.act(self.body(x) + self.skip(x))
 
 
+class _Conditioned(nn.Module):
+    """output = clamp(x + body([x, sigma map]), 0, 1) for a per-image noise sigma (0-1 scale): the
+    FFDNet/DRUNet way of telling one network the level, so it neither over- nor under-smooths."""
+
+    conditioned = True
+
+    def __init__(self, body: nn.Module, multiple: int):
+        super().__init__()
+        self.body = body
+        self.multiple = multiple
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = x.shape
+        level = sigma.to(x.dtype).reshape(n, 1, 1, 1).expand(n, 1, h, w)
+        return torch.clamp(x + self.body(torch.cat([x, level], dim=1)), 0.0, 1.0)
+
+
 class _UNet(nn.Module):
-    def __init__(self, channels: int, width: int, levels: int):
+    def __init__(self, channels: int, width: int, levels: int, extra_inputs: int = 0):
         super().__init__()
         widths = [width * 2**i for i in range(levels + 1)]
-        self.stem = _conv(channels, width)
+        self.stem = _conv(channels + extra_inputs, width)
         self.down = nn.ModuleList()
         self.enc = nn.ModuleList()
         for i in range(levels):
@@ -167,3 +187,10 @@ def unet(channels: int = 1, width: int = 32, levels: int = 2) -> nn.Module:
     if levels < 1:
         raise ValueError(f"unet levels must be >= 1, got {levels}")
     return _Residual(_UNet(channels, width, levels), sign=1.0, multiple=2**levels)
+
+
+@register_model
+def cunet(channels: int = 1, width: int = 32, levels: int = 2) -> nn.Module:
+    if levels < 1:
+        raise ValueError(f"cunet levels must be >= 1, got {levels}")
+    return _Conditioned(_UNet(channels, width, levels, extra_inputs=1), multiple=2**levels)

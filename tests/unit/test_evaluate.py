@@ -34,7 +34,8 @@ def test_model_scorer_runs_models_as_the_denoise_job(camera_models):
     threads = torch.get_num_threads()
     try:
         out = evaluation.ModelScorer([("m", camera_models["gray"])], device="cpu")(
-            {"noisy": shards.stack_or_ragged(noisy), "clean": shards.stack_or_ragged(clean)})
+            {"noisy": shards.stack_or_ragged(noisy), "clean": shards.stack_or_ragged(clean),
+             "sigma": np.full(6, 0.2, np.float32)})
         model, _ = load_model(camera_models["gray"])
         tiled = [np.clip(y, 0, 1) for y in inference.denoise_images(model, noisy)]
         with torch.inference_mode():

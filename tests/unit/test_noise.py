@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from dae.noise import KINDS, NoiseSpec, add_noise, add_noise_batch, image_seed
+from dae.noise import KINDS, NoiseSpec, add_noise, add_noise_batch, image_seed, estimate_sigma, noise_sigmas
 
 
 def _images(n=6, h=12, w=10, c=1, seed=0):
@@ -108,3 +108,28 @@ def test_awgn_reaches_the_model_unrounded_and_baselines_get_its_sigma():
         assert np.allclose(x * 255, np.rint(x * 255), atol=1e-3) == rounded, spec
     assert abs(baselines.noise_sigma("awgn:25", img) - 25 / 255) < 1e-9
     assert baselines.noise_sigma("gaussian:0.1", img) == 0.1
+
+
+def test_noise_sigmas_are_the_levels_the_noise_was_drawn_with():
+    """A conditioned model is told the sigma each image's noise really has, blind or not."""
+    x = np.full((128, 128, 1), 0.5, np.float32)
+    ids = [f"img{i}#{k}" for i in range(6) for k in range(2)]
+    sig = noise_sigmas(ids, "awgn:0-55", seed=7, epoch=3)
+    noisy = add_noise_batch(np.stack([x] * len(ids)), ids, "awgn:0-55", seed=7, epoch=3)
+    measured = (noisy - x).reshape(len(ids), -1).std(1)
+    assert sig.dtype == np.float32 and len(set(sig.tolist())) == len(ids)
+    assert np.allclose(measured, sig, rtol=0.02, atol=1e-4)  # 16,384 draws each: 0.6% standard error
+    assert np.all(noise_sigmas(ids, "awgn:25", seed=7) == np.float32(25 / 255))
+    assert np.all(noise_sigmas(ids, "gaussian:0.1", seed=7) == np.float32(0.1))
+    assert np.isnan(noise_sigmas(ids, "salt_pepper:0.2", seed=7)).all()  # no sigma to tell
+
+
+def test_estimate_sigma_reads_awgn_on_a_photo():
+    from skimage import data
+
+    photo = data.camera()[::2, ::2, None].astype(np.float32) / 255
+    for sigma in (15, 25, 50):
+        est = estimate_sigma(add_noise(photo, f"awgn:{sigma}", seed=0, image_id="camera")) * 255
+        assert abs(est - sigma) < 2.5, (sigma, est)
+    rgb = data.astronaut()[::2, ::2].astype(np.float32) / 255
+    assert abs(estimate_sigma(add_noise(rgb, "awgn:25", seed=0, image_id="astronaut")) * 255 - 25) < 2.5

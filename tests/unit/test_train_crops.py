@@ -78,7 +78,7 @@ def test_cache_crops_are_the_same_with_one_and_two_workers():
     def crops_of(rank, world, epoch=0):
         part = load_train(FakeIterator(images, ids), loop_config(), rank, world)
         out = []
-        for clean, noisy in batches(part, CFG, epoch, rank, CFG.batch_size):
+        for clean, noisy, _ in batches(part, CFG, epoch, rank, CFG.batch_size):
             assert clean.shape[1:] == (1, 16, 16) and noisy.shape == clean.shape
             out += [(c.numpy().tobytes(), n.numpy().tobytes()) for c, n in zip(clean, noisy)]
         return out
@@ -108,8 +108,8 @@ def test_stream_crops_equal_cache_crops():
     shard = FakeShard()
     stream = list(batches(load_train(shard, loop_config(mode="stream")), CFG, 0, 0, 9))
     assert shard.batch_size == 3  # rows per batch: 9 samples / 3 crops each
-    got = {c.numpy().tobytes() for clean, _ in stream for c in clean}
-    cache = {c.numpy().tobytes() for clean, _ in batches(load_train(FakeIterator(images, ids), loop_config()),
+    got = {c.numpy().tobytes() for clean, *_ in stream for c in clean}
+    cache = {c.numpy().tobytes() for clean, *_ in batches(load_train(FakeIterator(images, ids), loop_config()),
                                                           CFG, 0, 0, 9) for c in clean}
     assert len(got) == 30 and got == cache
 

@@ -91,7 +91,7 @@ def test_cache_batches_cover_every_row_once_with_noise_from_seed_id_epoch(digits
 
     def epoch(e, rank=0):
         out = [(c.permute(0, 2, 3, 1).numpy(), n.permute(0, 2, 3, 1).numpy())
-               for c, n in batches(data, CFG, e, rank, 16)]
+               for c, n, _ in batches(data, CFG, e, rank, 16)]
         assert [len(c) for c, _ in out] == [16] * 4
         clean, noisy = np.concatenate([c for c, _ in out]), np.concatenate([n for _, n in out])
         return clean, noisy, [by_pixels[c.tobytes()] for c in clean]
@@ -122,9 +122,9 @@ def test_stream_batches_add_noise_from_seed_id_epoch(digits):
     for e in (0, 1):
         out = list(batches(data, CFG, e, 0, 16))
         assert len(out) == 4 and shard.kw["local_shuffle_seed"] == CFG.seed * 1000 + e
-        noisy = np.concatenate([n.permute(0, 2, 3, 1).numpy() for _, n in out])
+        noisy = np.concatenate([n.permute(0, 2, 3, 1).numpy() for _, n, _ in out])
         np.testing.assert_array_equal(noisy, add_noise_batch(images, ids, CFG.noise, CFG.seed, e))
-        np.testing.assert_array_equal(np.concatenate([c.permute(0, 2, 3, 1).numpy() for c, _ in out]), images)
+        np.testing.assert_array_equal(np.concatenate([c.permute(0, 2, 3, 1).numpy() for c, *_ in out]), images)
 
 
 def test_train_one_epoch_lowers_the_loss_and_repeats_exactly_for_a_seed(digits):
@@ -187,11 +187,20 @@ def test_validate_flags_a_model_with_one_output_for_every_input(digits):
     images, ids = digits
     val = load_validation(FakeIterator(images, ids), dataclasses.replace(CFG, val_limit=20))
     assert val.total == 20 and val.clean.shape[0] == 20  # the first 20 by id
+
+    class Plain(torch.nn.Module):  # the models' call: model(x, sigma)
+        def __init__(self, body):
+            super().__init__()
+            self.body = body
+
+        def forward(self, x, sigma=None):
+            return self.body(x)
+
     constant = torch.nn.Conv2d(1, 1, 1)
     torch.nn.init.zeros_(constant.weight)
-    row = validate(constant, val)
+    row = validate(Plain(constant), val)
     assert row["output_spread"] == 0.0 and collapsed(row)
-    identity = validate(torch.nn.Identity(), val)  # output = noisy input: the noisy scores
+    identity = validate(Plain(torch.nn.Identity()), val)  # output = noisy input: the noisy scores
     assert identity["val_psnr"] == pytest.approx(val.noisy_psnr, rel=1e-9)
 
 
