@@ -4,13 +4,18 @@
                                    "noise": "gaussian:0.5", "data": {...}, "metrics": {...}, ...}
     MODEL_DIR/model.safetensors   the weights (safetensors: no pickle, safe to load from anywhere)
 
-``load_model(dir)`` rebuilds the model from the directory alone. Works on local paths and URIs.
+``load_model(dir)`` rebuilds the model from the directory alone. Works on local paths and URIs, and
+on ``pretrained:NAME`` for the models shipped in the repository's ``models/NAME/`` (each with a model
+card, README.md): ``python -m jobs.denoise --model pretrained:gray-blind ...``. The name is resolved
+where the model is loaded (each Ray worker finds ``models/`` beside its own copy of the package), so
+it travels to a cluster as a name, not as a path of the submitting machine.
 No Ray import.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from typing import Any
 
@@ -23,6 +28,28 @@ from .models import AnySize, create_model
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
+PRETRAINED = "pretrained:"
+MODELS_ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models")
+
+
+def list_pretrained() -> list[str]:
+    """Names of the shipped models (``models/NAME/config.json``)."""
+    if not os.path.isdir(MODELS_ROOT):
+        return []
+    return sorted(n for n in os.listdir(MODELS_ROOT) if os.path.isfile(os.path.join(MODELS_ROOT, n, CONFIG)))
+
+
+def model_dir(path: str) -> str:
+    """A model directory: ``path`` itself, or for ``pretrained:NAME`` the shipped ``models/NAME``."""
+    path = str(path)
+    if not path.startswith(PRETRAINED):
+        return path
+    name = path[len(PRETRAINED):]
+    shipped = list_pretrained()
+    if name not in shipped:
+        raise ValueError(f"unknown pretrained model {name!r}; shipped: {', '.join(shipped) or 'none'} "
+                         f"(in {MODELS_ROOT})")
+    return os.path.join(MODELS_ROOT, name)
 
 
 def _unwrap(model: torch.nn.Module) -> AnySize:
@@ -48,7 +75,7 @@ def save_model(model: torch.nn.Module, path: str, **info: Any) -> str:
 
 
 def load_config(path: str) -> dict:
-    cfg_path = storage.join(path, CONFIG)
+    cfg_path = storage.join(model_dir(path), CONFIG)
     if not storage.exists(cfg_path):
         raise FileNotFoundError(f"{path} is not a model directory: no {CONFIG} in it")
     return storage.read_json(cfg_path)
@@ -57,7 +84,7 @@ def load_config(path: str) -> dict:
 def weights_digest(path: str) -> str:
     """A content hash of a model directory's weights: tells a retrained model from the one a
     report was made with, whatever the directory is called."""
-    return hashlib.blake2b(storage.read_bytes(storage.join(path, WEIGHTS)), digest_size=16).hexdigest()
+    return hashlib.blake2b(storage.read_bytes(storage.join(model_dir(path), WEIGHTS)), digest_size=16).hexdigest()
 
 
 def load_model(path: str, device: str | torch.device = "cpu") -> tuple[AnySize, dict]:
@@ -65,6 +92,6 @@ def load_model(path: str, device: str | torch.device = "cpu") -> tuple[AnySize, 
     config = load_config(path)
     kwargs = config.get("model_kwargs", {})
     model = create_model(config["model"], channels=int(config["channels"]), **kwargs)
-    state = st_load(storage.read_bytes(storage.join(path, WEIGHTS)))
+    state = st_load(storage.read_bytes(storage.join(model_dir(path), WEIGHTS)))
     model.load_state_dict(state)
     return model.to(device).eval(), config

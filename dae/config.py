@@ -74,7 +74,8 @@ def add_config_args(parser: argparse.ArgumentParser, cls) -> argparse.ArgumentPa
             parser.add_argument(flag, dest=f.name, default=None, action=argparse.BooleanOptionalAction,
                                 help=help_text)
         elif f.metadata.get("nargs"):
-            parser.add_argument(flag, dest=f.name, default=None, nargs=f.metadata["nargs"], help=help_text)
+            parser.add_argument(flag, dest=f.name, default=None, nargs=f.metadata["nargs"], help=help_text,
+                                type=f.metadata.get("type"))  # the words' type (str when not given)
         elif tp in (dict, list, tuple):
             parser.add_argument(flag, dest=f.name, default=None, type=_yaml_value,
                                 help=help_text + " [YAML]")

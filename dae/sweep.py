@@ -229,9 +229,13 @@ def prepare_config(cfg: SweepConfig, name: str):
 
 def prepare_dataset(cfg: SweepConfig, name: str) -> str:
     """OUT/data/NAME from the prepare stage, unless a finished one (summary.json) is there."""
+    return prepare_or_reuse(prepare_config(cfg, name), name)
+
+
+def prepare_or_reuse(pcfg, name: str) -> str:
+    """pcfg.out from the prepare stage, unless a finished one (summary.json) is there."""
     from .prepare import format_summary, run as prepare_run
 
-    pcfg = prepare_config(cfg, name)
     if storage.exists(storage.join(pcfg.out, "summary.json")):
         log.info("sweep: data %s: reusing %s", name, pcfg.out)
         return pcfg.out
@@ -242,24 +246,30 @@ def prepare_dataset(cfg: SweepConfig, name: str) -> str:
 
 def train_cell(cfg: SweepConfig, cell: Cell) -> dict:
     """Train one cell (or reuse its finished run). Returns {model_dir, seconds, reused, last}."""
+    return train_or_reuse(train_config(cfg, cell), f"{cell.data}/{cell.run_name}")
+
+
+def train_or_reuse(tcfg, what: str, same_run: tuple = SAME_RUN) -> dict:
+    """Train ``tcfg`` or reuse its finished run (a run there with other ``same_run`` settings is an
+    error, not a result). Returns {model_dir, seconds, reused, last}."""
     from .train import check_config, run as train_run
 
-    tcfg = check_config(train_config(cfg, cell))
+    tcfg = check_config(tcfg)
     run_dir = storage.join(tcfg.storage, tcfg.run_name)
     final = storage.join(run_dir, "final_model")
     want = config_dict(tcfg)
     resolved_path = storage.join(run_dir, "config.resolved.json")
     if storage.exists(resolved_path):
         have = storage.read_json(resolved_path)
-        diff = {k: (have.get(k), want[k]) for k in SAME_RUN if have.get(k) != want[k]}
+        diff = {k: (have.get(k), want[k]) for k in same_run if have.get(k) != want[k]}
         if diff:
             raise ValueError(f"{run_dir} holds a run with other settings {diff} (found, wanted): give another "
                              f"--out, or delete that run to retrain it")
     if storage.exists(storage.join(final, "config.json")) and storage.exists(storage.join(run_dir, "summary.json")):
         s = storage.read_json(storage.join(run_dir, "summary.json"))
-        log.info("sweep: %s/%s: reusing the finished run", cell.data, cell.run_name)
+        log.info("sweep: %s: reusing the finished run", what)
         return {"model_dir": final, "seconds": s.get("total_s"), "reused": True, "last": s.get("last")}
-    log.info("sweep: train %s/%s (%s, %d epochs)", cell.data, cell.run_name, tcfg.model, tcfg.epochs)
+    log.info("sweep: train %s (%s, %d epochs)", what, tcfg.model, tcfg.epochs)
     s = train_run(tcfg)
     return {"model_dir": s["final_model"], "seconds": s["total_s"], "reused": False, "last": s["last"]}
 
@@ -267,13 +277,22 @@ def train_cell(cfg: SweepConfig, cell: Cell) -> dict:
 def evaluate_dataset(cfg: SweepConfig, name: str, levels: list[str], model_dirs: list[str]) -> dict:
     """One evaluate run per dataset (every model and baseline, every level); reused when its report
     was made with exactly these settings and these very weights (a retrained model keeps its dir)."""
-    from .checkpoint import weights_digest
-    from .evaluation import EvaluateConfig, run as eval_run
+    from .evaluation import EvaluateConfig
 
     ecfg = EvaluateConfig(data=storage.join(cfg.out, "data", name), split="test",
                           out=storage.join(cfg.out, "eval", name), noise=tuple(levels), models=tuple(model_dirs),
                           baselines=tuple(cfg.baselines), limit=cfg.eval_limit, seed=cfg.seed,
                           bm3d_limit=cfg.bm3d_limit)
+    return evaluate_or_reuse(ecfg, name)
+
+
+def evaluate_or_reuse(ecfg, name: str) -> dict:
+    """The evaluate stage's report for ``ecfg``, reused when one made with exactly these settings
+    and these very weights is there."""
+    from .checkpoint import weights_digest
+    from .evaluation import run as eval_run
+
+    model_dirs, levels = list(ecfg.models), list(ecfg.noise)
     report_path = storage.join(ecfg.out, "report.json")
     if storage.exists(report_path):
         old = storage.read_json(report_path)

@@ -53,7 +53,7 @@ import resource
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from .. import inference, storage
+from .. import checkpoint, inference, storage
 from ..config import config_dict
 from ..jobutil import Progress, save_resolved_config
 from ..noise import NoiseSpec
@@ -67,8 +67,8 @@ log = logging.getLogger("dae")
 def fingerprint(cfg: DenoiseConfig, model_dir: str) -> str:
     """What the output values depend on (not batch sizes or actor counts: outputs do not depend on them)."""
     h = hashlib.blake2b(digest_size=12)
-    h.update(storage.read_bytes(storage.join(model_dir, "model.safetensors")))
-    cfg_model = storage.read_json(storage.join(model_dir, "config.json"))
+    h.update(storage.read_bytes(storage.join(checkpoint.model_dir(model_dir), checkpoint.WEIGHTS)))
+    cfg_model = checkpoint.load_config(model_dir)
     keys = {k: cfg_model.get(k) for k in ("model", "model_kwargs", "channels")}
     h.update(json.dumps({"model": keys, "noise": str(NoiseSpec.parse(cfg.add_noise)) if cfg.add_noise else "",
                          "seed": cfg.seed if cfg.add_noise else None, "tile": cfg.tile, "sigma": cfg.sigma,
@@ -261,12 +261,12 @@ def _read_markers(out: str, files: list[InputFile], fp: str) -> dict[str, dict]:
 
 
 def run(cfg: DenoiseConfig) -> dict:
-    from .. import checkpoint, raylib
+    from .. import raylib
 
     t0, cpu0 = time.perf_counter(), _cpu_s()
     validate(cfg)
     storage.check_access(cfg.input, must_exist=True)  # fail before any work, naming the cause
-    storage.check_access(cfg.model, must_exist=True)
+    storage.check_access(checkpoint.model_dir(cfg.model), must_exist=True)
     storage.check_access(cfg.output, write=True)
     if cfg.export_png:
         storage.check_access(cfg.export_png, write=True)

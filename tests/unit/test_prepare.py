@@ -162,6 +162,7 @@ def test_bad_arguments_list_valid_choices(tmp_path, capsys):
 
 def _configs():
     from dae.demo import DemoConfig
+    from dae.bench.quality_natural import QualityNaturalConfig
     from dae.denoise import DenoiseConfig
     from dae.evaluation import EvaluateConfig
     from dae.prepare import PrepareConfig
@@ -184,6 +185,9 @@ def _configs():
         # nested dicts and lists, a tuple of dicts, a tuple of words as YAML, bool True
         ("jobs.quality_sweep", build_config(SweepConfig, {"dry_run": True, "baselines": ["median", "tv"], "out": "q"},
                                             preset="quality-sweep-cpu")),
+        # tuples of numbers and words, an empty dict
+        ("jobs.quality_natural", QualityNaturalConfig(out="q", sigmas=(15, 50), color_sets=(), train={},
+                                                      models=("gray=pretrained:gray-blind",))),
         # nargs words, one with a space
         ("jobs.evaluate", EvaluateConfig(data="d", out="o", noise=("gaussian:0.1", "salt_pepper:0.2"),
                                          models=("m1", "m 2"), baselines=("median",))),

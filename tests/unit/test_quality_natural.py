@@ -1,0 +1,58 @@
+"""The natural-photo table (dae.bench.quality_natural) from evaluate reports, without Ray: its rows,
+the published figures beside ours, BM3D's subset and the config checks. The real run is
+``make quality-natural`` (a benchmark, not a test)."""
+
+import pytest
+
+from dae.bench.quality_natural import PUBLISHED, QualityNaturalConfig, check_config, collect, markdown
+
+
+def _report(name, scores, images=68, bm3d_images=8):
+    """An evaluate report.json's shape: results per (noise, method)."""
+    results = []
+    for (noise, method), psnr in scores.items():
+        e = {"noise": noise, "method": method, "status": "ok", "psnr_mean": psnr, "ssim_mean": 0.8,
+             "kind": "classical" if method in ("nlm", "bm3d") else "model" if method != "noisy" else "input",
+             "images": bm3d_images if method == "bm3d" else images}
+        if method not in ("bm3d",) and bm3d_images < images:
+            e["bm3d_subset"] = {"images": bm3d_images, "psnr_mean": psnr + 0.5}
+        results.append(e)
+    return {"results": results, "data": {"images_scored": images}, "wall_seconds": 12.0}
+
+
+def test_table_has_our_rows_the_published_rows_and_bm3ds_subset():
+    cfg = QualityNaturalConfig(sigmas=(25,), gray_sets=("BSD68",), color_sets=())
+    reports = {"BSD68": _report("BSD68", {("awgn:25", "noisy"): 20.17, ("awgn:25", "nlm"): 27.73,
+                                          ("awgn:25", "bm3d"): 28.61, ("awgn:25", "gray-blind"): 28.88})}
+    table = collect(cfg, reports)
+    assert table["BSD68"]["awgn:25"]["gray-blind"]["psnr"] == 28.88
+    md = markdown(cfg, table, {"gray-blind": {"recipe": "model cunet", "seconds": 1500.0, "reused": False}}, reports)
+    rows = {line.split(" | ")[0].strip("| "): line for line in md.splitlines() if line.startswith("| ")}
+    assert "28.88" in rows["**gray-blind**"] and "28.61*" in rows["BM3D / CBM3D (ours)"]
+    assert "28.57" in rows["BM3D / CBM3D (published)"] and "29.23" in rows["DnCNN (published)"]
+    assert "29.48" in rows["DRUNet (published)"] and "29.19" in rows["FFDNet (published)"]
+    assert "| BSD68 σ25 | 28.61 | 29.38 |" in md  # ours on BM3D's 8 images, beside BM3D's own score
+    assert "1500 s of training" in md
+
+
+def test_bm3d_on_every_image_has_no_star_and_no_subset_table():
+    cfg = QualityNaturalConfig(sigmas=(15,), gray_sets=("Set12",), color_sets=())
+    reports = {"Set12": _report("Set12", {("awgn:15", "bm3d"): 32.3, ("awgn:15", "m"): 32.5}, images=12,
+                                bm3d_images=12)}
+    md = markdown(cfg, collect(cfg, reports), {}, reports)
+    assert "32.30 |" in md and "32.30*" not in md and "first" not in md
+
+
+def test_published_figures_cover_every_set_and_level():
+    assert all(len(v) == 3 for by_set in PUBLISHED.values() for v in by_set.values())
+    assert {s for by_set in PUBLISHED.values() for s in by_set} == {"Set12", "BSD68", "CBSD68", "Kodak24"}
+
+
+@pytest.mark.parametrize("changes, says", [
+    ({"models": ("BSD68=/m",)}, "KIND=DIR with KIND gray or color"),
+    ({"train": {"x": {"model": "cunet"}}}, "kind: gray or color"),
+    ({"sigmas": (-5,)}, "bad noise spec 'awgn:-5'"),
+])
+def test_bad_settings_fail_before_any_work(changes, says):
+    with pytest.raises(ValueError, match=says):
+        check_config(QualityNaturalConfig(**changes))
