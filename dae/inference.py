@@ -47,7 +47,7 @@ INPUT = "input"  # the model's input image, float32 (H, W, C) in [0, 1]
 CLEAN = "clean"
 DENOISED = "denoised"
 DEPTH = "depth"  # 8 or 16: bit depth the denoised PNG is written with
-SIGMA = "sigma"  # float32 noise sigma (0-1 scale) told to a conditioned model; NaN: estimate it
+SIGMA = "sigma"  # float32 noise sigma (0-1 scale) told to a conditioned model; NaN: estimate it (or none used)
 METRIC_COLUMNS = ("psnr_noisy", "psnr_denoised", "ssim_denoised")
 # ITU-R BT.601 luma, the weights Pillow's convert("L") uses: RGB -> gray for --convert-channels.
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
@@ -303,6 +303,7 @@ class Denoiser:
         self.device = pick_device(device)
         self.model, self.config = load_model(model_dir, self.device)
         self.channels = int(self.config["channels"])
+        self.conditioned = is_conditioned(self.model)
         self.kw = dict(tile=tile, overlap=overlap, forward_batch=forward_batch, forward_pixels=forward_pixels,
                        deterministic=deterministic, bf16=bf16)
         self.keep_input = keep_input
@@ -314,8 +315,15 @@ class Denoiser:
         errors = list(batch[ERROR])
         stages = list(batch[ERROR_STAGE])
         inputs = list(batch[INPUT])
-        sigmas = list(batch[SIGMA]) if SIGMA in batch else [None] * len(inputs)
+        sigmas = [float(s) for s in batch[SIGMA]] if SIGMA in batch else [np.nan] * len(inputs)
         good = [i for i, e in enumerate(errors) if not e]
+        if self.conditioned:  # the level each image is denoised with, estimated where not given (written out)
+            for i in good:
+                try:
+                    sigmas[i] = image_sigmas([inputs[i]], [sigmas[i]])[0]
+                except Exception as e:
+                    errors[i], stages[i] = f"noise level estimate: {type(e).__name__}: {e}"[:2000], "sigma"
+            good = [i for i in good if not errors[i]]
         outs: dict[int, np.ndarray] = {}
         try:
             outs = dict(zip(good, self.run([inputs[i] for i in good], [sigmas[i] for i in good])))
@@ -330,6 +338,7 @@ class Denoiser:
         hole = _placeholder(list(outs.values()), self.channels)
         out = {k: v for k, v in batch.items() if k != INPUT or self.keep_input}
         out[DENOISED] = stack_or_ragged([outs.get(i, hole) for i in range(len(errors))])
+        out[SIGMA] = np.asarray(sigmas if self.conditioned else [np.nan] * len(errors), np.float32)
         out[ERROR] = _column(errors)
         out[ERROR_STAGE] = _column(stages)
         return out
@@ -359,7 +368,7 @@ def finish_batch(batch: dict, with_noise: bool = False) -> dict:
                 stored[i] = to_float(q)
         except Exception as e:
             errors[i], stages[i] = f"{type(e).__name__}: {e}", "encode"
-    drop = {INPUT, CLEAN, DENOISED, DEPTH, SIGMA}
+    drop = {INPUT, CLEAN, DENOISED, DEPTH}
     out = {k: v for k, v in batch.items() if k not in drop}
     out[DENOISED] = _column(den_png)
     if with_noise:

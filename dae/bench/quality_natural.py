@@ -21,12 +21,14 @@ stopped run picks up where it stopped; a run found with other settings is an err
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 
 from .. import storage
-from ..config import build_config
+from ..config import build_config, command_line
 from ..jobutil import save_resolved_config
 from ..sweep import evaluate_or_reuse, prepare_or_reuse, train_or_reuse
 
@@ -78,6 +80,8 @@ class QualityNaturalConfig:
     workers: int = field(default=1, metadata={"help": "Ray Train workers per training run"})
     gpus_per_worker: float = field(default=0.0, metadata={"help": "GPUs per training worker"})
     seed: int = field(default=0, metadata={"help": "noise seed of the scored images"})
+    ship: tuple = field(default=(), metadata={"help": "trained runs to ship as pretrained models: NAME (to "
+                                                      "models/NAME, with a model card)", "nargs": "*"})
 
 
 def check_config(cfg: QualityNaturalConfig) -> dict[str, list[str]]:
@@ -95,6 +99,9 @@ def check_config(cfg: QualityNaturalConfig) -> dict[str, list[str]]:
     for name, r in cfg.train.items():
         if not isinstance(r, dict) or r.get("kind") not in given:
             raise ValueError(f"--train {name!r}: give a mapping with kind: gray or color, got {r!r}")
+    for name in cfg.ship:
+        if name not in cfg.train:
+            raise ValueError(f"--ship {name!r}: not a run of --train ({', '.join(cfg.train) or 'none'})")
     return given
 
 
@@ -213,8 +220,10 @@ def run(cfg: QualityNaturalConfig) -> dict:
         first = next((s for s, k in sets_of(cfg).items() if k == kind), None)
         if first is None:  # no test set of that kind: nothing to train its data from
             continue
-        t = train_or_reuse(train_config(cfg, name, data[first]), name, SAME_RUN)
+        tcfg = train_config(cfg, name, data[first])
+        t = train_or_reuse(tcfg, name, SAME_RUN)
         t["recipe"] = ", ".join(f"{k} {v}" for k, v in recipe.items() if k != "kind")
+        t["command"] = command_line("jobs.train", dataclasses.replace(tcfg, storage="runs", data=f"data/{first}"))
         trained[name] = t
         models[kind].append(t["model_dir"])
     reports = {}
@@ -225,5 +234,63 @@ def run(cfg: QualityNaturalConfig) -> dict:
     result = {"table": table, "published": PUBLISHED, "trained": trained, "markdown": md,
               "wall_s": time.perf_counter() - t0}
     storage.write_bytes(storage.join(cfg.out, "quality_natural.md"), md.encode())
+    for name in cfg.ship:
+        kind = cfg.train[name]["kind"]
+        result.setdefault("shipped", {})[name] = ship(cfg, name, trained[name], table, [
+            s for s, k in sets_of(cfg).items() if k == kind])
     storage.write_json(storage.join(cfg.out, "quality_natural.json"), result)
     return result
+
+
+def ship(cfg: QualityNaturalConfig, name: str, trained: dict, table: dict, sets: list[str]) -> str:
+    """models/NAME from a trained run's final model (re-saved: config + safetensors only) and its
+    model card: data, noise, the training command, the training time and its scores in the table."""
+    from ..checkpoint import MODELS_ROOT, load_model, save_model
+
+    model, mcfg = load_model(trained["model_dir"])
+    dest = os.path.join(MODELS_ROOT, name)
+    run = os.path.basename(os.path.dirname(trained["model_dir"].rstrip("/")))  # the method's name in the table
+    scores = {s: {lv: row.get(run, {}).get("psnr") for lv, row in table[s].items()} for s in sets}
+    save_model(model, dest, noise=mcfg.get("noise"), epoch=mcfg.get("epoch"), scores=scores)
+    kind = cfg.train[name]["kind"]
+    levels = [(s, f"awgn:{sig:g}", int(sig)) for s in sets for sig in cfg.sigmas]
+
+    def row(label: str, values) -> str:
+        return f"| {label} | " + " | ".join(_fmt(v) for v in values) + " |"
+
+    card = "\n".join([
+        f"# {name}: a blind AWGN denoiser for {kind} photos",
+        "",
+        f"`{mcfg['model']}` {mcfg.get('model_kwargs', {})}, {sum(p.numel() for p in model.parameters()):,} "
+        f"parameters, {os.path.getsize(os.path.join(dest, 'model.safetensors')) / 2**20:.1f} MiB of safetensors "
+        "weights: a residual U-Net told the noise level by a sigma map as an extra input channel (FFDNet, "
+        "DRUNet), one model for sigma 0-55 on the 0-255 scale.",
+        "",
+        f"    python -m jobs.denoise --input PHOTOS --model pretrained:{name} --output OUT             # sigma estimated",
+        f"    python -m jobs.denoise --input PHOTOS --model pretrained:{name} --sigma 25 --output OUT  # sigma given",
+        "",
+        f"- **Data**: {TRAIN_SET[kind]} (`../shared/datasets/natural/train/{TRAIN_SET[kind]}`), random crops "
+        "with flips and 90-degree rotations; never the test sets below.",
+        "- **Noise**: AWGN, sigma drawn per crop uniformly from 0-55 (`awgn:0-55`), neither clipped nor quantized.",
+        f"- **Training**: {trained['seconds']:.0f} s on 2 CPU cores, {mcfg.get('epoch')} epochs, the last "
+        "epoch's weights:",
+        "",
+        f"      python -m jobs.prepare --source natural --sets train={TRAIN_SET[kind]} test={sets[0]} "
+        f"--out data/{sets[0]}",
+        f"      {trained['command']}",
+        "",
+        "- **Scores**: mean PSNR (dB) over each set, the true sigma given (`make quality-natural` wrote this card):",
+        "",
+        "| | " + " | ".join(f"{s} σ{sig}" for s, _, sig in levels) + " |",
+        "|---|" + "---|" * len(levels),
+        row("noisy input", [table[s].get(lv, {}).get("noisy", {}).get("psnr") for s, lv, _ in levels]),
+        row(f"**{name}**", [table[s].get(lv, {}).get(run, {}).get("psnr") for s, lv, _ in levels]),
+        *[row(f"{p} (published)", [dict(zip(SIGMAS, PUBLISHED[p][s])).get(sig) for s, _, sig in levels])
+          for p in ("BM3D / CBM3D", "DnCNN")],
+        "",
+        "Weights load with safetensors only (`dae.checkpoint.load_model`), never pickle.",
+        "",
+    ])
+    with open(os.path.join(dest, "README.md"), "w") as f:
+        f.write(card)
+    return dest

@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 
 from .. import inference, shards, storage
 
-LAYOUT = 2  # output layout version: 1 was one data file per input written by the driver
+LAYOUT = 3  # output layout version: 1 was one data file per input written by the driver; 3 added noise_sigma
 # Metric sums are integers in units of 1e-9 (of a dB, of SSIM): integer addition is associative, so
 # the means do not depend on how rows were split into parts (float sums differ in the last bit).
 METRIC_SCALE = 10**9
@@ -61,7 +61,7 @@ def _data_schema(with_noise: bool) -> pa.Schema:
     if with_noise:
         cols.append(("noisy", pa.binary()))
     cols += [("image", pa.binary()), ("height", pa.int32()), ("width", pa.int32()), ("channels", pa.int8()),
-             ("label", pa.int64()), ("split", pa.string())]
+             ("label", pa.int64()), ("split", pa.string()), ("noise_sigma", pa.float32())]
     if with_noise:
         cols += [(k, pa.float64()) for k in inference.METRIC_COLUMNS]
     return pa.schema(cols)
@@ -123,6 +123,10 @@ def write_parts(batch: dict, out: str, root_inner: str, with_noise: bool, finger
             schema = _data_schema(with_noise)
             cols = {}
             for f in schema:
+                if f.name == "noise_sigma":  # the level a conditioned model was told (0-255); null for others
+                    v = np.asarray(batch[inference.SIGMA][ok], np.float32) * np.float32(255)
+                    cols[f.name] = pa.array(v, f.type, mask=~np.isfinite(v))
+                    continue
                 v = batch[f.name][ok]
                 cols[f.name] = _label_array(v) if f.name == "label" else pa.array(list(v) if v.dtype == object
                                                                                     else v, f.type)

@@ -119,3 +119,25 @@ def test_duplicate_finder_pieces(tmp_path, tiny_shards):
     assert sum(f[0] for f in found) == 2 and sum(f[1] for f in found) == 4
     shown = sorted(e for f in found for e in f[2])
     assert shown == [("x", 2, [0]), ("y", 2, [0, 1])]
+
+
+def test_the_denoiser_tells_a_conditioned_model_its_level_and_says_which(tmp_path):
+    """The sigma column: --sigma wins, else the --add-noise level, else an estimate per image; a model
+    that takes no level gets NaN there (written out as null)."""
+    from skimage import data
+
+    from dae.checkpoint import save_model
+
+    cam = data.camera()[:64, :96, None]
+    batch = {"id": np.array(["a", "b"], dtype=object), "image": [shards.encode_png(cam)] * 2}
+    for name in ("cunet", "unet"):
+        save_model(create_model(name, channels=1, width=4), str(tmp_path / name))
+    den = inference.Denoiser(str(tmp_path / "cunet"), device="cpu")
+    given = den(inference.prepare_batch(batch, 1, sigma=30 / 255))[inference.SIGMA]
+    drawn = den(inference.prepare_batch(batch, 1, noise="awgn:10-50", seed=0))[inference.SIGMA]
+    estimated = den(inference.prepare_batch(batch, 1))[inference.SIGMA]
+    assert np.allclose(given, 30 / 255)
+    assert 10 / 255 <= drawn.min() and drawn.max() <= 50 / 255 and drawn[0] != drawn[1]  # per image
+    assert np.isfinite(estimated).all() and estimated[0] == estimated[1]  # the same photo: the same estimate
+    other = inference.Denoiser(str(tmp_path / "unet"), device="cpu")(inference.prepare_batch(batch, 1, sigma=0.1))
+    assert np.isnan(other[inference.SIGMA]).all()

@@ -56,3 +56,31 @@ def test_published_figures_cover_every_set_and_level():
 def test_bad_settings_fail_before_any_work(changes, says):
     with pytest.raises(ValueError, match=says):
         check_config(QualityNaturalConfig(**changes))
+
+
+def test_ship_writes_a_weights_only_model_dir_with_its_card(tmp_path, monkeypatch):
+    from dae import checkpoint
+    from dae.bench.quality_natural import TRAIN, ship
+    from dae.models import create_model
+
+    monkeypatch.setattr(checkpoint, "MODELS_ROOT", str(tmp_path / "models"))
+    run = tmp_path / "runs" / "gray-blind" / "final_model"
+    checkpoint.save_model(create_model("cunet", channels=1, width=4), str(run), noise="awgn:0-55", epoch=30,
+                          data={"root": "/somewhere/private"})
+    cfg = QualityNaturalConfig(sigmas=(25,), gray_sets=("BSD68",), color_sets=(), train={"gray-blind": TRAIN["gray-blind"]})
+    table = {"BSD68": {"awgn:25": {"noisy": {"psnr": 20.17}, "gray-blind": {"psnr": 28.8}}}}
+    trained = {"model_dir": str(run), "seconds": 1500.0, "command": "python -m jobs.train --model cunet"}
+    dest = ship(cfg, "gray-blind", trained, table, ["BSD68"])
+    assert sorted(p.name for p in (tmp_path / "models" / "gray-blind").iterdir()) == [
+        "README.md", "config.json", "model.safetensors"]
+    model, mcfg = checkpoint.load_model("pretrained:gray-blind")  # by name, from the patched models/
+    assert model.conditioned and mcfg["scores"] == {"BSD68": {"awgn:25": 28.8}} and "data" not in mcfg
+    card = open(f"{dest}/README.md").read()
+    assert "| **gray-blind** | 28.80 |" in card and "| noisy input | 20.17 |" in card
+    assert "| DnCNN (published) | 29.23 |" in card and "python -m jobs.train --model cunet" in card
+    assert "Train400" in card and "1500 s on 2 CPU cores, 30 epochs" in card
+
+
+def test_ship_names_only_trained_runs():
+    with pytest.raises(ValueError, match="--ship 'x': not a run of --train"):
+        check_config(QualityNaturalConfig(ship=("x",)))
