@@ -58,6 +58,7 @@ from . import checkpoint as ckpt_lib
 from . import metrics, shards, storage
 from .config import config_dict
 from .models import create_model, list_models
+from . import objectives
 from .noise import NoiseSpec, add_noise_batch, image_rng, noise_sigmas
 
 log = logging.getLogger("dae")
@@ -81,6 +82,13 @@ class TrainConfig:
     model_kwargs: dict = field(default_factory=dict, metadata={"help": "model keyword arguments, e.g. '{width: 32}'"})
     noise: str = field(default="gaussian:0.5", metadata={"help": "noise spec, e.g. gaussian:0.5, salt_pepper:0.2, gaussian:0.05-0.6"})
     loss: str = field(default="mse", metadata={"help": "training loss", "choices": LOSSES})
+    objective: str = field(default="supervised", metadata={
+        "help": "supervised (clean targets); without clean targets: n2n (Noise2Noise: a second, independent "
+                "noise draw as the target), nb2nb (Neighbor2Neighbor), n2v (Noise2Void); see dae.objectives",
+        "choices": objectives.OBJECTIVES})
+    nb2nb_gamma: float = field(default=2.0, metadata={"help": "nb2nb: the regularizer's weight, reached at the "
+                                                              "last epoch (a linear ramp from 0, as in the paper's code)"})
+    n2v_fraction: float = field(default=0.002, metadata={"help": "n2v: fraction of pixels masked (blind spots) per sample"})
     optimizer: str = field(default="adam", metadata={"help": "optimizer", "choices": OPTIMIZERS})
     schedule: str = field(default="onecycle", metadata={"help": "learning-rate schedule (per step)", "choices": SCHEDULES})
     lr: float = field(default=2e-3, metadata={"help": "learning rate (the peak for onecycle)"})
@@ -130,6 +138,13 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
                          f"{cfg.workers} (each worker takes batch_size / workers)")
     if cfg.lr <= 0:
         raise ValueError(f"lr must be > 0, got {cfg.lr}")
+    if cfg.objective not in objectives.OBJECTIVES:
+        raise ValueError(f"unknown objective {cfg.objective!r}; valid: {', '.join(objectives.OBJECTIVES)}")
+    if cfg.objective in ("nb2nb", "n2v") and cfg.loss != "mse":
+        raise ValueError(f"--objective {cfg.objective} is defined with the MSE loss, got --loss {cfg.loss}")
+    if not 0 < cfg.n2v_fraction < 1 or cfg.nb2nb_gamma < 0:
+        raise ValueError(f"--n2v-fraction must be in (0, 1) and --nb2nb-gamma >= 0, got {cfg.n2v_fraction:g} "
+                         f"and {cfg.nb2nb_gamma:g}")
     if cfg.crop < 0 or cfg.crops_per_image < 1:
         raise ValueError(f"--crop must be >= 0 and --crops-per-image >= 1, got {cfg.crop} and {cfg.crops_per_image}")
     if cfg.gpus_per_worker < 0 or cfg.cpus_per_worker < 0:
@@ -356,6 +371,37 @@ def make_loss(name: str):
     return lambda out, target: F.binary_cross_entropy(out.clamp(1e-6, 1 - 1e-6), target)
 
 
+def make_objective(cfg: TrainConfig, epoch: int = 0):
+    """The step's loss, ``fn(run, clean, noisy, sigma, extra) -> loss``, for ``cfg.objective``: ``run(x,
+    sigma)`` is the model's forward pass (float32 out), ``extra`` what :func:`objective_inputs` made."""
+    loss_fn = make_loss(cfg.loss)
+    if cfg.objective == "supervised":
+        return lambda run, clean, noisy, sigma, extra: loss_fn(run(noisy, sigma), clean)
+    if cfg.objective == "n2n":
+        return lambda run, clean, noisy, sigma, extra: loss_fn(run(noisy, sigma), extra["target"])
+    if cfg.objective == "nb2nb":
+        gamma = objectives.nb2nb_gamma(epoch, cfg.epochs, cfg.nb2nb_gamma)
+        return lambda run, clean, noisy, sigma, extra: objectives.nb2nb_loss(run, noisy, sigma, extra["choices"],
+                                                                              gamma)[0]
+    return lambda run, clean, noisy, sigma, extra: objectives.n2v_loss(run, noisy, sigma, extra["mask"],
+                                                                       extra["source"])
+
+
+def objective_inputs(cfg: TrainConfig, clean: np.ndarray, ids, epoch: int) -> dict:
+    """What the objective needs besides the noisy batch, from (seed, id, epoch) per sample: n2n's
+    second noise draw (its own stream, ``n2n:ID``), nb2nb's sub-sampler cells, n2v's blind spots. The
+    clean images are used only to synthesize n2n's second draw: no objective but supervised sees them."""
+    if cfg.objective == "n2n":
+        return {"target": _to_nchw(add_noise_batch(clean, [f"n2n:{i}" for i in ids], cfg.noise, cfg.seed, epoch))}
+    h, w = clean.shape[1:3]
+    if cfg.objective == "nb2nb":
+        return {"choices": torch.from_numpy(objectives.nb2nb_choices(ids, cfg.seed, epoch, h, w))}
+    if cfg.objective == "n2v":
+        mask, source = objectives.n2v_masks(ids, cfg.seed, epoch, h, w, cfg.n2v_fraction)
+        return {"mask": torch.from_numpy(mask), "source": torch.from_numpy(source)}
+    return {}
+
+
 def make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -411,15 +457,16 @@ def load_train(it, lc: LoopConfig, rank: int = 0, world: int = 1) -> TrainData:
 
 
 def batches(data: TrainData, cfg: TrainConfig, epoch: int, rank: int, batch_size: int):
-    """(clean, noisy, sigma) CPU tensors of this rank for one epoch: (B, C, H, W) float32 images and
-    the (B,) noise sigma each sample was drawn with (what a conditioned model is told). Sample i's
-    noise comes from (seed, id_i, epoch) only, whatever batch or rank it lands in."""
+    """(clean, noisy, sigma, extra) CPU tensors of this rank for one epoch: (B, C, H, W) float32 images,
+    the (B,) noise sigma each sample was drawn with (what a conditioned model is told) and the
+    objective's inputs (:func:`objective_inputs`). Sample i's noise comes from (seed, id_i, epoch) only,
+    whatever batch or rank it lands in."""
     spec, seed = NoiseSpec.parse(cfg.noise), cfg.seed
 
     def pair(clean, ids):
         clean = np.asarray(clean, dtype=np.float32)
         return (_to_nchw(clean), _to_nchw(add_noise_batch(clean, ids, spec, seed, epoch)),
-                torch.from_numpy(noise_sigmas(ids, spec, seed, epoch)))
+                torch.from_numpy(noise_sigmas(ids, spec, seed, epoch)), objective_inputs(cfg, clean, ids, epoch))
 
     if data.stream is None:
         # cache mode: a seeded permutation of the in-memory samples, no Ray Data work per epoch; with
@@ -449,23 +496,28 @@ def batches(data: TrainData, cfg: TrainConfig, epoch: int, rank: int, batch_size
                                               local_shuffle_seed=seed * 1000 + epoch, prefetch_batches=2)
 
 
-def train_one_epoch(model: torch.nn.Module, loader, opt, sched, loss_fn, device: torch.device | str = "cpu",
+def train_one_epoch(model: torch.nn.Module, loader, opt, sched, objective, device: torch.device | str = "cpu",
                     world: int = 1, steps_left: float = math.inf, after_first_step=None) -> dict:
-    """One optimizer step per (clean, noisy, sigma) batch of ``loader``. ``sched`` steps at most ``steps_left`` times
+    """One optimizer step per (clean, noisy, sigma, extra) batch of ``loader``, with the loss of
+    ``objective`` (:func:`make_objective`). ``sched`` steps at most ``steps_left`` times
     (stream mode may yield a batch more than planned). Returns the epoch's figures over all ranks
     (train_loss, images_per_s, train_s, train_cpu_s, data_s) and this rank's ``steps``."""
     device = torch.device(device)
+
+    def run(x, sigma):  # bf16 autocast around the model only: the loss is computed in float32
+        with _autocast(device):
+            return model(x, sigma).float()
+
     t0, c0 = time.perf_counter(), time.process_time()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     n_seen = steps = 0
     t_data = 0.0
     td = time.perf_counter()
-    for clean, noisy, sigma in loader:
+    for clean, noisy, sigma, extra in loader:
         t_data += time.perf_counter() - td
         clean, noisy = clean.to(device, non_blocking=True), noisy.to(device, non_blocking=True)
-        with _autocast(device):
-            out = model(noisy, sigma.to(device, non_blocking=True))
-        loss = loss_fn(out.float(), clean)  # loss in float32 (bce is not autocast-safe)
+        extra = {k: v.to(device, non_blocking=True) for k, v in extra.items()}
+        loss = objective(run, clean, noisy, sigma.to(device, non_blocking=True), extra)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -642,7 +694,7 @@ def train_loop(lc: LoopConfig) -> None:
     torch.manual_seed(cfg.seed)
     raw_model = create_model(cfg.model, channels=lc.channels, **cfg.model_kwargs)
     model = ray.train.torch.prepare_model(raw_model)  # device placement + DDP when world > 1
-    opt, loss_fn = make_optimizer(cfg, model.parameters()), make_loss(cfg.loss)
+    opt = make_optimizer(cfg, model.parameters())
     sched = make_scheduler(cfg, opt, total_steps)
     state = TrainState()
     if (ckpt := ray.train.get_checkpoint()) is not None:  # a replaced worker group, or a rerun of the run
@@ -653,7 +705,8 @@ def train_loop(lc: LoopConfig) -> None:
 
     t_run = last_report = time.perf_counter()
     for epoch in range(start_epoch := state.epoch, cfg.epochs):
-        row = train_one_epoch(model, batches(data, cfg, epoch, rank, per_worker), opt, sched, loss_fn, device, world,
+        row = train_one_epoch(model, batches(data, cfg, epoch, rank, per_worker), opt, sched,
+                              make_objective(cfg, epoch), device, world,
                               steps_left=total_steps - state.steps_done,
                               after_first_step=functools.partial(_maybe_fail, lc, epoch, rank, world, last_report))
         state.steps_done += row.pop("steps")

@@ -187,3 +187,14 @@ def test_crops_of_mixed_size_photos_train_and_validate_whole(ray_session, tiny_s
     assert 19.5 < hist[-1]["noisy_psnr"] < 21.5  # awgn:25 on whole images of four sizes, unclipped
     assert hist[-1]["val_psnr"] > hist[-1]["noisy_psnr"], hist[-1]
     assert os.path.exists(os.path.join(res["out"], "samples.png"))
+
+
+@pytest.mark.parametrize("objective", ["nb2nb"])
+def test_self_supervised_objective_on_one_and_two_workers(ray_session, shards_root, tmp_path, objective):
+    """Neighbor2Neighbor through the job (Ray Train, DDP with its no-grad full-image pass): 1 and 2
+    workers both learn from noisy digits alone and land close together (the same global batch)."""
+    runs = {w: read_metrics(train(shards_root, tmp_path, f"{objective}-{w}", "--workers", w, "--epochs", 3,
+                                  "--objective", objective, "--noise", "awgn:60")["out"]) for w in (1, 2)}
+    for w, hist in runs.items():
+        assert hist[-1]["val_psnr"] > hist[-1]["noisy_psnr"] + 2, (w, hist[-1])
+    assert abs(runs[1][-1]["val_psnr"] - runs[2][-1]["val_psnr"]) < 1.0, (runs[1][-1], runs[2][-1])

@@ -15,7 +15,7 @@ from dae.inference import denoise_images
 from dae.models import create_model
 from dae.noise import add_noise_batch
 from dae.shards import stack_or_ragged
-from dae.train import (LoopConfig, TrainConfig, batches, load_train, load_validation, make_loss, make_optimizer,
+from dae.train import (LoopConfig, TrainConfig, batches, load_train, load_validation, make_objective, make_optimizer,
                        make_scheduler, random_crop, random_crops, samples_per_epoch, train_one_epoch, validate)
 from helpers import needs_natural
 
@@ -78,7 +78,7 @@ def test_cache_crops_are_the_same_with_one_and_two_workers():
     def crops_of(rank, world, epoch=0):
         part = load_train(FakeIterator(images, ids), loop_config(), rank, world)
         out = []
-        for clean, noisy, _ in batches(part, CFG, epoch, rank, CFG.batch_size):
+        for clean, noisy, *_ in batches(part, CFG, epoch, rank, CFG.batch_size):
             assert clean.shape[1:] == (1, 16, 16) and noisy.shape == clean.shape
             out += [(c.numpy().tobytes(), n.numpy().tobytes()) for c, n in zip(clean, noisy)]
         return out
@@ -153,7 +153,7 @@ def test_crops_of_real_train400_photos_beat_the_noisy_input():
     sched = make_scheduler(cfg, opt, 100)
     data = load_train(FakeIterator(train, train_ids), loop_config(cfg, train_rows=24))
     for epoch in range(12):
-        train_one_epoch(model, batches(data, cfg, epoch, 0, cfg.batch_size), opt, sched, make_loss("mse"))
+        train_one_epoch(model, batches(data, cfg, epoch, 0, cfg.batch_size), opt, sched, make_objective(cfg))
     val = load_validation(FakeIterator(test, test_ids), cfg)
     row = validate(model, val)
     assert 19.5 < row["noisy_psnr"] < 21.0  # sigma 25 unclipped: 20.17 dB

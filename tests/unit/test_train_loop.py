@@ -15,7 +15,7 @@ from dae.checkpoint import load_model
 from dae.models import create_model
 from dae.noise import add_noise_batch
 from dae.train import (LoopConfig, TrainConfig, TrainState, batches, collapsed, load_train,
-                       load_validation, make_loss, make_optimizer, make_scheduler, restore, save_checkpoint,
+                       load_validation, make_objective, make_optimizer, make_scheduler, restore, save_checkpoint,
                        train_one_epoch, validate)
 from helpers import REPO, mnist5k_digits
 
@@ -60,7 +60,7 @@ def train_epochs(data, epochs, cfg=CFG, seed=None):
     torch.set_num_threads(1)
     cfg = dataclasses.replace(cfg, seed=cfg.seed if seed is None else seed)
     model, opt, sched = setup(cfg)
-    losses = [train_one_epoch(model, batches(data, cfg, e, 0, cfg.batch_size), opt, sched, make_loss(cfg.loss))
+    losses = [train_one_epoch(model, batches(data, cfg, e, 0, cfg.batch_size), opt, sched, make_objective(cfg))
               ["train_loss"] for e in range(epochs)]
     return losses, model
 
@@ -91,7 +91,7 @@ def test_cache_batches_cover_every_row_once_with_noise_from_seed_id_epoch(digits
 
     def epoch(e, rank=0):
         out = [(c.permute(0, 2, 3, 1).numpy(), n.permute(0, 2, 3, 1).numpy())
-               for c, n, _ in batches(data, CFG, e, rank, 16)]
+               for c, n, *_ in batches(data, CFG, e, rank, 16)]
         assert [len(c) for c, _ in out] == [16] * 4
         clean, noisy = np.concatenate([c for c, _ in out]), np.concatenate([n for _, n in out])
         return clean, noisy, [by_pixels[c.tobytes()] for c in clean]
@@ -122,7 +122,7 @@ def test_stream_batches_add_noise_from_seed_id_epoch(digits):
     for e in (0, 1):
         out = list(batches(data, CFG, e, 0, 16))
         assert len(out) == 4 and shard.kw["local_shuffle_seed"] == CFG.seed * 1000 + e
-        noisy = np.concatenate([n.permute(0, 2, 3, 1).numpy() for _, n, _ in out])
+        noisy = np.concatenate([n.permute(0, 2, 3, 1).numpy() for _, n, *_ in out])
         np.testing.assert_array_equal(noisy, add_noise_batch(images, ids, CFG.noise, CFG.seed, e))
         np.testing.assert_array_equal(np.concatenate([c.permute(0, 2, 3, 1).numpy() for c, *_ in out]), images)
 
@@ -148,7 +148,7 @@ def test_train_one_epoch_contract(digits):
     cfg = dataclasses.replace(CFG, schedule="onecycle")
     model, opt, sched = setup(cfg, total_steps=3)  # OneCycleLR raises when stepped past its total
     calls = []
-    stats = train_one_epoch(model, batches(data, cfg, 0, 0, 16), opt, sched, make_loss(cfg.loss),
+    stats = train_one_epoch(model, batches(data, cfg, 0, 0, 16), opt, sched, make_objective(cfg),
                             steps_left=3, after_first_step=lambda: calls.append(sched.last_epoch))
     assert stats["steps"] == 4 and sched.last_epoch == 3  # the 4th batch trained, the schedule held
     assert calls == [1]  # the hook ran once, after the first step
@@ -208,7 +208,7 @@ def test_checkpoint_restores_model_optimizer_and_schedule(digits, tmp_path):
     images, ids = digits
     data = load_train(FakeIterator(images, ids), loop_config())
     cfg = dataclasses.replace(CFG, schedule="onecycle")
-    loss_fn = make_loss(cfg.loss)
+    loss_fn = make_objective(cfg)
     model, opt, sched = setup(cfg)
     stats = train_one_epoch(model, batches(data, cfg, 0, 0, 16), opt, sched, loss_fn)
     state = TrainState(epoch=1, steps_done=stats["steps"], attempt=0,

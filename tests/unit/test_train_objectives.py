@@ -1,0 +1,60 @@
+"""The self-supervised objectives inside the train loop's pieces (no Ray): each trains a tiny DnCNN on
+a few real MNIST digits from noisy inputs alone and beats the noisy input; the step never reads the
+clean images; their inputs come from (seed, id, epoch). The objectives' arithmetic is in
+test_objectives.py."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from dae.train import (TrainConfig, batches, check_config, load_train, load_validation, make_objective,
+                       objective_inputs, train_one_epoch, validate)
+from .test_train_loop import FakeIterator, digits, loop_config, setup  # noqa: F401  (digits: a fixture)
+
+CFG = TrainConfig(data="unused", model="dncnn", model_kwargs={"depth": 4, "width": 16}, noise="awgn:60", lr=3e-3,
+                  batch_size=16, epochs=8, schedule="constant", seed=0, run_name="unit", n2v_fraction=0.05)
+
+
+@pytest.mark.parametrize("objective", ["n2n", "nb2nb", "n2v"])
+def test_each_objective_learns_from_noisy_images_alone(digits, objective):
+    images, ids = digits
+    torch.set_num_threads(1)
+    cfg = dataclasses.replace(CFG, objective=objective)
+    data = load_train(FakeIterator(images, ids), loop_config(cfg))
+    model, opt, sched = setup(cfg)
+    for epoch in range(cfg.epochs):
+        step = make_objective(cfg, epoch)
+        # the step gets NaN for the clean images: it must never read them
+        loader = ((torch.full_like(c, float("nan")), n, s, e) for c, n, s, e in batches(data, cfg, epoch, 0, 16))
+        stats = train_one_epoch(model, loader, opt, sched, step)
+        assert np.isfinite(stats["train_loss"])
+    row = validate(model, load_validation(FakeIterator(images[:32], ids[:32]), cfg))
+    assert row["val_psnr"] > row["noisy_psnr"] + 3, row
+
+
+def test_objective_inputs_come_from_seed_id_and_epoch(digits):
+    images, ids = digits
+    for objective, key in (("n2n", "target"), ("nb2nb", "choices"), ("n2v", "mask")):
+        cfg = dataclasses.replace(CFG, objective=objective)
+        whole = objective_inputs(cfg, images[:8], ids[:8], 3)[key]
+        parts = [objective_inputs(cfg, images[i:i + 1], ids[i:i + 1], 3)[key] for i in (5, 2)]
+        assert torch.equal(whole[5], parts[0][0]) and torch.equal(whole[2], parts[1][0])  # not batch-bound
+        assert not torch.equal(whole, objective_inputs(cfg, images[:8], ids[:8], 4)[key])  # fresh each epoch
+    n2n = objective_inputs(dataclasses.replace(CFG, objective="n2n"), images[:4], ids[:4], 0)["target"]
+    noisy = next(batches(load_train(FakeIterator(images[:4], ids[:4]), loop_config(CFG, train_rows=4)), CFG, 0, 0, 4))
+    clean, first = noisy[0], noisy[1]
+    a, b = (first - clean).flatten(), (n2n - clean).flatten()
+    assert abs(float(a.std()) - float(b.std())) < 0.02 and abs(float(torch.corrcoef(torch.stack([a, b]))[0, 1])) < 0.1
+    # the same level, an independent draw
+
+
+@pytest.mark.parametrize("changes, says", [
+    ({"objective": "nb2nb", "loss": "l1"}, "nb2nb is defined with the MSE loss"),
+    ({"objective": "n2v", "n2v_fraction": 0.0}, "n2v-fraction must be in"),
+    ({"objective": "byol"}, "valid"),
+])
+def test_bad_objective_settings_fail_clearly(changes, says):
+    with pytest.raises(ValueError, match=says):
+        check_config(dataclasses.replace(CFG, **changes))
