@@ -282,7 +282,8 @@ def ship(cfg: QualityNaturalConfig, name: str, trained: dict, table: dict, sets:
         f"--out data/{sets[0]}",
         f"      {trained['command']}",
         "",
-        "- **Scores**: mean PSNR (dB) over each set, the true sigma given (`make quality-natural` wrote this card):",
+        f"- **Scores**: mean PSNR (dB) over each set, the true sigma given (`python -m jobs.quality_natural --ship {name}` "
+        "wrote this card):",
         "",
         "| | " + " | ".join(f"{s} σ{sig}" for s, _, sig in levels) + " |",
         "|---|" + "---|" * len(levels),

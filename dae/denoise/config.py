@@ -15,7 +15,7 @@ DEVICES = ("auto", "cpu", "cuda")
 class DenoiseConfig:
     input: str = field(default="", metadata={"help": "shard directory, single .parquet file, or URI"})
     model: str = field(default="", metadata={"help": "model directory (dae.checkpoint.save_model), or "
-                                                     "pretrained:NAME (shipped: gray-blind, color-blind)"})
+                                                     "pretrained:NAME (shipped: see models/)"})
     output: str = field(default="", metadata={"help": "output directory or URI"})
     split: str = field(default="", metadata={"help": "only INPUT/SPLIT/*.parquet; empty: every shard under INPUT"})
     add_noise: str = field(default="", metadata={"help": "synthesize noise first (evaluation on clean data), "
