@@ -331,6 +331,9 @@ def select_images(cfg: EvaluateConfig, running: Sequence[str]) -> Selection:
     """Which images are scored (the first ``limit`` in file order, after any tuning hold-out), tuned
     on, scored by BM3D and shown in the picture; ``running``: the classical methods that run."""
     files = scored_files(cfg.data, cfg.split)
+    if files and shards.is_noisy_only(files):
+        raise ValueError(f"{cfg.data} holds noisy images with no clean version (prepared with --noisy): evaluate "
+                         "scores against clean images; denoise them with jobs.denoise and look at its samples.png")
     total_rows = sum(file_rows(f) for f in files)
     tune_source, tune_files = _tuning_split(cfg, running)
     holdout_n = cfg.tune_images if tune_source == "holdout" else 0

@@ -12,6 +12,8 @@ mode: each image draws its own level uniformly from the range)::
     awgn:25                   x + (25 / 255) * N(0, 1), NOT clipped: the denoising literature's
                               protocol (sigma on the 0-255 scale; BM3D, DnCNN, FFDNet, DRUNet tables)
     awgn:0-55                 blind AWGN, sigma drawn per image
+    none                      no synthetic noise: the images are already noisy (noisy-only
+                              collections, ``jobs.prepare --noisy``; self-supervised training)
 
 Every kind but ``awgn`` clips to [0, 1] (the seed notebooks' noise); ``awgn`` is neither clipped nor
 quantized, so a model fed it sees values outside [0, 1], as in the published tables. Where a noisy
@@ -69,6 +71,10 @@ class NoiseSpec:
         """Whether noisy images stay in [0, 1] (every kind but awgn)."""
         return self.kind not in UNCLIPPED
 
+    @property
+    def none(self) -> bool:
+        return self.kind == "none"
+
     def sigma(self, level: float) -> float:
         """The Gaussian standard deviation on the [0, 1] scale of a level (gaussian: the level itself;
         awgn: level / 255); None for the other kinds."""
@@ -80,8 +86,10 @@ class NoiseSpec:
             return spec
         usage = (
             f"bad noise spec {spec!r}: expected KIND:LEVEL[,key=value] or KIND:LO-HI with KIND one of "
-            f"{', '.join(KINDS)} (e.g. gaussian:0.5, salt_pepper:0.2, gaussian:0.05-0.6, awgn:25)"
+            f"{', '.join(KINDS)} (e.g. gaussian:0.5, salt_pepper:0.2, gaussian:0.05-0.6, awgn:25), or none"
         )
+        if isinstance(spec, str) and spec.strip().lower() == "none":
+            return cls("none", 0.0, 0.0)
         if not isinstance(spec, str) or ":" not in spec:
             raise ValueError(usage)
         kind, _, rest = spec.strip().partition(":")
@@ -115,6 +123,8 @@ class NoiseSpec:
         return cls(kind, low, high, options)
 
     def __str__(self) -> str:
+        if self.none:
+            return "none"
         level = f"{self.low:g}" if not self.blind else f"{self.low:g}-{self.high:g}"
         opts = "".join(
             f",{k}={v:g}" for k, v in self.options.items() if v != _KIND_OPTIONS[self.kind][k]
@@ -130,6 +140,8 @@ class NoiseSpec:
         """Noisy copy of one float image (H, W, C) in [0, 1]; returns float32, in [0, 1] unless the kind
         is unclipped (awgn)."""
         x = np.asarray(image, dtype=np.float32)
+        if self.none:
+            return x.copy()
         level = self.draw_level(rng)
         if self.kind in ("gaussian", "awgn"):
             y = x + np.float32(self.sigma(level)) * rng.standard_normal(x.shape, dtype=np.float32)

@@ -42,6 +42,9 @@ class PrepareConfig:
         "help": "share of test images for folder, sklearn-digits and photos (hash-based split)"})
     overwrite: bool = field(default=False, metadata={"help": "replace shards already in --out"})
     preview: int = field(default=0, metadata={"help": "write preview.png with the first N train images"})
+    noisy: bool = field(default=False, metadata={
+        "help": "the images are noisy and there is no clean version (scans, microscopy, low light): marks "
+                "the shards so jobs.train refuses supervised training and validates without clean targets"})
     # folder
     labels_from_subdirs: bool = field(default=False, metadata={"help": "folder: class = first sub-folder name"})
     parallel_min_files: int = field(default=2000, metadata={
@@ -99,7 +102,7 @@ def clear_outputs(out: str) -> None:
 def write_split(out: str, split: str, records, prepared: Prepared, cfg: PrepareConfig, seen: set) -> dict:
     progress = Progress(f"prepare {split}")
     with shards.ShardWriter(out, split, dataset=prepared.dataset, source=prepared.source,
-                            rows_per_shard=cfg.rows_per_shard) as writer:
+                            rows_per_shard=cfg.rows_per_shard, noisy=cfg.noisy) as writer:
         # The stage also applies --limit (sources apply it too where it saves reading).
         for rid, image, label in itertools.islice(records, cfg.limit):
             if rid in seen:
@@ -159,6 +162,7 @@ def run(cfg: PrepareConfig) -> dict:
     seconds = time.perf_counter() - start
     total = sum(s["images"] for s in splits.values())
     summary = {"dataset": prepared.dataset, "source": prepared.source, "out": cfg.out, "splits": splits,
+               "noisy_only": cfg.noisy,
                "images": total, "errors": len(prepared.errors or []), "stats": prepared.stats,
                "seconds": round(seconds, 3), "side_files": extra_files}
     if prepared.errors:
@@ -174,7 +178,8 @@ def run(cfg: PrepareConfig) -> dict:
 def format_summary(summary: dict) -> str:
     """What the job prints: images and files per split, unreadable files, the rate."""
     out, splits, total, seconds = summary["out"], summary["splits"], summary["images"], summary["seconds"]
-    lines = [f"prepared {summary['dataset']} ({summary['source']}) -> {out}"]
+    lines = [f"prepared {summary['dataset']} ({summary['source']}) -> {out}"
+             + (" (noisy-only: no clean reference)" if summary.get("noisy_only") else "")]
     for split, s in splits.items():
         lines.append(f"  {split:5s} {s['images']:8d} images in {s['files']} shard file(s)")
     if "errors.jsonl" in summary["side_files"]:

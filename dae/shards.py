@@ -10,9 +10,11 @@ Schema (``SCHEMA``), one row per image:
     label     int64    nullable  class label when the source has one
     split     string   not null  "train", "test", ...
 
-File metadata: ``dae.dataset`` (dataset name), ``dae.source`` (where the images came from) and
-``dae.format`` (format version). Shards of a split live at ``ROOT/SPLIT/part-00000.parquet``, ...,
-``rows_per_shard`` rows each, numbered in write order so the same input gives the same file names.
+File metadata: ``dae.dataset`` (dataset name), ``dae.source`` (where the images came from),
+``dae.format`` (format version) and, on a noisy-only collection (``jobs.prepare --noisy``: the images
+are noisy and there is no clean reference), ``dae.noisy`` = ``1`` (:func:`is_noisy_only`). Shards
+of a split live at ``ROOT/SPLIT/part-00000.parquet``, ..., ``rows_per_shard`` rows each, numbered
+in write order so the same input gives the same file names.
 
 Readers validate the schema and name the file and the missing or wrong column. No Ray import.
 """
@@ -243,6 +245,16 @@ def shard_metadata(path: str) -> dict[str, str]:
     return {k.decode(): v.decode() for k, v in md.items() if k.startswith(b"dae.")}
 
 
+def is_noisy_only(files: Sequence[str]) -> bool:
+    """Whether shards hold noisy images with no clean reference (``dae.noisy`` in the file metadata).
+    A split mixing such shards with clean ones is refused: no training mode fits both."""
+    flags = {shard_metadata(f).get("dae.noisy") == "1" for f in files}
+    if len(flags) > 1:
+        raise ValueError(f"{files[0].rsplit('/', 1)[0]} mixes noisy-only shards (prepared with --noisy) with clean "
+                         "ones; prepare them into separate roots")
+    return flags == {True}
+
+
 def iter_rows(files: Iterable[str], columns: Sequence[str] | None = None) -> Iterator[dict]:
     for f in files:
         for row in read_shard(f, columns).to_pylist():
@@ -257,13 +269,15 @@ class ShardWriter:
     """
 
     def __init__(self, root: str, split: str, dataset: str, source: str, rows_per_shard: int = 10_000,
-                 start_index: int = 0):
+                 start_index: int = 0, noisy: bool = False):
         if rows_per_shard < 1:
             raise ValueError(f"rows_per_shard must be >= 1, got {rows_per_shard}")
         self.root, self.split = root, split
         self.rows_per_shard = rows_per_shard
         self.metadata = {b"dae.dataset": dataset.encode(), b"dae.source": source.encode(),
                          b"dae.format": FORMAT_VERSION.encode()}
+        if noisy:
+            self.metadata[b"dae.noisy"] = b"1"
         self.index = start_index
         self.rows: list[dict] = []
         self.files: list[str] = []

@@ -79,6 +79,8 @@ class QualityNaturalConfig:
     bm3d_limit: int = field(default=8, metadata={"help": "BM3D scores the first N images of each set "
                                                          "(4-14 s per photo on 2 cores); 0 = all"})
     tune_images: int = field(default=8, metadata={"help": "training images NLM's parameters are tuned on"})
+    color_tune_images: int = field(default=3, metadata={
+        "help": "the same for the color sets (NLM's slow mode takes 3 s per color photo on 2 cores)"})
     limit: int = field(default=0, metadata={"help": "score the first N images of each set; 0 = all"})
     workers: int = field(default=1, metadata={"help": "Ray Train workers per training run"})
     gpus_per_worker: float = field(default=0.0, metadata={"help": "GPUs per training worker"})
@@ -136,7 +138,8 @@ def evaluate_set(cfg: QualityNaturalConfig, name: str, data: str, model_dirs: li
     ecfg = EvaluateConfig(data=data, split="test", out=storage.join(cfg.out, "eval", name),
                           noise=tuple(f"awgn:{s:g}" for s in cfg.sigmas), models=tuple(model_dirs),
                           baselines=tuple(cfg.baselines), limit=cfg.limit, seed=cfg.seed, bm3d_limit=cfg.bm3d_limit,
-                          tune_images=cfg.tune_images, tune_split="train", picture_images=4)
+                          tune_images=cfg.color_tune_images if sets_of(cfg)[name] == "color" else cfg.tune_images,
+                          tune_split="train", picture_images=4)
     return evaluate_or_reuse(ecfg, name)
 
 

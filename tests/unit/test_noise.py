@@ -133,3 +133,12 @@ def test_estimate_sigma_reads_awgn_on_a_photo():
         assert abs(est - sigma) < 2.5, (sigma, est)
     rgb = data.astronaut()[::2, ::2].astype(np.float32) / 255
     assert abs(estimate_sigma(add_noise(rgb, "awgn:25", seed=0, image_id="astronaut")) * 255 - 25) < 2.5
+
+
+def test_none_adds_nothing_and_has_no_sigma():
+    """--noise none (noisy-only collections): the stored images are the noisy inputs, unchanged."""
+    spec = NoiseSpec.parse(" None ")
+    assert str(spec) == "none" and NoiseSpec.parse(str(spec)) == spec and spec.sigma(spec.low) is None
+    x = _images()
+    np.testing.assert_array_equal(add_noise_batch(x, [str(i) for i in range(6)], spec, seed=1), x)
+    assert np.isnan(noise_sigmas(["a", "b"], "none", 0)).all()

@@ -216,3 +216,17 @@ def test_command_line_spells_bools_and_leaves_defaults_out():
     assert command_line("jobs.denoise", DenoiseConfig(bf16=False)) == "python -m jobs.denoise --no-bf16"
     assert "--bf16 --" in command_line("jobs.denoise", DenoiseConfig(), full=True)
     assert "--limit" not in command_line("jobs.prepare", PrepareConfig(), full=True)  # None: the flag's absence
+
+
+def test_noisy_flag_marks_the_shards_noisy_only(tmp_path, capsys):
+    """--noisy: the collection has no clean version; the shards say so (dae.noisy), the summary too, and a
+    split mixing such shards with clean ones is refused."""
+    make_image_folder(tmp_path / "imgs")
+    run("--source", "folder", "--input", tmp_path / "imgs", "--out", tmp_path / "noisy", "--noisy")
+    assert "noisy-only" in capsys.readouterr().out
+    run("--source", "folder", "--input", tmp_path / "imgs", "--out", tmp_path / "clean")
+    noisy, clean = (shards.list_shards(str(tmp_path / d), "train") for d in ("noisy", "clean"))
+    assert shards.is_noisy_only(noisy) and not shards.is_noisy_only(clean)
+    assert json.loads((tmp_path / "noisy" / "summary.json").read_text())["noisy_only"] is True
+    with pytest.raises(ValueError, match="mixes noisy-only shards"):
+        shards.is_noisy_only(noisy + clean)

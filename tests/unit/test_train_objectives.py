@@ -58,3 +58,59 @@ def test_objective_inputs_come_from_seed_id_and_epoch(digits):
 def test_bad_objective_settings_fail_clearly(changes, says):
     with pytest.raises(ValueError, match=says):
         check_config(dataclasses.replace(CFG, **changes))
+
+
+# ---------------------------------------------------------------- noisy-only data (prepare --noisy)
+
+
+def test_noisy_only_training_and_validation_without_clean_images(digits):
+    """Digits stored already noisy (awgn 60, as a noisy-only collection holds them), trained with
+    --noise none and nb2nb: validation reports the held-out loss and the residual's std (no PSNR: there
+    is nothing to score against); the loss falls, the residual's std comes near the real sigma and the
+    model beats the noisy input against the clean digits, which only this test knows."""
+    from dae.metrics import psnr
+    from dae.noise import add_noise_batch
+
+    images, ids = digits
+    stored = add_noise_batch(images, ids, "awgn:60", 99, 0)
+    torch.set_num_threads(1)
+    cfg = dataclasses.replace(CFG, objective="nb2nb", noise="none")
+    val = load_validation(FakeIterator(stored[:32], ids[:32]), cfg, clean=False)
+    assert val.clean is None and np.isnan(val.noisy_psnr)
+    # the images as stored are the inputs (ids are in order already: d/000...)
+    assert torch.equal(val.noisy, torch.from_numpy(stored[:32].transpose(0, 3, 1, 2).copy()))
+
+    class Identity(torch.nn.Module):
+        def forward(self, x, sigma=None):
+            return x
+
+    ident = validate(Identity(), val, cfg=cfg)
+    assert set(ident) == {"val_loss", "residual_std", "output_spread"} and ident["residual_std"] == 0.0
+    data = load_train(FakeIterator(stored, ids), loop_config(cfg))
+    model, opt, sched = setup(cfg)
+    before = validate(model, val, cfg=cfg)
+    for epoch in range(cfg.epochs):
+        train_one_epoch(model, batches(data, cfg, epoch, 0, 16), opt, sched, make_objective(cfg, epoch))
+    after = validate(model, val, cfg=cfg)
+    assert after["val_loss"] < before["val_loss"], (before, after)
+    assert abs(after["residual_std"] * 255 - 60) < 15, after
+    with torch.no_grad():
+        out = model(torch.from_numpy(stored[:32].transpose(0, 3, 1, 2).copy()), torch.zeros(32)).clamp(0, 1)
+    clean = torch.from_numpy(images[:32].transpose(0, 3, 1, 2).copy())
+    noisy = torch.from_numpy(np.clip(stored[:32], 0, 1).transpose(0, 3, 1, 2).copy())
+    assert float(psnr(out, clean).mean()) > float(psnr(noisy, clean).mean()) + 3
+
+
+@pytest.mark.parametrize("objective, noise, train_noisy, says", [
+    ("supervised", "none", True, "supervised needs clean targets; train with --objective nb2nb or n2v"),
+    ("n2n", "none", True, "n2n needs two noisy images of each scene"),
+    ("nb2nb", "awgn:25", True, "pass --noise none"),
+    ("nb2nb", "none", False, "--noise none trains on the images as they are"),
+])
+def test_noisy_only_data_refuses_what_needs_clean_images(objective, noise, train_noisy, says):
+    from dae.train import check_noisy_only
+
+    with pytest.raises(ValueError, match=says):
+        check_noisy_only(dataclasses.replace(CFG, objective=objective, noise=noise), train_noisy, train_noisy)
+    check_noisy_only(dataclasses.replace(CFG, objective="nb2nb", noise="none"), True, True)  # the way that works
+    check_noisy_only(dataclasses.replace(CFG, objective="supervised"), False, False)
