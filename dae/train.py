@@ -95,6 +95,9 @@ class TrainConfig:
     nb2nb_gamma: float = field(default=2.0, metadata={"help": "nb2nb: the regularizer's weight, reached at the "
                                                               "last epoch (a linear ramp from 0, as in the paper's code)"})
     n2v_fraction: float = field(default=0.002, metadata={"help": "n2v: fraction of pixels masked (blind spots) per sample"})
+    pair_data: str = field(default="", metadata={
+        "help": "n2n with real pairs: a second shard root with a second noisy image of every id of DATA (same "
+                "splits, ids and sizes; both prepared with --noisy): the targets, with --noise none"})
     optimizer: str = field(default="adam", metadata={"help": "optimizer", "choices": OPTIMIZERS})
     schedule: str = field(default="onecycle", metadata={"help": "learning-rate schedule (per step)", "choices": SCHEDULES})
     lr: float = field(default=2e-3, metadata={"help": "learning rate (the peak for onecycle)"})
@@ -148,6 +151,9 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
         raise ValueError(f"unknown objective {cfg.objective!r}; valid: {', '.join(objectives.OBJECTIVES)}")
     if cfg.objective in ("nb2nb", "n2v") and cfg.loss != "mse":
         raise ValueError(f"--objective {cfg.objective} is defined with the MSE loss, got --loss {cfg.loss}")
+    if cfg.pair_data and (cfg.objective != "n2n" or NoiseSpec.parse(cfg.noise).kind != "none"):
+        raise ValueError(f"--pair-data gives Noise2Noise its second noisy images: use it with --objective n2n and "
+                         f"--noise none, got --objective {cfg.objective} --noise {cfg.noise}")
     if not 0 < cfg.n2v_fraction < 1 or cfg.nb2nb_gamma < 0:
         raise ValueError(f"--n2v-fraction must be in (0, 1) and --nb2nb-gamma >= 0, got {cfg.n2v_fraction:g} "
                          f"and {cfg.nb2nb_gamma:g}")
@@ -166,7 +172,8 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
         raise ValueError(f"run_name must be a plain name, got {cfg.run_name!r}")
     # Workers write outputs and read data in their own working directory: pin local paths now.
     return dataclasses.replace(cfg, data=storage.absolute(cfg.data), storage=storage.absolute(cfg.storage),
-                               out=storage.absolute(cfg.out))
+                               out=storage.absolute(cfg.out),
+                               pair_data=storage.absolute(cfg.pair_data) if cfg.pair_data else "")
 
 
 def describe_split(root: str, split: str, one_size: bool = True, min_side: int = 0) -> dict:
@@ -317,6 +324,34 @@ def _collect(it) -> tuple[np.ndarray, np.ndarray]:
     return shards.stack_or_ragged([imgs[i] for i in order]), id_arr[order]
 
 
+def _collect_pairs(it, pair_it) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_collect` of both roots of n2n's real pairs, each image with its pair stacked on the
+    channel axis (H, W, 2C): crops and augmentation then cut both the same way. Ids must match."""
+    images, ids = _collect(it)
+    if pair_it is None:
+        return images, ids
+    second, ids2 = _collect(pair_it)
+    if not np.array_equal(ids, ids2):
+        missing = sorted(set(ids.tolist()) ^ set(ids2.tolist()))[:3]
+        raise ValueError(f"--pair-data must hold the same ids as --data ({len(ids)} vs {len(ids2)} images; "
+                         f"in one only: {missing})")
+    for i, (a, b) in enumerate(zip(images, second)):
+        if a.shape != b.shape:
+            raise ValueError(f"image {ids[i]!r} is {a.shape} in --data but {b.shape} in --pair-data")
+    if images.dtype != object:
+        return np.concatenate([images, second], axis=-1), ids
+    return shards.stack_or_ragged([np.concatenate([a, b], axis=-1) for a, b in zip(images, second)]), ids
+
+
+def split_pairs(images: np.ndarray, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray | None]:
+    """(inputs, n2n's real targets or None): with --pair-data the targets ride in the last half of the
+    channels (:func:`_collect_pairs`)."""
+    if not cfg.pair_data:
+        return images, None
+    c = images.shape[-1] // 2
+    return images[..., :c], images[..., c:]
+
+
 def random_crop(image: np.ndarray, image_id: str, k: int, size: int, seed: int, epoch: int,
                 augment: bool = True) -> tuple[np.ndarray, str]:
     """Crop ``k`` of an (H, W, C) image: ``size`` x ``size`` float32 at a position (and, with
@@ -395,12 +430,16 @@ def make_objective(cfg: TrainConfig, epoch: int = 0):
                                                                        extra["source"])
 
 
-def objective_inputs(cfg: TrainConfig, clean: np.ndarray, ids, epoch: int, seed: int | None = None) -> dict:
+def objective_inputs(cfg: TrainConfig, clean: np.ndarray, ids, epoch: int, seed: int | None = None,
+                     target: np.ndarray | None = None) -> dict:
     """What the objective needs besides the noisy batch, from (seed, id, epoch) per sample (``seed``:
-    ``cfg.seed`` unless given): n2n's second noise draw (its own stream, ``n2n:ID``), nb2nb's
-    sub-sampler cells, n2v's blind spots. ``clean`` (B, H, W, C) is used only to synthesize n2n's
-    second draw (the others take only its shape): no objective but supervised sees its pixels."""
+    ``cfg.seed`` unless given): n2n's second noisy image (``target``, a real pair, or a second noise
+    draw on its own stream, ``n2n:ID``), nb2nb's sub-sampler cells, n2v's blind spots. ``clean``
+    (B, H, W, C) is used only to synthesize n2n's second draw (the others take only its shape): no
+    objective but supervised sees its pixels."""
     seed = cfg.seed if seed is None else seed
+    if cfg.objective == "n2n" and target is not None:
+        return {"target": _to_nchw(target)}
     if cfg.objective == "n2n":
         return {"target": _to_nchw(add_noise_batch(clean, [f"n2n:{i}" for i in ids], cfg.noise, seed, epoch))}
     h, w = clean.shape[1:3]
@@ -433,13 +472,14 @@ def _autocast(device: torch.device):
 
 
 def load_validation(it, cfg: TrainConfig, rank: int = 0, world: int = 1,
-                    device: torch.device | str = "cpu", clean: bool = True) -> Validation:
+                    device: torch.device | str = "cpu", clean: bool = True, pair_it=None) -> Validation:
     """The fixed noisy copy of the held-out split (noise from (val_seed, id, 0): the same every
     epoch and every run), every ``world``-th image by id from ``rank`` on. ``it``: anything with
     Ray's ``iter_batches`` yielding ``id`` and decoded ``image`` (H, W, C) columns. ``clean=False``:
     the split is noisy-only, its images are the noisy inputs and there is nothing to score against
-    (``clean`` None, noisy scores NaN)."""
-    images, ids = _collect(it)
+    (``clean`` None, noisy scores NaN); with ``pair_it`` (--pair-data) each image carries its pair on
+    the channels, the target of the held-out n2n loss."""
+    images, ids = _collect_pairs(it, pair_it)
     if cfg.val_limit:
         images, ids = images[: cfg.val_limit], ids[: cfg.val_limit]
     total = len(ids)
@@ -460,13 +500,14 @@ def load_validation(it, cfg: TrainConfig, rank: int = 0, world: int = 1,
     return Validation(clean, noisy, sigma, total, ps / total, ss / total, ids)
 
 
-def load_train(it, lc: LoopConfig, rank: int = 0, world: int = 1) -> TrainData:
+def load_train(it, lc: LoopConfig, rank: int = 0, world: int = 1, pair_it=None) -> TrainData:
     """This rank's training rows. Cache mode: ``it`` holds the whole split (Ray does not split
     it); every ``world``-th image by id from ``rank`` on, the same rows per rank on every run, so
-    training is reproducible with 1 and with N workers. Stream mode: ``it`` is this rank's shard."""
+    training is reproducible with 1 and with N workers. Stream mode: ``it`` is this rank's shard.
+    ``pair_it``: the --pair-data split (cache mode), stacked on the channels (:func:`_collect_pairs`)."""
     if lc.mode == "stream":
         return TrainData(rows=lc.train_rows // world, stream=it)
-    images, ids = _collect(it)
+    images, ids = _collect_pairs(it, pair_it)
     rows = len(ids) // world  # equal rows per rank: DDP needs the same number of steps everywhere
     return TrainData(rows, np.ascontiguousarray(images[rank::world][:rows]), ids[rank::world][:rows])
 
@@ -479,9 +520,10 @@ def batches(data: TrainData, cfg: TrainConfig, epoch: int, rank: int, batch_size
     spec, seed = NoiseSpec.parse(cfg.noise), cfg.seed
 
     def pair(clean, ids):
-        clean = np.asarray(clean, dtype=np.float32)
+        clean, target = split_pairs(np.asarray(clean, dtype=np.float32), cfg)
         return (_to_nchw(clean), _to_nchw(add_noise_batch(clean, ids, spec, seed, epoch)),
-                torch.from_numpy(noise_sigmas(ids, spec, seed, epoch)), objective_inputs(cfg, clean, ids, epoch))
+                torch.from_numpy(noise_sigmas(ids, spec, seed, epoch)),
+                objective_inputs(cfg, clean, ids, epoch, target=target))
 
     if data.stream is None:
         # cache mode: a seeded permutation of the in-memory samples, no Ray Data work per epoch; with
@@ -612,7 +654,9 @@ def validate_noisy(model: torch.nn.Module, val: Validation, cfg: TrainConfig, de
             n = len(x)
             ids, sigma = val.ids[start:start + n], val.sigma[start:start + n].to(device)
             start += n
-            extra = objective_inputs(cfg, x.permute(0, 2, 3, 1).numpy(), ids, 0, seed=cfg.val_seed)
+            x, target = split_pairs(x.permute(0, 2, 3, 1).numpy(), cfg)
+            extra = objective_inputs(cfg, x, ids, 0, seed=cfg.val_seed, target=target)
+            x = _to_nchw(x)
             x = x.to(device)
             loss += float(objective(run, x, x, sigma, {k: v.to(device) for k, v in extra.items()})) * n
             out = run(x, sigma)
@@ -763,8 +807,10 @@ def train_loop(lc: LoopConfig) -> None:
     torch.set_num_threads(lc.torch_threads)
     device = ray.train.torch.get_device()
     t_setup = time.perf_counter()
-    val = load_validation(ray.train.get_dataset_shard("val"), cfg, rank, world, device, clean=lc.clean_val)
-    data = load_train(ray.train.get_dataset_shard("train"), lc, rank, world)
+    pairs = (lambda name: ray.train.get_dataset_shard(name)) if cfg.pair_data else (lambda name: None)
+    val = load_validation(ray.train.get_dataset_shard("val"), cfg, rank, world, device, clean=lc.clean_val,
+                          pair_it=None if lc.clean_val else pairs("pair_val"))
+    data = load_train(ray.train.get_dataset_shard("train"), lc, rank, world, pair_it=pairs("pair_train"))
     setup_s = time.perf_counter() - t_setup
     per_worker = cfg.batch_size // world
     total_steps = max(1, -(-samples_per_epoch(cfg, data.rows) // per_worker)) * cfg.epochs
@@ -859,6 +905,15 @@ def _describe_data(cfg: TrainConfig) -> tuple[dict, dict, str]:
     for desc in (train_desc, val_desc):
         desc["noisy_only"] = shards.is_noisy_only(desc["files"])
     check_noisy_only(cfg, train_desc["noisy_only"], val_desc["noisy_only"])
+    if cfg.pair_data:
+        if mode != "cache":
+            raise ValueError(f"--pair-data needs the train split held in memory (cache mode); it is "
+                             f"{train_desc['decoded_mb']:.0f} MB decoded: raise --cache-max-mb")
+        for split, desc in ((cfg.train_split, train_desc), (cfg.val_split, val_desc)):
+            other = describe_split(cfg.pair_data, split, one_size=False)
+            if (other["rows"], other["channels"]) != (desc["rows"], desc["channels"]):
+                raise ValueError(f"--pair-data split {split!r} has {other['rows']} images of {other['channels']} "
+                                 f"channel(s), --data {desc['rows']} of {desc['channels']}: they must pair up")
     return train_desc, val_desc, mode
 
 
@@ -875,9 +930,10 @@ def check_noisy_only(cfg: TrainConfig, train_noisy: bool, val_noisy: bool) -> No
         raise ValueError(f"{cfg.data} holds noisy images with no clean version (prepared with --noisy): --objective "
                          "supervised needs clean targets; train with --objective nb2nb or n2v (from single noisy "
                          "images)")
-    if train_noisy and cfg.objective == "n2n":
+    if train_noisy and cfg.objective == "n2n" and not cfg.pair_data:
         raise ValueError(f"{cfg.data} holds single noisy images (prepared with --noisy): --objective n2n needs two "
-                         "noisy images of each scene; train with --objective nb2nb or n2v")
+                         "noisy images of each scene: give the second ones with --pair-data ROOT (same ids), or "
+                         "train with --objective nb2nb or n2v")
 
 
 def _datasets(cfg: TrainConfig, train_desc: dict, val_desc: dict, mode: str) -> dict:
@@ -890,7 +946,10 @@ def _datasets(cfg: TrainConfig, train_desc: dict, val_desc: dict, mode: str) -> 
     val_ds = read_shards(cfg.data, files=val_desc["files"], columns=cols).map_batches(shards.decode_batch).materialize()
     if mode == "cache":
         train_ds = read_shards(cfg.data, files=train_desc["files"], columns=cols).map_batches(shards.decode_batch)
-        return {"train": train_ds.materialize(), "val": val_ds}
+        out = {"train": train_ds.materialize(), "val": val_ds}
+        for split, name in ((cfg.train_split, "pair_train"), (cfg.val_split, "pair_val")) if cfg.pair_data else ():
+            out[name] = read_shards(cfg.pair_data, split=split, columns=cols).map_batches(shards.decode_batch).materialize()
+        return out
     # Stream mode reads while the workers hold their CPUs. run() leaves one CPU of the cluster to Ray
     # Data (the workers used to leave a quarter of the CPUs: 0.5 of 2, and the reads waited forever,
     # "Cluster resources are not enough to run any task", even as quarter-CPU tasks), and the read and
@@ -938,6 +997,8 @@ def run(cfg: TrainConfig) -> dict:
     cfg = check_config(cfg)
     storage.check_access(cfg.data, must_exist=True)  # fail before any work, naming the cause
     storage.check_access(cfg.storage, write=True)
+    if cfg.pair_data:
+        storage.check_access(cfg.pair_data, must_exist=True)
     if cfg.out:
         storage.check_access(cfg.out, write=True)
     init_ray(training=True)

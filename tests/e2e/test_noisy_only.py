@@ -20,21 +20,25 @@ pytestmark = pytest.mark.ray
 TILE = 64
 
 
-@pytest.fixture(scope="module")
-def noisy_folder(tmp_path_factory):
-    """48 noisy 64x64 tiles in a folder, and the clean tiles by file stem."""
+def noisy_tiles(root, draw: int = 0) -> dict[str, np.ndarray]:
+    """48 noisy 64x64 tiles in a folder (noise draw ``draw``); returns the clean tiles by file stem."""
     from skimage import data
 
     cam = data.camera()
-    root = tmp_path_factory.mktemp("noisy-photos")
     clean = {}
     for k in range(48):
         y, x = (k // 8) * TILE, (k % 8) * TILE
         tile = cam[y:y + TILE, x:x + TILE].astype(np.float32) / 255
-        noisy = tile + np.random.default_rng(k).normal(0, 25 / 255, tile.shape).astype(np.float32)
+        noisy = tile + np.random.default_rng([draw, k]).normal(0, 25 / 255, tile.shape).astype(np.float32)
         Image.fromarray(np.clip(np.round(noisy * 255), 0, 255).astype(np.uint8)).save(root / f"tile{k:02d}.png")
         clean[f"tile{k:02d}"] = tile
-    return root, clean
+    return clean
+
+
+@pytest.fixture(scope="module")
+def noisy_folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("noisy-photos")
+    return root, noisy_tiles(root)
 
 
 def test_noisy_folder_to_denoised_pngs_without_clean_images(ray_session, noisy_folder, tmp_path):
@@ -77,3 +81,24 @@ def test_noisy_folder_to_denoised_pngs_without_clean_images(ray_session, noisy_f
 def shards_ids(root) -> list[str]:
     return [r["id"] for split in ("train", "test") for r in shards.iter_rows(shards.list_shards(str(root), split),
                                                                            columns=["id"])]
+
+
+def test_noise2noise_on_real_pairs_through_the_job(ray_session, noisy_folder, tmp_path):
+    """Two noisy shots of every tile (two folders with the same file names), each prepared --noisy;
+    n2n trains on them with --pair-data; a pair root with other ids is refused."""
+    folder, _ = noisy_folder
+    second = tmp_path / "second"
+    second.mkdir()
+    noisy_tiles(second, draw=1)
+    for name, src in (("first", folder), ("second", second)):
+        run_job("prepare", "--source", "folder", "--input", src, "--out", tmp_path / name, "--noisy",
+                "--test-fraction", 0.15, "--name", "tiles")
+    train = ["--data", tmp_path / "first", "--storage", tmp_path / "runs", "--model", "unet", "--model-kwargs",
+             "{width: 8}", "--batch-size", 16, "--objective", "n2n", "--noise", "none", "--samples", 2]
+    res = run_job("train", *train, "--run-name", "pairs", "--pair-data", tmp_path / "second", "--epochs", 3)
+    hist = res["history"]
+    assert len(hist) == 3 and hist[-1]["val_loss"] < hist[0]["val_loss"], hist
+    run_job("prepare", "--source", "folder", "--input", second, "--out", tmp_path / "other", "--noisy",
+            "--test-fraction", 0.3, "--name", "tiles")  # other tiles held out: the splits do not pair up
+    with pytest.raises(ValueError, match="must pair up"):
+        run_job("train", *train, "--run-name", "bad", "--pair-data", tmp_path / "other", "--epochs", 1)
