@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: demo test test-unit venv data bench-train bench-denoise quality-train quality-sweep quality-natural gpu-check clean
+.PHONY: demo test test-unit venv data bench-train bench-denoise quality-train quality-sweep quality-natural quality-selfsup gpu-check clean
 
 venv: $(STAMP)
 
@@ -51,6 +51,13 @@ quality-sweep: $(STAMP) data
 quality-natural: $(STAMP)
 	$(BIN)/pip install -q -e '.[test,bm3d]'
 	$(BIN)/python -m jobs.quality_natural --out bench_out/quality-natural
+
+# The self-supervised table: one U-Net trained on CBSD432 at sigma 25 by supervised, n2n, nb2nb and n2v (the
+# same epochs; 10-30 min each on 2 CPU cores, a finished run is reused or continued to more epochs), scored on
+# Kodak24 and CBSD68 beside CBM3D (first 8 images) and the Neighbor2Neighbor paper's figures.
+quality-selfsup: $(STAMP)
+	$(BIN)/pip install -q -e '.[test,bm3d]'
+	$(BIN)/python -m jobs.quality_selfsup --out bench_out/quality-selfsup
 
 # The GPU path on a real GPU (1 GPU + 16 CPUs, a few minutes): train, denoise, agreement checks; figures in
 # gpu_check_out/gpu_check.json. CPU dry run: $(BIN)/python -m jobs.gpu_check --device cpu --small

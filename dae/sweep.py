@@ -265,13 +265,21 @@ def train_or_reuse(tcfg, what: str, same_run: tuple = SAME_RUN) -> dict:
         if diff:
             raise ValueError(f"{run_dir} holds a run with other settings {diff} (found, wanted): give another "
                              f"--out, or delete that run to retrain it")
+    done, before = 0, 0.0
     if storage.exists(storage.join(final, "config.json")) and storage.exists(storage.join(run_dir, "summary.json")):
         s = storage.read_json(storage.join(run_dir, "summary.json"))
-        log.info("sweep: %s: reusing the finished run", what)
-        return {"model_dir": final, "seconds": s.get("total_s"), "reused": True, "last": s.get("last")}
-    log.info("sweep: train %s (%s, %d epochs)", what, tcfg.model, tcfg.epochs)
+        done, before = (s.get("last") or {}).get("epoch", 0), s.get("total_s") or 0.0
+        if done >= tcfg.epochs:
+            log.info("sweep: %s: reusing the finished run", what)
+            return {"model_dir": final, "seconds": before, "reused": True, "last": s.get("last")}
+    # (with epochs not among same_run, a finished shorter run is continued: resumed by its name)
+    log.info("sweep: train %s (%s, %d epochs%s)", what, tcfg.model, tcfg.epochs,
+             f", continuing after epoch {done}" if done else "")
     s = train_run(tcfg)
-    return {"model_dir": s["final_model"], "seconds": s["total_s"], "reused": False, "last": s["last"]}
+    if before:  # seconds of the whole lineage (the summary written now counts this attempt only)
+        storage.write_json(storage.join(run_dir, "summary.json"), {
+            **storage.read_json(storage.join(run_dir, "summary.json")), "total_s": before + s["total_s"]})
+    return {"model_dir": s["final_model"], "seconds": before + s["total_s"], "reused": False, "last": s["last"]}
 
 
 def evaluate_dataset(cfg: SweepConfig, name: str, levels: list[str], model_dirs: list[str]) -> dict:

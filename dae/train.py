@@ -718,7 +718,11 @@ def restore(path: str, model: torch.nn.Module, opt, sched, cfg: TrainConfig, tot
         sched.load_state_dict(saved["scheduler"])
     else:
         # More epochs (or another batch size) than the run was started with: the same schedule
-        # stretched to the new length, fast-forwarded to the steps already taken.
+        # stretched to the new length, fast-forwarded to the steps already taken. From the base lr:
+        # the optimizer state holds the old schedule's last lr (~0 at a cosine's end), and cosine
+        # steps are relative to the current lr, so they would stay there.
+        for group in opt.param_groups:
+            group["lr"] = group.get("initial_lr", cfg.lr)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             for _ in range(min(int(saved["steps_done"]), total_steps - 1)):
@@ -886,7 +890,7 @@ def save_samples(model: torch.nn.Module, cfg: TrainConfig, files: list[str], pat
     noisy = add_noise_batch(images, ids, NoiseSpec.parse(cfg.noise), cfg.val_seed, 0)
     sigmas = noise_sigmas(ids, cfg.noise, cfg.val_seed, 0).tolist()
     den = [np.clip(d, 0, 1) for d in denoise_images(model, list(noisy), sigmas=sigmas)]
-    rows = [("clean", list(clean))] if clean else []
+    rows = [("clean", list(images))] if clean else []
     save_grid(rows + [("noisy", list(noisy)), ("denoised", den)], path)
 
 

@@ -236,6 +236,18 @@ def test_checkpoint_restores_model_optimizer_and_schedule(digits, tmp_path):
     model3, opt3, sched3 = setup(cfg, total_steps=20)
     restore(str(tmp_path), model3, opt3, sched3, cfg, total_steps=20)
     assert sched3.last_epoch == 4 and sched3.total_steps == 20
+    # ... also a cosine run that ended (lr 0): continued to twice the steps, it is at the half-way lr
+    cos = dataclasses.replace(cfg, schedule="cosine")
+    model4, opt4, sched4 = setup(cos, total_steps=4)
+    for _ in range(4):
+        opt4.step()
+        sched4.step()
+    assert opt4.param_groups[0]["lr"] < 1e-9
+    save_checkpoint(str(tmp_path / "cos"), model4, opt4, sched4, dataclasses.replace(state, steps_done=4),
+                    loop_config(cos), total_steps=4)
+    model5, opt5, sched5 = setup(cos, total_steps=8)
+    restore(str(tmp_path / "cos"), model5, opt5, sched5, cos, total_steps=8)
+    assert opt5.param_groups[0]["lr"] == pytest.approx(cos.lr / 2)
     with pytest.raises(ValueError, match="use another --run-name"):
         other = create_model(cfg.model, channels=1, depth=3, width=4)
         restore(str(tmp_path), other, make_optimizer(cfg, other.parameters()), sched3,
