@@ -656,8 +656,7 @@ def validate_noisy(model: torch.nn.Module, val: Validation, cfg: TrainConfig, de
             start += n
             x, target = split_pairs(x.permute(0, 2, 3, 1).numpy(), cfg)
             extra = objective_inputs(cfg, x, ids, 0, seed=cfg.val_seed, target=target)
-            x = _to_nchw(x)
-            x = x.to(device)
+            x = _to_nchw(x).to(device)
             loss += float(objective(run, x, x, sigma, {k: v.to(device) for k, v in extra.items()})) * n
             out = run(x, sigma)
             resid += float((x - out).flatten(1).std(dim=1).sum())
@@ -789,7 +788,7 @@ REPORTED = ("epoch", "train_loss", "val_psnr", "val_ssim", "noisy_psnr", "noisy_
 def score_metric(clean_val: bool) -> tuple[str, str]:
     """What picks the best checkpoint: validation PSNR; on a noisy-only held-out split (nothing to
     score against) the last epoch. The held-out self-supervised loss does not rank denoisers: a model
-    that barely denoises can score lower (measured: nb2nb on camera tiles with 8-bit AWGN 25, epoch 2
+    that barely denoises can score lower (measured: a DnCNN, nb2nb on camera tiles with 8-bit AWGN 25, epoch 2
     0.0163 at -0.1 dB against the clean tiles, epoch 12 0.0180 at +2.5 dB)."""
     return ("val_psnr", "max") if clean_val else ("epoch", "max")
 
@@ -840,9 +839,9 @@ def train_loop(lc: LoopConfig) -> None:
         state.steps_done += row.pop("steps")
         t1 = time.perf_counter()
         sync_buffers(raw_model, world)
-        row = {"epoch": epoch + 1, **row, **validate(raw_model, val, device, world, cfg), "val_s": time.perf_counter() - t1,
-               "lr": opt.param_groups[0]["lr"], "attempt": state.attempt, "workers": world,
-               "setup_s": setup_s if epoch == start_epoch else 0.0}
+        row = {"epoch": epoch + 1, **row, **validate(raw_model, val, device, world, cfg),
+               "val_s": time.perf_counter() - t1, "lr": opt.param_groups[0]["lr"], "attempt": state.attempt,
+               "workers": world, "setup_s": setup_s if epoch == start_epoch else 0.0}
         state.epoch = epoch + 1
         state.history.append(row)
         t2 = time.perf_counter()
@@ -952,7 +951,8 @@ def _datasets(cfg: TrainConfig, train_desc: dict, val_desc: dict, mode: str) -> 
         train_ds = read_shards(cfg.data, files=train_desc["files"], columns=cols).map_batches(shards.decode_batch)
         out = {"train": train_ds.materialize(), "val": val_ds}
         for split, name in ((cfg.train_split, "pair_train"), (cfg.val_split, "pair_val")) if cfg.pair_data else ():
-            out[name] = read_shards(cfg.pair_data, split=split, columns=cols).map_batches(shards.decode_batch).materialize()
+            pair_ds = read_shards(cfg.pair_data, split=split, columns=cols)
+            out[name] = pair_ds.map_batches(shards.decode_batch).materialize()
         return out
     # Stream mode reads while the workers hold their CPUs. run() leaves one CPU of the cluster to Ray
     # Data (the workers used to leave a quarter of the CPUs: 0.5 of 2, and the reads waited forever,
