@@ -139,3 +139,11 @@ def test_bm3d_note_only_for_a_real_subset():
     assert bm3d_note(SimpleNamespace(bm3d_n=3, bm3d_subset={"a", "b", "c"})) == {
         "images": 3, "subset": "first 3 scored images (file order)"}
     assert bm3d_note(SimpleNamespace(bm3d_n=20, bm3d_subset=None)) is None  # BM3D scored every image
+
+
+def test_scoring_blocks_spread_few_photos_over_every_cpu():
+    from dae.evaluation import block_rows
+
+    assert block_rows(64, 10_000, cpus=2) == 64  # many small images: batch-sized blocks
+    assert block_rows(64, 68, cpus=2) == 17  # 68 photos on 2 CPUs: 4 blocks, not 64 + 4
+    assert block_rows(64, 3, cpus=16) == 1
