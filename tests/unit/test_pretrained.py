@@ -12,7 +12,7 @@ from dae.inference import denoise_images
 from dae.noise import add_noise
 from helpers import needs_natural
 
-SHIPPED = {"gray-blind": ("BSD68", 1)}  # color-blind: trained, not yet scored and shipped
+SHIPPED = {"gray-blind": ("BSD68", 1), "color-blind": ("CBSD68", 3)}
 
 
 def test_the_shipped_models_are_there_small_and_weights_only():
