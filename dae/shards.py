@@ -245,14 +245,19 @@ def shard_metadata(path: str) -> dict[str, str]:
     return {k.decode(): v.decode() for k, v in md.items() if k.startswith(b"dae.")}
 
 
-def is_noisy_only(files: Sequence[str]) -> bool:
-    """Whether shards hold noisy images with no clean reference (``dae.noisy`` in the file metadata).
-    A split mixing such shards with clean ones is refused: no training mode fits both."""
-    flags = {shard_metadata(f).get("dae.noisy") == "1" for f in files}
+def noisy_only(metadatas: Iterable[dict | None], where: str) -> bool:
+    """Whether shards, given their Arrow schema metadata, hold noisy images with no clean reference
+    (``dae.noisy``). Shards of one split that disagree are refused: no training mode fits both."""
+    flags = {(md or {}).get(b"dae.noisy") == b"1" for md in metadatas}
     if len(flags) > 1:
-        raise ValueError(f"{files[0].rsplit('/', 1)[0]} mixes noisy-only shards (prepared with --noisy) with clean "
-                         "ones; prepare them into separate roots")
+        raise ValueError(f"{where} mixes noisy-only shards (prepared with --noisy) with clean ones; prepare them "
+                         "into separate roots")
     return flags == {True}
+
+
+def is_noisy_only(files: Sequence[str]) -> bool:
+    """:func:`noisy_only` of shard files, from their footers."""
+    return noisy_only((read_schema(f).metadata for f in files), files[0].rsplit("/", 1)[0])
 
 
 def iter_rows(files: Iterable[str], columns: Sequence[str] | None = None) -> Iterator[dict]:

@@ -151,7 +151,7 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
         raise ValueError(f"unknown objective {cfg.objective!r}; valid: {', '.join(objectives.OBJECTIVES)}")
     if cfg.objective in ("nb2nb", "n2v") and cfg.loss != "mse":
         raise ValueError(f"--objective {cfg.objective} is defined with the MSE loss, got --loss {cfg.loss}")
-    if cfg.pair_data and (cfg.objective != "n2n" or NoiseSpec.parse(cfg.noise).kind != "none"):
+    if cfg.pair_data and (cfg.objective != "n2n" or not NoiseSpec.parse(cfg.noise).none):
         raise ValueError(f"--pair-data gives Noise2Noise its second noisy images: use it with --objective n2n and "
                          f"--noise none, got --objective {cfg.objective} --noise {cfg.noise}")
     if not 0 < cfg.n2v_fraction < 1 or cfg.nb2nb_gamma < 0:
@@ -183,9 +183,10 @@ def describe_split(root: str, split: str, one_size: bool = True, min_side: int =
     from .data import shard_files
 
     files = shard_files(root, split)
-    n, pixels, sizes, chans = 0, 0, set(), set()
+    n, pixels, sizes, chans, metadatas = 0, 0, set(), set(), []
     for f in files:
         t = shards.read_shard(f, ["height", "width", "channels"])
+        metadatas.append(t.schema.metadata)
         n += t.num_rows
         h, w = t.column("height").to_numpy().astype(np.int64), t.column("width").to_numpy().astype(np.int64)
         pixels += int((h * w).sum())
@@ -205,7 +206,8 @@ def describe_split(root: str, split: str, one_size: bool = True, min_side: int =
                          "use a smaller --crop")
     (h, w), c = max(sizes), chans.pop()
     return {"files": files, "rows": n, "height": int(h), "width": int(w), "channels": int(c),
-            "sizes": len(sizes), "decoded_mb": pixels * c * 4 / 2**20}
+            "sizes": len(sizes), "decoded_mb": pixels * c * 4 / 2**20,
+            "noisy_only": shards.noisy_only(metadatas, shards.split_dir(root, split))}
 
 
 def plan_resources(workers: int, gpus_per_worker: float, cpus_per_worker: float, reserve_cpus: float = 0.0) -> dict:
@@ -905,8 +907,6 @@ def _describe_data(cfg: TrainConfig) -> tuple[dict, dict, str]:
     mode = cfg.data_mode
     if mode == "auto":
         mode = "cache" if train_desc["decoded_mb"] <= cfg.cache_max_mb else "stream"
-    for desc in (train_desc, val_desc):
-        desc["noisy_only"] = shards.is_noisy_only(desc["files"])
     check_noisy_only(cfg, train_desc["noisy_only"], val_desc["noisy_only"])
     if cfg.pair_data:
         if mode != "cache":
@@ -923,10 +923,11 @@ def _describe_data(cfg: TrainConfig) -> tuple[dict, dict, str]:
 def check_noisy_only(cfg: TrainConfig, train_noisy: bool, val_noisy: bool) -> None:
     """Noisy-only data (prepared with --noisy) trains only with a self-supervised objective on the
     images as they are (--noise none); --noise none is only for such data."""
-    if (train_noisy or val_noisy) and NoiseSpec.parse(cfg.noise).kind != "none":
+    synthetic = not NoiseSpec.parse(cfg.noise).none
+    if (train_noisy or val_noisy) and synthetic:
         raise ValueError(f"{cfg.data} holds noisy images with no clean version (prepared with --noisy): pass --noise "
                          f"none (synthetic {cfg.noise} noise on top of the real noise is not what you want removed)")
-    if not (train_noisy or val_noisy) and NoiseSpec.parse(cfg.noise).kind == "none":
+    if not (train_noisy or val_noisy or synthetic):
         raise ValueError(f"--noise none trains on the images as they are, for noisy-only data (jobs.prepare --noisy); "
                          f"{cfg.data} holds clean images: give the noise to synthesize, e.g. awgn:25")
     if train_noisy and cfg.objective == "supervised":
