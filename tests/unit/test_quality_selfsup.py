@@ -35,6 +35,8 @@ def test_gaps_targets_and_cbm3d_subset():
     ({"objectives": ("supervised", "byol")}, "valid: supervised, n2n, nb2nb, n2v"),
     ({"recipe": {"objective": "n2v"}}, "neither objective nor noise"),
     ({"sets": ()}, "at least one color set"),
+    ({"epochs_factor": {"nb2nb": 0}}, "values > 0"),
+    ({"epochs_factor": {"byol": 2}}, "keys must be objectives"),
 ])
 def test_bad_settings_fail_before_any_work(changes, says):
     with pytest.raises(ValueError, match=says):
@@ -42,8 +44,10 @@ def test_bad_settings_fail_before_any_work(changes, says):
 
 
 def test_every_objective_trains_the_same_recipe():
-    cfg = QualitySelfSupConfig(recipe={"epochs": 30})
-    a, b = (train_config(cfg, o, "data/Kodak24") for o in ("supervised", "nb2nb"))
+    cfg = QualitySelfSupConfig(recipe={"epochs": 30}, epochs_factor={"nb2nb": 1.5})
+    a, b, c = (train_config(cfg, o, "data/Kodak24") for o in ("supervised", "nb2nb", "n2v"))
     assert (a.objective, b.objective, a.noise, a.epochs, b.run_name) == ("supervised", "nb2nb", "awgn:25", 30, "nb2nb")
-    assert {k: v for k, v in vars(a).items() if k not in ("objective", "run_name")} == {
-        k: v for k, v in vars(b).items() if k not in ("objective", "run_name")}
+    # epochs scaled per objective for equal time; everything else is the same
+    assert (b.epochs, c.epochs) == (45, 30)
+    differ = ("objective", "run_name", "epochs")
+    assert {k: v for k, v in vars(a).items() if k not in differ} == {k: v for k, v in vars(b).items() if k not in differ}
