@@ -3,7 +3,7 @@ U-Net recipe trained on CBSD432 with AWGN sigma 25, scored on Kodak24 and CBSD68
 the Neighbor2Neighbor paper's figures.
 
     python -m jobs.quality_selfsup --out bench_out/quality-selfsup       # make quality-selfsup
-    python -m jobs.quality_selfsup --recipe '{epochs: 30}'               # continue every run to 30 epochs
+    python -m jobs.quality_selfsup --recipe '{epochs: 40}'               # continue every run to 40 epochs
 
 Every field of :class:`dae.bench.quality_selfsup.QualitySelfSupConfig` is a flag (``--recipe`` takes
 YAML). Writes ``OUT/quality_selfsup.md`` and ``.json``; see :mod:`dae.bench.quality_selfsup`.
