@@ -10,10 +10,10 @@ Steps (the library stages, each skipped when its output is there; see :mod:`dae.
 
 1. prepare every set with CBSD432 as its train split -> ``OUT/data/SET``;
 2. train ``--recipe`` once per objective on the first set's data -> ``OUT/runs/OBJECTIVE``: the same
-   network, crops and schedule, and about the same training time (``--epochs-factor``); the objectives other than supervised see only noisy crops
-   (n2n a second, independent noise draw of each crop as its target). A finished run with fewer
-   epochs than the recipe is continued (a reused run name resumes), so the table can grow over
-   sessions within the 1 hour per model the issue allows;
+   network, crops and schedule, and about the same training time (``--epochs-factor``); the objectives
+   other than supervised see only noisy crops (n2n a second, independent noise draw of each crop as
+   its target). A finished run with fewer epochs than the recipe is continued (a reused run name
+   resumes), so the table can grow over sessions within the 1 hour per model the issue allows;
 3. score every run's last-epoch model (``final_model``: no checkpoint is picked with clean images)
    on every set, with CBM3D on the first ``--bm3d-limit`` images -> ``OUT/eval/SET``;
 4. write ``OUT/quality_selfsup.md`` / ``.json`` with the gaps to supervised and the targets.
@@ -87,7 +87,8 @@ def train_config(cfg: QualitySelfSupConfig, objective: str, data: str):
 
     recipe = {**RECIPE, **cfg.recipe}
     epochs = max(1, round(recipe["epochs"] * cfg.epochs_factor.get(objective, 1.0)))
-    return build_config(TrainConfig, {**recipe, "epochs": epochs, "objective": objective, "noise": f"awgn:{cfg.sigma:g}",
+    return build_config(TrainConfig, {**recipe, "epochs": epochs, "objective": objective,
+                                      "noise": f"awgn:{cfg.sigma:g}",
                                       "data": data, "storage": storage.join(cfg.out, "runs"), "run_name": objective,
                                       "workers": cfg.workers, "gpus_per_worker": cfg.gpus_per_worker})
 
