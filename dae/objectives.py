@@ -17,8 +17,10 @@ the 0-1 scale (ignored by models that are not noise-level conditioned); it retur
     n2v         Noise2Void (Krull et al., "Noise2Void - Learning Denoising from Single Noisy Images",
                 CVPR 2019): a few pixels are replaced by a random neighbour (a blind spot) and the
                 network predicts their original noisy values from the surroundings alone. Assumes
-                pixel-independent, zero-mean noise; the blind spot also costs detail (each output pixel
-                is predicted without its own value), so it trails n2n/nb2nb on clean-ish images.
+                pixel-independent, zero-mean noise, and (with the default per-channel blind spots, as in
+                the reference code) noise independent across channels; ``joint`` blind spots drop that
+                assumption for a worse color result. The blind spot also costs detail (each output
+                pixel is predicted without its own value), so it trails n2n/nb2nb.
 
 Per-image randomness (sub-sampling cells, masked pixels) comes from ``image_rng(seed, PURPOSE:id,
 epoch)`` only, never from batch position, so it does not depend on batch size or worker count. The
@@ -81,9 +83,10 @@ def nb2nb_subsample(x: torch.Tensor, choice: torch.Tensor | np.ndarray) -> torch
 
 
 def nb2nb_loss(model: Model, noisy: torch.Tensor, sigma: torch.Tensor, choices: torch.Tensor | np.ndarray,
-               gamma: float) -> tuple[torch.Tensor, dict[str, float]]:
+               gamma: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """rec + gamma * reg, with ``choices`` from ``nb2nb_choices`` (B, 2, H//2, W//2).
-    Returns the loss and its parts {"rec", "reg"} as floats."""
+    Returns the loss and its parts {"rec", "reg"} as detached tensors (no device sync per step: the
+    train step only needs the sum)."""
     choices = torch.as_tensor(choices, device=noisy.device).long()
     g1, g2 = nb2nb_subsample(noisy, choices[:, 0]), nb2nb_subsample(noisy, choices[:, 1])
     out = model(g1, sigma)
@@ -95,7 +98,7 @@ def nb2nb_loss(model: Model, noisy: torch.Tensor, sigma: torch.Tensor, choices: 
     diff = out - g2
     rec = diff.pow(2).mean()
     reg = (diff - gap).pow(2).mean()
-    return rec + gamma * reg, {"rec": rec.item(), "reg": reg.item()}
+    return rec + gamma * reg, {"rec": rec.detach(), "reg": reg.detach()}
 
 
 def nb2nb_gamma(epoch: int, epochs: int, max_gamma: float = 2.0) -> float:
@@ -107,49 +110,60 @@ def nb2nb_gamma(epoch: int, epochs: int, max_gamma: float = 2.0) -> float:
 # ---------------------------------------------------------------- Noise2Void
 
 
-def n2v_masks(ids: Sequence[str], seed: int, epoch: int, h: int, w: int, fraction: float = 0.002,
-              radius: int = 2) -> tuple[np.ndarray, np.ndarray]:
-    """Blind spots per image: ``mask`` bool (B, h, w), and ``source`` int64 (B, h, w, 2), the (row, col)
-    whose values replace each masked pixel (a pixel's own coordinates where unmasked).
+N2V_CHANNELS = ("independent", "joint")
 
-    Each image gets max(1, round(fraction * h * w)) distinct masked pixels, drawn uniformly; a source
-    is drawn uniformly from the (2 * radius + 1)^2 window around its pixel cut to the image, never the
-    pixel itself (a blind spot fed its own value would let the network learn the identity)."""
+
+def n2v_masks(ids: Sequence[str], seed: int, epoch: int, h: int, w: int, fraction: float = 0.06,
+              radius: int = 2, channels: int = 1, joint: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Blind spots per image and channel: ``mask`` bool (B, C, h, w), and ``source`` int64 (B, C, h, w, 2),
+    the (row, col) whose value replaces each masked value (a pixel's own coordinates where unmasked).
+
+    Each channel of an image gets max(1, round(fraction * h * w)) distinct masked pixels, drawn uniformly;
+    a source is drawn uniformly from the (2 * radius + 1)^2 window around its pixel cut to the image,
+    never the pixel itself (a blind spot fed its own value would let the network learn the identity).
+
+    By default every channel draws its own blind spots, as the N2V reference code does: the network then
+    sees the other channels' values at a masked pixel, which carry the same scene (color channels are
+    highly correlated) and, for noise independent across channels, none of the target's noise. ``joint``
+    masks all channels at the same pixels, for noise correlated across channels (demosaiced or
+    color-converted camera noise), where the other channels would leak the target's noise."""
     if h * w < 2:
         raise ValueError(f"n2v needs at least 2 pixels per image, got {h}x{w}")
     n = min(max(1, round(fraction * h * w)), h * w)
-    mask = np.zeros((len(ids), h, w), bool)
+    mask = np.zeros((len(ids), channels, h, w), bool)
     rows, cols = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
-    source = np.broadcast_to(np.stack([rows, cols], -1), (len(ids), h, w, 2)).astype(np.int64)
+    source = np.broadcast_to(np.stack([rows, cols], -1), (len(ids), channels, h, w, 2)).copy()
     for j, i in enumerate(ids):
         rng = image_rng(seed, f"n2v:{i}", epoch)
-        r, c = np.divmod(rng.choice(h * w, n, replace=False), w)
-        # Cutting the window to the image (rather than clamping offsets) keeps edge sources uniform and
-        # never lands on the pixel itself.
-        r0, c0 = np.maximum(r - radius, 0), np.maximum(c - radius, 0)
-        nr, nc = np.minimum(r + radius, h - 1) - r0 + 1, np.minimum(c + radius, w - 1) - c0 + 1
-        k = rng.integers(0, nr * nc - 1)  # one of the window's other pixels...
-        k += k >= (r - r0) * nc + (c - c0)  # ...skipping the pixel itself
-        mask[j, r, c] = True
-        source[j, r, c] = np.stack([r0 + k // nc, c0 + k % nc], -1)
+        for c in range(1 if joint else channels):
+            r, col = np.divmod(rng.choice(h * w, n, replace=False), w)
+            # Cutting the window to the image (rather than clamping offsets) keeps edge sources uniform
+            # and never lands on the pixel itself.
+            r0, c0 = np.maximum(r - radius, 0), np.maximum(col - radius, 0)
+            nr, nc = np.minimum(r + radius, h - 1) - r0 + 1, np.minimum(col + radius, w - 1) - c0 + 1
+            k = rng.integers(0, nr * nc - 1)  # one of the window's other pixels...
+            k += k >= (r - r0) * nc + (col - c0)  # ...skipping the pixel itself
+            for at in range(channels) if joint else (c,):
+                mask[j, at, r, col] = True
+                source[j, at, r, col] = np.stack([r0 + k // nc, c0 + k % nc], -1)
     return mask, source
 
 
 def n2v_apply(noisy: torch.Tensor, mask: torch.Tensor | np.ndarray,
               source: torch.Tensor | np.ndarray) -> torch.Tensor:
-    """``noisy`` with every masked pixel's values (all channels) replaced by its source pixel's."""
+    """``noisy`` with every masked value replaced by its source pixel's value in the same channel."""
     b, c, h, w = noisy.shape
     mask = torch.as_tensor(mask, device=noisy.device).bool()
     source = torch.as_tensor(source, device=noisy.device).long()
-    flat = (source[..., 0] * w + source[..., 1]).reshape(b, 1, h * w).expand(b, c, h * w)
+    flat = (source[..., 0] * w + source[..., 1]).reshape(b, c, h * w)
     moved = noisy.reshape(b, c, h * w).gather(2, flat).reshape(b, c, h, w)
-    return torch.where(mask[:, None], moved, noisy)
+    return torch.where(mask, moved, noisy)
 
 
 def n2v_loss(model: Model, noisy: torch.Tensor, sigma: torch.Tensor, mask: torch.Tensor | np.ndarray,
              source: torch.Tensor | np.ndarray) -> torch.Tensor:
-    """MSE against the original noisy values over the masked pixels (all channels) only."""
+    """MSE against the original noisy values over the masked values (B, C, H, W) only."""
     mask = torch.as_tensor(mask, device=noisy.device).bool()
     out = model(n2v_apply(noisy, mask, source), sigma)
-    m = mask[:, None].to(out.dtype)
-    return ((out - noisy) ** 2 * m).sum() / (m.sum() * noisy.shape[1]).clamp_min(1)
+    m = mask.to(out.dtype)
+    return ((out - noisy) ** 2 * m).sum() / m.sum().clamp_min(1)

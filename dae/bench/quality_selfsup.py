@@ -48,6 +48,9 @@ RECIPE = {"model": "unet", "model_kwargs": {"width": 20}, "crop": 64, "crops_per
 EPOCHS_FACTOR = {"nb2nb": 1.5}
 # What makes a run here the same experiment: not the epochs (a shorter finished run is continued).
 SAME = tuple(k for k in SAME_RUN if k not in ("data", "epochs")) + ("objective", "crop", "crops_per_image")
+# ... and the objective's own settings (compared for that objective only: older runs of the others may
+# predate a field that does not concern them).
+OWN = {"nb2nb": ("nb2nb_gamma",), "n2v": ("n2v_fraction", "n2v_channels")}
 
 
 @dataclass(frozen=True)
@@ -175,7 +178,7 @@ def run(cfg: QualitySelfSupConfig) -> dict:
     trained = {}
     for obj in cfg.objectives:
         tcfg = train_config(cfg, obj, data[cfg.sets[0]])
-        t = train_or_reuse(tcfg, obj, SAME)
+        t = train_or_reuse(tcfg, obj, SAME + OWN.get(obj, ()))
         t["command"] = command_line("jobs.train", dataclasses.replace(tcfg, storage="runs",
                                                                       data=f"data/{cfg.sets[0]}"))
         trained[obj] = t

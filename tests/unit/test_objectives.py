@@ -88,7 +88,7 @@ def test_nb2nb_loss_by_hand_and_no_grad_through_full_pass():
     # out - g2 - (g1f - g2f) = [-1, -3.5]                -> reg = (1 + 12.25) / 2 = 6.625
     model = Half()
     loss, parts = nb2nb_loss(model, noisy, _sigma(1), choices, gamma=2.0)
-    assert parts == pytest.approx({"rec": 5.625, "reg": 6.625})
+    assert {k: v.item() for k, v in parts.items()} == pytest.approx({"rec": 5.625, "reg": 6.625})
     assert loss.item() == pytest.approx(5.625 + 2 * 6.625)
     assert model.calls == [((1, 1, 1, 2), True), ((1, 1, 2, 4), False)]  # full image under no_grad
     # d/dw with the gap held fixed: mean(2 (out - g2) g1) + 2 mean(2 (out - g2 - gap) g1)
@@ -109,17 +109,34 @@ def test_nb2nb_gamma_ramp():
 # ---------------------------------------------------------------- Noise2Void
 
 
-@pytest.mark.parametrize("h, w, fraction, radius", [(20, 30, 0.1, 2), (17, 9, 0.3, 1), (40, 40, 0.002, 2)])
-def test_n2v_masks_counts_and_windows(h, w, fraction, radius):
-    mask, source = n2v_masks(["a", "b"], seed=0, epoch=0, h=h, w=w, fraction=fraction, radius=radius)
-    assert mask.dtype == bool and mask.shape == (2, h, w)
-    assert source.dtype == np.int64 and source.shape == (2, h, w, 2)
-    assert (mask.sum((1, 2)) == max(1, round(fraction * h * w))).all()
-    rows, cols = np.nonzero(mask[0])
-    sr, sc = source[0, rows, cols].T
-    assert ((0 <= sr) & (sr < h) & (0 <= sc) & (sc < w)).all()
-    assert ((np.abs(sr - rows) <= radius) & (np.abs(sc - cols) <= radius)).all()
-    assert ((sr != rows) | (sc != cols)).all()
+@pytest.mark.parametrize("h, w, fraction, radius, channels",
+                         [(20, 30, 0.1, 2, 1), (17, 9, 0.3, 1, 3), (40, 40, 0.002, 2, 3)])
+def test_n2v_masks_counts_and_windows(h, w, fraction, radius, channels):
+    mask, source = n2v_masks(["a", "b"], seed=0, epoch=0, h=h, w=w, fraction=fraction, radius=radius,
+                             channels=channels)
+    assert mask.dtype == bool and mask.shape == (2, channels, h, w)
+    assert source.dtype == np.int64 and source.shape == (2, channels, h, w, 2)
+    assert (mask.sum((2, 3)) == max(1, round(fraction * h * w))).all()
+    for c in range(channels):
+        rows, cols = np.nonzero(mask[1, c])
+        sr, sc = source[1, c, rows, cols].T
+        assert ((0 <= sr) & (sr < h) & (0 <= sc) & (sc < w)).all()
+        assert ((np.abs(sr - rows) <= radius) & (np.abs(sc - cols) <= radius)).all()
+        assert ((sr != rows) | (sc != cols)).all()
+        grid = np.stack(np.meshgrid(np.arange(h), np.arange(w), indexing="ij"), -1)
+        assert (source[1, c][~mask[1, c]] == grid[~mask[1, c]]).all()  # unmasked: their own pixel
+
+
+def test_n2v_masks_per_channel_or_joint():
+    kw = dict(seed=0, epoch=0, h=32, w=32, fraction=0.05)
+    own, own_src = n2v_masks(["a"], channels=3, **kw)
+    joint, joint_src = n2v_masks(["a"], channels=3, joint=True, **kw)
+    gray, gray_src = n2v_masks(["a"], channels=1, **kw)
+    assert not (own[0, 0] == own[0, 1]).all() and not (own[0, 1] == own[0, 2]).all()  # a draw per channel
+    assert (joint[0] == joint[0, :1]).all() and (joint_src[0] == joint_src[0, :1]).all()  # one for all
+    # channel 0 draws first from the image's stream: gray, joint and per-channel agree on it
+    assert (own[0, 0] == gray[0, 0]).all() and (joint[0, 0] == gray[0, 0]).all()
+    assert (own_src[0, 0] == gray_src[0, 0]).all()
 
 
 def test_n2v_masks_at_the_corners():
@@ -130,11 +147,11 @@ def test_n2v_masks_at_the_corners():
         assert mask.all()
         grid = np.stack(np.meshgrid(np.arange(3), np.arange(3), indexing="ij"), -1)
         assert ((source >= 0) & (source <= 2)).all()
-        assert (source[0] != grid).any(-1).all()
-        seen.add(tuple(source[0, 0, 0]))
+        assert (source[0, 0] != grid).any(-1).all()
+        seen.add(tuple(source[0, 0, 0, 0]))
     assert seen == {(r, c) for r in range(3) for c in range(3)} - {(0, 0)}
     mask, source = n2v_masks(["d"], seed=0, epoch=0, h=1, w=2, fraction=1.0)
-    assert source[0, 0].tolist() == [[0, 1], [0, 0]]
+    assert source[0, 0, 0].tolist() == [[0, 1], [0, 0]]
     with pytest.raises(ValueError):
         n2v_masks(["e"], seed=0, epoch=0, h=1, w=1)
 
@@ -147,29 +164,34 @@ def test_n2v_masks_depend_on_seed_id_epoch_only():
     assert not (n2v_masks(["x"], seed=1, epoch=3, **kw)[0][0] == m1[0]).all()
 
 
-def test_n2v_apply_replaces_only_masked_pixels():
+@pytest.mark.parametrize("joint", [False, True])
+def test_n2v_apply_replaces_only_masked_values(joint):
     noisy = torch.rand(2, 3, 6, 5, generator=torch.Generator().manual_seed(0))
-    mask, source = n2v_masks(["a", "b"], seed=0, epoch=0, h=6, w=5, fraction=0.2)
+    mask, source = n2v_masks(["a", "b"], seed=0, epoch=0, h=6, w=5, fraction=0.2, channels=3, joint=joint)
     out = n2v_apply(noisy, mask, source)
-    m = torch.as_tensor(mask)[:, None].expand_as(noisy)
+    m = torch.as_tensor(mask)
     assert (out[~m] == noisy[~m]).all()
-    for b, r, c in zip(*np.nonzero(mask)):
-        sr, sc = source[b, r, c]
-        assert (out[b, :, r, c] == noisy[b, :, sr, sc]).all()
-        assert (out[b, :, r, c] != noisy[b, :, r, c]).all()  # random values: a real replacement
+    for b, ch, r, c in zip(*np.nonzero(mask)):
+        sr, sc = source[b, ch, r, c]
+        assert out[b, ch, r, c] == noisy[b, ch, sr, sc]  # the same channel of the source pixel
+        assert out[b, ch, r, c] != noisy[b, ch, r, c]  # random values: a real replacement
     assert (noisy == torch.rand(2, 3, 6, 5, generator=torch.Generator().manual_seed(0))).all()  # not in place
 
 
 def test_n2v_loss_by_hand_and_only_masked_pixels_count():
     noisy = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]], [[10.0, 20.0], [30.0, 40.0]]]])
-    mask = np.array([[[False, True], [False, False]]])
-    source = np.array([[[[0, 0], [1, 0]], [[1, 0], [1, 1]]]])  # (0, 1) takes (1, 0)'s values
-    # input at (0, 1): [3, 30]; output 0.5 x: [1.5, 15]; errors vs [2, 20]: .25, 25 -> / (1 pixel * 2 ch)
+    mask = np.array([[[[False, True], [False, False]]] * 2])  # (1, 2, 2, 2): pixel (0, 1), both channels
+    source = np.array([[[[[0, 0], [1, 0]], [[1, 0], [1, 1]]]] * 2])  # (0, 1) takes (1, 0)'s values
+    # input at (0, 1): [3, 30]; output 0.5 x: [1.5, 15]; errors vs [2, 20]: .25, 25 -> / 2 masked values
     assert n2v_loss(Half(2), noisy, _sigma(1), mask, source).item() == pytest.approx(12.625)
+    # only channel 1 masked: channel 0 keeps its own value 2 at (0, 1); output 15 vs 20 -> 25 / 1 value
+    one = mask.copy()
+    one[0, 0] = False
+    assert n2v_loss(Half(2), noisy, _sigma(1), one, source).item() == pytest.approx(25.0)
 
     class Scrambled(Half):  # same as Half at the masked pixel, garbage elsewhere
         def forward(self, x, sigma=None):
-            return super().forward(x, sigma) + 100.0 * torch.as_tensor(~mask)[:, None]
+            return super().forward(x, sigma) + 100.0 * torch.as_tensor(~mask)
 
     assert n2v_loss(Scrambled(2), noisy, _sigma(1), torch.as_tensor(mask), torch.as_tensor(source)).item() \
         == pytest.approx(12.625)

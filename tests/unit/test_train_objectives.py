@@ -53,6 +53,7 @@ def test_objective_inputs_come_from_seed_id_and_epoch(digits):
 @pytest.mark.parametrize("changes, says", [
     ({"objective": "nb2nb", "loss": "l1"}, "nb2nb is defined with the MSE loss"),
     ({"objective": "n2v", "n2v_fraction": 0.0}, "n2v-fraction must be in"),
+    ({"objective": "n2v", "n2v_channels": "some"}, "valid: independent, joint"),
     ({"objective": "byol"}, "valid"),
 ])
 def test_bad_objective_settings_fail_clearly(changes, says):
