@@ -53,9 +53,9 @@ quality-natural: $(STAMP)
 	$(BIN)/python -m jobs.quality_natural --out bench_out/quality-natural
 
 # The self-supervised table: one U-Net trained on CBSD432 at sigma 25 by supervised, n2n, nb2nb and n2v (the
-# same time: 16 epochs, nb2nb 24, 22-31 min each on 2 CPU cores, about 2 h with scoring; a finished run is reused, or
-# continued with more epochs), scored on
-# Kodak24 and CBSD68 beside CBM3D (first 8 images) and the Neighbor2Neighbor paper's figures.
+# same time: 16 epochs, nb2nb 24, 22-31 min each on 2 CPU cores, about 2 h with scoring; a finished run is
+# reused, or continued with more epochs), scored on Kodak24 and CBSD68 beside CBM3D (first 8 images) and the
+# Neighbor2Neighbor paper's figures.
 quality-selfsup: $(STAMP)
 	$(BIN)/pip install -q -e '.[test,bm3d]'
 	$(BIN)/python -m jobs.quality_selfsup --out bench_out/quality-selfsup
