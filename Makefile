@@ -25,7 +25,7 @@ demo: $(STAMP)
 	$(BIN)/python -m jobs.demo --out demo_out
 
 test: $(STAMP) data
-	$(BIN)/python -m pytest -q --durations=15 tests
+	$(BIN)/python -m pytest -q --durations=40 tests
 
 # The unit tier only: no Ray, no cluster, no S3 server (under a minute on 2 cores). `make test` runs both tiers.
 test-unit: $(STAMP)

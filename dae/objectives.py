@@ -111,9 +111,10 @@ def nb2nb_gamma(epoch: int, epochs: int, max_gamma: float = 2.0) -> float:
 
 
 N2V_CHANNELS = ("independent", "joint")
+N2V_FRACTION = 0.06  # the train job's default; README's self-supervised section has the runs behind it
 
 
-def n2v_masks(ids: Sequence[str], seed: int, epoch: int, h: int, w: int, fraction: float = 0.06,
+def n2v_masks(ids: Sequence[str], seed: int, epoch: int, h: int, w: int, fraction: float = N2V_FRACTION,
               radius: int = 2, channels: int = 1, joint: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Blind spots per image and channel: ``mask`` bool (B, C, h, w), and ``source`` int64 (B, C, h, w, 2),
     the (row, col) whose value replaces each masked value (a pixel's own coordinates where unmasked).

@@ -94,7 +94,7 @@ class TrainConfig:
         "choices": objectives.OBJECTIVES})
     nb2nb_gamma: float = field(default=2.0, metadata={"help": "nb2nb: the regularizer's weight, reached at the "
                                                               "last epoch (a linear ramp from 0, as in the paper's code)"})
-    n2v_fraction: float = field(default=0.06, metadata={
+    n2v_fraction: float = field(default=objectives.N2V_FRACTION, metadata={
         "help": "n2v: fraction of pixels masked (blind spots) per channel and sample. The N2V paper masks 0.2 %; "
                 "more blind spots give each step more of a loss to learn from (CBSD432 crops, 4 epochs: 0.002 "
                 "25.55 dB, 0.02 26.76, 0.06 26.87)"})
