@@ -51,12 +51,14 @@ PUBLISHED = {
                "CBSD68": (34.30, 31.69, 28.51), "Kodak24": (35.31, 32.89, 29.86)},
 }
 # The recipe of the shipped blind models (models/*/README.md): a 20-wide conditioned U-Net on random
-# 64 x 64 crops, sigma drawn per crop from 0-55, 30 epochs (about 25 minutes each on 2 CPU cores).
+# 64 x 64 crops, sigma drawn per crop from 0-55, 30 epochs (45-60 minutes each on 2 CPU cores).
 RECIPE = {"model": "cunet", "model_kwargs": {"width": 20}, "noise": "awgn:0-55", "crop": 64, "crops_per_image": 8,
           "batch_size": 32, "schedule": "cosine", "lr": 1e-3, "epochs": 30, "val_limit": 4}
 # gray-s25: the same network without the sigma input, trained at sigma 25 only (what the blind model
 # is held against: within 0.3 dB of it at 25, at the same epochs).
-TRAIN = {"gray-blind": {"kind": "gray", **RECIPE}, "color-blind": {"kind": "color", **RECIPE},
+# gray-blind trains 60 epochs (about 95 minutes on 2 cores, within the 2 hours the issue allows): at 30 it
+# scored 28.85 dB on BSD68 at sigma 25, 0.05 short of the 28.9 target (and 0.07 below gray-s25 at 30).
+TRAIN = {"gray-blind": {"kind": "gray", **RECIPE, "epochs": 60}, "color-blind": {"kind": "color", **RECIPE},
          "gray-s25": {"kind": "gray", **RECIPE, "model": "unet", "noise": "awgn:25"}}
 # What makes two training runs the same experiment here (the data path may differ: the same sets).
 SAME_RUN = ("train_split", "model", "model_kwargs", "noise", "loss", "optimizer", "schedule", "lr", "weight_decay",
