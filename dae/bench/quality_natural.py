@@ -56,8 +56,9 @@ RECIPE = {"model": "cunet", "model_kwargs": {"width": 20}, "noise": "awgn:0-55",
           "batch_size": 32, "schedule": "cosine", "lr": 1e-3, "epochs": 30, "val_limit": 4}
 # gray-s25: the same network without the sigma input, trained at sigma 25 only (what the blind model
 # is held against: within 0.3 dB of it at 25, at the same epochs).
-# gray-blind trains 60 epochs (6,051 s on 2 cores in the shipped run, within the 2 hours the issue allows): at 30 it
-# scored 28.85 dB on BSD68 at sigma 25, 0.05 short of the 28.9 target (and 0.07 below gray-s25 at 30).
+# gray-blind trains 60 epochs (6,051 s on 2 cores in the shipped run, within the 2 hours the issue
+# allows): at 30 it scored 28.85 dB on BSD68 at sigma 25, 0.05 short of the 28.9 target (and 0.07 below
+# gray-s25 at 30).
 TRAIN = {"gray-blind": {"kind": "gray", **RECIPE, "epochs": 60}, "color-blind": {"kind": "color", **RECIPE},
          "gray-s25": {"kind": "gray", **RECIPE, "model": "unet", "noise": "awgn:25"}}
 # What makes two training runs the same experiment here (the data path may differ: the same sets).
