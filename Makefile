@@ -46,8 +46,9 @@ quality-sweep: $(STAMP) data
 	$(BIN)/python -m jobs.quality_sweep --config quality-sweep-cpu --out bench_out/quality-sweep
 
 # The natural-photo table (Set12, BSD68, CBSD68, Kodak24 at sigma 15/25/50 from ../shared/datasets/natural):
-# trains the gray and color blind models and a sigma-25 gray one (25-40 min each on 2 CPU cores; a finished run
-# is reused), then scores them, NLM and BM3D (the bm3d extra, first 8 images per set) beside the published figures.
+# trains the gray and color blind models and a sigma-25 gray one (22-60 min each on 2 CPU cores, gray-blind
+# about 100 min; a finished run is reused), then scores them, NLM and BM3D (the bm3d extra, first 8 images per
+# set) beside the published figures.
 quality-natural: $(STAMP)
 	$(BIN)/pip install -q -e '.[test,bm3d]'
 	$(BIN)/python -m jobs.quality_natural --out bench_out/quality-natural

@@ -51,7 +51,7 @@ PUBLISHED = {
                "CBSD68": (34.30, 31.69, 28.51), "Kodak24": (35.31, 32.89, 29.86)},
 }
 # The recipe of the shipped blind models (models/*/README.md): a 20-wide conditioned U-Net on random
-# 64 x 64 crops, sigma drawn per crop from 0-55, 30 epochs (45-60 minutes each on 2 CPU cores).
+# 64 x 64 crops, sigma drawn per crop from 0-55, 30 epochs (40-60 minutes each on 2 CPU cores).
 RECIPE = {"model": "cunet", "model_kwargs": {"width": 20}, "noise": "awgn:0-55", "crop": 64, "crops_per_image": 8,
           "batch_size": 32, "schedule": "cosine", "lr": 1e-3, "epochs": 30, "val_limit": 4}
 # gray-s25: the same network without the sigma input, trained at sigma 25 only (what the blind model
