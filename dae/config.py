@@ -68,7 +68,8 @@ def add_config_args(parser: argparse.ArgumentParser, cls) -> argparse.ArgumentPa
         flag = _flag(f.name)
         tp = _origin(types[f.name])
         help_text = f.metadata.get("help", "")
-        help_text = f"{help_text} (default: {_default(f)!r})"
+        # argparse %-formats help strings: a literal % (e.g. "0.2 %") would break --help
+        help_text = f"{help_text} (default: {_default(f)!r})".replace("%", "%%")
         choices = f.metadata.get("choices")
         if tp is bool:
             parser.add_argument(flag, dest=f.name, default=None, action=argparse.BooleanOptionalAction,

@@ -72,6 +72,9 @@ class EvaluateConfig:
                          metadata={"help": "noise specs, each scored separately", "nargs": "+"})
     models: tuple = field(default=(), metadata={"help": "model directories (config.json + model.safetensors); "
                                                         "named by directory", "nargs": "*"})
+    ensemble: tuple = field(default=(1,), metadata={
+        "help": "self-ensemble sizes every model is scored at: 1 plain; 2, 4 or 8 flips/rotations averaged "
+                "(N x the time), a row 'NAME xN' each", "nargs": "+", "type": int})
     baselines: tuple = field(default=baselines.DEFAULT_BASELINES,
                              metadata={"help": f"classical methods, of: {', '.join(baselines.BASELINES)} "
                                                "(bm3d only if installed)", "nargs": "*"})
@@ -193,39 +196,41 @@ def baseline_batch(batch: dict, method: str, params: dict, subset: set | None = 
 # ---------------------------------------------------------------- the model actor
 
 
-def denoise(den, images: Sequence[np.ndarray], sigmas: Sequence[float]) -> list[np.ndarray]:
+def denoise(den, images: Sequence[np.ndarray], sigmas: Sequence[float], ensemble: int = 1) -> list[np.ndarray]:
     """A model's outputs as scored and pictured: :meth:`dae.inference.Denoiser.run` (the denoise
     job's tiling and fixed-size forward passes), clipped to [0, 1], the range of every image here
     (models without an output sigmoid overshoot it). A conditioned model is told each image's true
-    noise sigma, as the published non-blind tables do (FFDNet, DRUNet)."""
-    return [np.clip(y, 0.0, 1.0) for y in den.run(list(images), list(sigmas))]
+    noise sigma, as the published non-blind tables do (FFDNet, DRUNet). ``ensemble``: the self-ensemble
+    size (:func:`dae.inference.denoise_images`)."""
+    return [np.clip(y, 0.0, 1.0) for y in den.run(list(images), list(sigmas), ensemble=ensemble)]
 
 
 class ModelScorer:
     """Ray Data actor: loads every model once (a :class:`dae.inference.Denoiser` each), adds
     KEY__psnr/ssim/sec/hash for each.
 
-    ``models``: [(key, model_dir)]; ``device`` and ``torch_threads`` from the pool's plan
-    (:func:`plan_model_actors`).
+    ``models``: [(key, model_dir, self-ensemble size)], a model dir loaded once whatever its sizes;
+    ``device`` and ``torch_threads`` from the pool's plan (:func:`plan_model_actors`).
     """
 
-    def __init__(self, models: Sequence[tuple[str, str]], device: str = "cpu", torch_threads: int = 1):
+    def __init__(self, models: Sequence[tuple[str, str, int]], device: str = "cpu", torch_threads: int = 1):
         from .inference import Denoiser
 
-        self.models = [(key, Denoiser(path, device=device, torch_threads=torch_threads)) for key, path in models]
+        loaded = {path: Denoiser(path, device=device, torch_threads=torch_threads) for _, path, _ in models}
+        self.models = [(key, loaded[path], n) for key, path, n in models]
 
     def __call__(self, batch: dict) -> dict:
         noisy, clean = _rows(batch["noisy"]), _rows(batch["clean"])
         n = len(noisy)
         out = dict(batch)
         hashes = np.array([array_hash(x) for x in noisy], dtype=np.int64)
-        for key, den in self.models:
+        for key, den, n_views in self.models:
             wrong = sorted({x.shape[2] for x in noisy} - {den.channels})
             if wrong:
                 raise ValueError(f"model {den.config.get('model')} takes {den.channels}-channel images, got "
                                  f"{'/'.join(map(str, wrong))}-channel ones")
             t0 = time.perf_counter()
-            preds = denoise(den, noisy, batch["sigma"])  # ends with a copy to host memory: GPU time included
+            preds = denoise(den, noisy, batch["sigma"], n_views)  # ends with a copy to host memory: GPU time included
             secs = time.perf_counter() - t0
             p, s = score_images(preds, clean) if n else (np.empty(0), np.empty(0))
             out.update({f"{key}__psnr": p, f"{key}__ssim": s, f"{key}__sec": np.full(n, secs / max(n, 1)),
@@ -385,8 +390,9 @@ def package_versions() -> dict[str, str]:
 _GENERIC_DIR_NAMES = {"model", "best_model", "final_model", "checkpoint", "last_model"}
 
 
-def _model_entries(dirs: Sequence[str], taken: set[str]) -> list[dict]:
-    """[{key, name, dir, config}] with unique display names (directory name, else config model)."""
+def _model_entries(dirs: Sequence[str], taken: set[str], ensembles: Sequence[int] = (1,)) -> list[dict]:
+    """[{key, name, dir, config, weights, ensemble}] with unique display names (directory name, else
+    config model), one per model and self-ensemble size ("NAME x8")."""
     from .checkpoint import load_config, weights_digest
 
     entries = []
@@ -405,7 +411,11 @@ def _model_entries(dirs: Sequence[str], taken: set[str]) -> list[dict]:
         while name in names:
             name, k = f"{base}-{k}", k + 1
         names.add(name)
-        entries.append({"key": f"model{i}", "name": name, "dir": str(d), "config": cfg, "weights": weights_digest(d)})
+        digest = weights_digest(d)
+        for n in ensembles:
+            entries.append({"key": f"model{i}" if n == 1 else f"model{i}x{n}",
+                            "name": name if n == 1 else f"{name} x{n}", "dir": str(d), "config": cfg,
+                            "weights": digest, "ensemble": n})
     return entries
 
 
@@ -418,14 +428,14 @@ class Methods:
     models: list[dict]  # _model_entries
 
     @classmethod
-    def resolve(cls, names: Sequence[str], model_dirs: Sequence[str]) -> Methods:
+    def resolve(cls, names: Sequence[str], model_dirs: Sequence[str], ensembles: Sequence[int] = (1,)) -> Methods:
         # A missing optional method is reported as skipped with the reason, never scored as zero.
         skipped = {}
         for n in names:
             ok, why = baselines.availability(n)
             if not ok:
                 skipped[n] = why
-        return cls(list(names), skipped, _model_entries(model_dirs, {NOISY, *baselines.BASELINES}))
+        return cls(list(names), skipped, _model_entries(model_dirs, {NOISY, *baselines.BASELINES}, ensembles))
 
     @property
     def running(self) -> list[str]:
@@ -472,6 +482,12 @@ def check_config(cfg: EvaluateConfig) -> tuple[list[str], list[str]]:
             raise ValueError(f"{n} must be >= 0, got {lim}")
     if cfg.batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {cfg.batch_size}")
+    if not cfg.ensemble or len(set(cfg.ensemble)) != len(cfg.ensemble):
+        raise ValueError(f"--ensemble takes distinct sizes, got {list(cfg.ensemble)}")
+    from .inference import check_ensemble  # (torch: imported when a config is checked, not at import)
+
+    for n in cfg.ensemble:
+        check_ensemble(n)
     storage.check_access(cfg.data, must_exist=True)  # fail before any work, naming the cause
     for m in cfg.models:
         storage.check_access(m, must_exist=True)
@@ -567,7 +583,7 @@ def build_dataset(cfg: EvaluateConfig, sel: Selection, specs: list[str], methods
         ds = ds.repartition(target_num_rows_per_block=cfg.batch_size * len(specs))
         ds = ds.map_batches(
             ModelScorer, batch_size=cfg.batch_size, batch_format="numpy",
-            fn_constructor_kwargs={"models": [(m["key"], m["dir"]) for m in methods.models],
+            fn_constructor_kwargs={"models": [(m["key"], m["dir"], m["ensemble"]) for m in methods.models],
                                    "device": plan["device"], "torch_threads": plan["torch_threads"]},
             compute=ActorPoolStrategy(min_size=plan["min_actors"], max_size=plan["max_actors"]),
             num_cpus=plan["actor_cpus"], num_gpus=plan["actor_gpus"])
@@ -672,7 +688,7 @@ def make_pictures(cfg: EvaluateConfig, sel: Selection, specs: list[str], methods
 
     prow = {r["id"]: r for r in head_rows(sel.files, sel.holdout_n + len(pic_ids), ("id", "image"))[0]}
     pclean = _decode_rows([prow[i] for i in pic_ids])
-    dens = [(m, Denoiser(m["dir"], device="cpu")) for m in methods.models]
+    loaded = {m["dir"]: Denoiser(m["dir"], device="cpu") for m in methods.models}
     noise_col = cols["noise"].astype(str)
     all_rows: list[tuple[str, list]] = [("clean", pclean)]
     for spec in specs:
@@ -685,7 +701,7 @@ def make_pictures(cfg: EvaluateConfig, sel: Selection, specs: list[str], methods
         rows = [(f"{spec} noisy", pnoisy)]
         for n in methods.running:
             rows.append((n, [baselines.apply(n, x, baselines.noise_sigma(spec, x), params[n][spec]) for x in pnoisy]))
-        rows += [(m["name"], denoise(den, pnoisy, psigma)) for m, den in dens]
+        rows += [(m["name"], denoise(loaded[m["dir"]], pnoisy, psigma, m["ensemble"])) for m in methods.models]
         pics[spec] = viz.save_grid([("clean", pclean), *rows], storage.join(cfg.out, f"comparison_{slug(spec)}.png"),
                                    label_width=150)
         all_rows += rows
@@ -719,7 +735,7 @@ def write_report(cfg: EvaluateConfig, command: str, *, sel: Selection, specs: li
         "tuning": tuning,
         "models": [{"name": m["name"], "dir": m["dir"], "model": m["config"].get("model"),
                     "channels": m["config"].get("channels"), "trained_noise": m["config"].get("noise"),
-                    "weights": m["weights"]}
+                    "weights": m["weights"], "ensemble": m["ensemble"]}
                    for m in methods.models],
         "model_actors": ({"actors": plan["max_actors"], "gpu": plan["device"] == "cuda",
                           "cpus_per_actor": plan["actor_cpus"]} if plan else {}),
@@ -744,7 +760,7 @@ def run(cfg: EvaluateConfig, command: str = "") -> dict:
 
     specs, names = check_config(cfg)
     t_start = time.perf_counter()
-    methods = Methods.resolve(names, cfg.models)
+    methods = Methods.resolve(names, cfg.models, cfg.ensemble)
     sel = select_images(cfg, methods.running)
     check_model_channels(cfg, methods.models, sel.channels)
 

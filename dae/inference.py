@@ -197,10 +197,31 @@ def chunk_size(h: int, w: int, forward_batch: int, forward_pixels: int) -> int:
     return max(1, min(forward_batch, forward_pixels // max(1, h * w)))
 
 
+# Self-ensemble sizes: an ensemble of N averages the model's outputs over the first N of these
+# flips/rotations (the dihedral group of the square, as (quarter turns, mirrored)), each undone
+# before averaging. Ordered so that 2 and 4 are already balanced (a mirror, then a half turn).
+DIHEDRAL = ((0, False), (0, True), (2, False), (2, True), (1, False), (1, True), (3, False), (3, True))
+ENSEMBLES = (1, 2, 4, 8)
+
+
+def dihedral(x: np.ndarray, k: int, inverse: bool = False) -> np.ndarray:
+    """(H, W, C) image under the k-th of :data:`DIHEDRAL` (or its inverse)."""
+    turns, mirror = DIHEDRAL[k]
+    if inverse:
+        return np.rot90(x, -turns, axes=(0, 1))[:, ::-1] if mirror else np.rot90(x, -turns, axes=(0, 1))
+    return np.rot90(x[:, ::-1] if mirror else x, turns, axes=(0, 1))
+
+
+def check_ensemble(n: int) -> int:
+    if n not in ENSEMBLES:
+        raise ValueError(f"self-ensemble size must be one of {', '.join(map(str, ENSEMBLES))}, got {n}")
+    return n
+
+
 def denoise_images(model: torch.nn.Module, images: Sequence[np.ndarray], device: str | torch.device = "cpu",
                    tile: int = 512, overlap: int = 32, forward_batch: int = 64,
                    forward_pixels: int = FORWARD_PIXELS, deterministic: bool = True,
-                   bf16: bool = True, sigmas: Sequence[float] | None = None) -> list[np.ndarray]:
+                   bf16: bool = True, sigmas: Sequence[float] | None = None, ensemble: int = 1) -> list[np.ndarray]:
     """Denoise float32 (H, W, C) images of any sizes; returns float32 (H, W, C) arrays.
 
     Every image becomes pieces: itself when it fits in ``tile`` x ``tile``, else overlapping tiles.
@@ -210,11 +231,24 @@ def denoise_images(model: torch.nn.Module, images: Sequence[np.ndarray], device:
     ``sigmas``: each image's noise sigma (0-1 scale) for a noise-level-conditioned model; a missing
     or NaN level is estimated from the whole image (:func:`image_sigmas`), so all its tiles get one
     level. Other models ignore it.
+
+    ``ensemble``: 1, or the self-ensemble of 2, 4 or 8 flips/rotations (:data:`DIHEDRAL`): N passes,
+    their outputs turned back and averaged; about +0.1-0.2 dB for N x the time (the "x8" of the
+    literature's tables).
     """
     if overlap < 0 or overlap >= tile:
         raise ValueError(f"tile overlap must be in [0, tile={tile}), got {overlap}")
     device = torch.device(device)
     levels = image_sigmas(images, sigmas) if is_conditioned(model) else [0.0] * len(images)
+    if check_ensemble(ensemble) > 1:
+        kw = dict(device=device, tile=tile, overlap=overlap, forward_batch=forward_batch,
+                  forward_pixels=forward_pixels, deterministic=deterministic, bf16=bf16, sigmas=levels)
+        total = [np.zeros(img.shape, np.float32) for img in images]
+        for k in range(ensemble):
+            views = [np.ascontiguousarray(dihedral(img, k)) for img in images]
+            for acc, out in zip(total, denoise_images(model, views, **kw)):
+                acc += dihedral(out, k, inverse=True)
+        return [acc / ensemble for acc in total]
     amp = (torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and device.type == "cuda"
            else nullcontext())  # bf16 on GPU only: CPU bf16 is slow and changes numerics
     results: list[np.ndarray | None] = [None] * len(images)
@@ -294,7 +328,7 @@ class Denoiser:
 
     def __init__(self, model_dir: str, device: str = "auto", tile: int = 512, overlap: int = 32,
                  forward_batch: int = 64, forward_pixels: int = FORWARD_PIXELS, deterministic: bool = True,
-                 bf16: bool = True, torch_threads: int = 0, keep_input: bool = False):
+                 bf16: bool = True, torch_threads: int = 0, keep_input: bool = False, ensemble: int = 1):
         from .checkpoint import load_model
 
         if torch_threads > 0:
@@ -305,11 +339,14 @@ class Denoiser:
         self.channels = int(self.config["channels"])
         self.conditioned = is_conditioned(self.model)
         self.kw = dict(tile=tile, overlap=overlap, forward_batch=forward_batch, forward_pixels=forward_pixels,
-                       deterministic=deterministic, bf16=bf16)
+                       deterministic=deterministic, bf16=bf16, ensemble=check_ensemble(ensemble))
         self.keep_input = keep_input
 
-    def run(self, images: list[np.ndarray], sigmas: Sequence[float] | None = None) -> list[np.ndarray]:
-        return denoise_images(self.model, images, self.device, sigmas=sigmas, **self.kw)
+    def run(self, images: list[np.ndarray], sigmas: Sequence[float] | None = None,
+            ensemble: int | None = None) -> list[np.ndarray]:
+        """``ensemble``: this call's self-ensemble size instead of the actor's."""
+        kw = self.kw if ensemble is None else {**self.kw, "ensemble": ensemble}
+        return denoise_images(self.model, images, self.device, sigmas=sigmas, **kw)
 
     def __call__(self, batch: dict) -> dict:
         errors = list(batch[ERROR])

@@ -68,7 +68,7 @@ DATASETS = {
 }
 # The fields of the train job's config that make two runs the same experiment (a run found under
 # the same name with other values is an error, not a result to reuse).
-SAME_RUN = ("data", "train_split", "model", "model_kwargs", "noise", "loss", "optimizer", "schedule", "lr",
+SAME_RUN = ("data", "train_split", "model", "model_kwargs", "init", "noise", "loss", "optimizer", "schedule", "lr",
             "weight_decay", "epochs", "batch_size", "seed")
 
 
@@ -261,7 +261,9 @@ def train_or_reuse(tcfg, what: str, same_run: tuple = SAME_RUN) -> dict:
     resolved_path = storage.join(run_dir, "config.resolved.json")
     if storage.exists(resolved_path):
         have = storage.read_json(resolved_path)
-        diff = {k: (have.get(k), want[k]) for k in same_run if have.get(k) != want[k]}
+        # A setting missing from an older run's config is one added since: that run had its default.
+        defaults = {f.name: f.default for f in dataclasses.fields(tcfg) if f.default is not dataclasses.MISSING}
+        diff = {k: (have.get(k, defaults.get(k)), want[k]) for k in same_run if have.get(k, defaults.get(k)) != want[k]}
         if diff:
             raise ValueError(f"{run_dir} holds a run with other settings {diff} (found, wanted): give another "
                              f"--out, or delete that run to retrain it")
@@ -305,8 +307,11 @@ def evaluate_or_reuse(ecfg, name: str) -> dict:
     if storage.exists(report_path):
         old = storage.read_json(report_path)
         want = {k: (list(v) if isinstance(v, tuple) else v) for k, v in config_dict(ecfg).items()}
-        if old.get("config") == want and [m.get("weights") for m in old.get("models", [])] == [
-                weights_digest(d) for d in model_dirs]:
+        # a setting added since the report was made: it was made with the default
+        defaults = {k: (list(v) if isinstance(v, tuple) else v) for k, v in config_dict(type(ecfg)()).items()}
+        have = {**defaults, **old.get("config", {})}
+        if have == want and {m["dir"]: m.get("weights") for m in old.get("models", [])} == {
+                d: weights_digest(d) for d in model_dirs}:
             log.info("sweep: eval %s: reusing %s", name, report_path)
             return old
     log.info("sweep: evaluate %s: %d models, %d levels", name, len(model_dirs), len(levels))

@@ -115,6 +115,9 @@ class TrainConfig:
     gpus_per_worker: float = field(default=0.0, metadata={"help": "GPUs per worker (0: train on CPU)"})
     cpus_per_worker: float = field(default=0.0, metadata={"help": "CPUs per worker (0: sized from the cluster)"})
     torch_threads: int = field(default=0, metadata={"help": "torch threads per worker (0: the worker's CPUs, at least 1)"})
+    init: str = field(default="", metadata={
+        "help": "fine-tune: start from these weights (a model dir, e.g. RUN/final_model, or pretrained:NAME) "
+                "instead of a random init; the same --model and --model-kwargs. A resumed run keeps its own"})
     seed: int = field(default=0, metadata={"help": "seed of model init, shuffling and training noise"})
     val_seed: int = field(default=1234, metadata={"help": "seed of the fixed validation noise"})
     val_limit: int = field(default=0, metadata={"help": "validate on the first N held-out images by id (0: all)"})
@@ -175,6 +178,8 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
     if model.conditioned and spec.sigma(spec.low) is None:
         raise ValueError(f"{cfg.model} is conditioned on a Gaussian noise sigma; {spec.kind} noise has none "
                          f"(use awgn:LO-HI or gaussian:LO-HI)")
+    if cfg.init:
+        check_init(cfg)
     if not cfg.run_name:
         cfg = dataclasses.replace(cfg, run_name=f"train-{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}")
     if "/" in cfg.run_name or cfg.run_name.startswith("."):
@@ -182,7 +187,19 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
     # Workers write outputs and read data in their own working directory: pin local paths now.
     return dataclasses.replace(cfg, data=storage.absolute(cfg.data), storage=storage.absolute(cfg.storage),
                                out=storage.absolute(cfg.out),
-                               pair_data=storage.absolute(cfg.pair_data) if cfg.pair_data else "")
+                               pair_data=storage.absolute(cfg.pair_data) if cfg.pair_data else "",
+                               init=storage.absolute(cfg.init) if cfg.init and not cfg.init.startswith(
+                                   ckpt_lib.PRETRAINED) else cfg.init)
+
+
+def check_init(cfg: TrainConfig) -> dict:
+    """--init's model config, checked against --model and --model-kwargs (weights must fit the network)."""
+    mcfg = ckpt_lib.load_config(cfg.init)  # unknown pretrained names fail here, listing the shipped ones
+    if mcfg["model"] != cfg.model or mcfg.get("model_kwargs", {}) != dict(cfg.model_kwargs):
+        raise ValueError(f"--init {cfg.init} holds a {mcfg['model']} {mcfg.get('model_kwargs', {})} model, but "
+                         f"the config asks for {cfg.model} {dict(cfg.model_kwargs)}: pass the same --model and "
+                         f"--model-kwargs")
+    return mcfg
 
 
 def describe_split(root: str, split: str, one_size: bool = True, min_side: int = 0) -> dict:
@@ -742,6 +759,14 @@ def restore(path: str, model: torch.nn.Module, opt, sched, cfg: TrainConfig, tot
                       attempt=int(saved["attempt"]) + 1, history=list(saved["history"]))
 
 
+def init_weights(model: torch.nn.Module, path: str) -> None:
+    """Loads a model directory's weights (safetensors) into ``model``, which must be the same network."""
+    loaded, mcfg = ckpt_lib.load_model(path)
+    if int(mcfg["channels"]) != model.channels:
+        raise ValueError(f"--init {path} takes {mcfg['channels']}-channel images, the data has {model.channels}")
+    model.load_state_dict(loaded.state_dict())
+
+
 def sync_buffers(model: torch.nn.Module, world: int) -> None:
     """Every rank takes rank 0's buffers. BatchNorm running stats drift per rank after the last
     step (DDP broadcasts rank 0's buffers only at the start of each forward): validation on every
@@ -832,6 +857,8 @@ def train_loop(lc: LoopConfig) -> None:
 
     torch.manual_seed(cfg.seed)
     raw_model = create_model(cfg.model, channels=lc.channels, **cfg.model_kwargs)
+    if cfg.init:  # fine-tuning; a resumed run's checkpoint below replaces these weights
+        init_weights(raw_model, cfg.init)
     model = ray.train.torch.prepare_model(raw_model)  # device placement + DDP when world > 1
     opt = make_optimizer(cfg, model.parameters())
     sched = make_scheduler(cfg, opt, total_steps)
@@ -1032,6 +1059,9 @@ def run(cfg: TrainConfig) -> dict:
              train_desc["width"], train_desc["channels"], train_desc["decoded_mb"], mode, val_desc["rows"],
              cfg.val_split, cfg.workers, res["cpus_per_worker"], cfg.gpus_per_worker, threads, run_dir)
 
+    if cfg.init and int(ckpt_lib.load_config(cfg.init)["channels"]) != train_desc["channels"]:
+        raise ValueError(f"--init {cfg.init} takes {ckpt_lib.load_config(cfg.init)['channels']}-channel images, "
+                         f"{cfg.data} has {train_desc['channels']}-channel ones")
     t0 = time.perf_counter()
     datasets = _datasets(cfg, train_desc, val_desc, mode)
     data_s = time.perf_counter() - t0

@@ -73,7 +73,9 @@ def fingerprint(cfg: DenoiseConfig, model_dir: str) -> str:
     h.update(json.dumps({"model": keys, "noise": str(NoiseSpec.parse(cfg.add_noise)) if cfg.add_noise else "",
                          "seed": cfg.seed if cfg.add_noise else None, "tile": cfg.tile, "sigma": cfg.sigma,
                          "overlap": cfg.tile_overlap, "convert": cfg.convert_channels,
-                         "max_pixels": cfg.max_pixels, "layout": outputs.LAYOUT}, sort_keys=True).encode())
+                         "max_pixels": cfg.max_pixels, "layout": outputs.LAYOUT,
+                         # only when used: outputs written before --ensemble existed keep their fingerprint
+                         **({"ensemble": cfg.ensemble} if cfg.ensemble > 1 else {})}, sort_keys=True).encode())
     return h.hexdigest()
 
 
@@ -137,7 +139,7 @@ def build_dataset(cfg: DenoiseConfig, files: list[InputFile], model_channels: in
         fn_constructor_kwargs=dict(model_dir=cfg.model, device=plan["device"], tile=cfg.tile,
                                    overlap=cfg.tile_overlap, forward_batch=cfg.forward_batch,
                                    forward_pixels=cfg.forward_pixels, deterministic=cfg.deterministic,
-                                   bf16=cfg.bf16, torch_threads=plan["torch_threads"],
+                                   bf16=cfg.bf16, torch_threads=plan["torch_threads"], ensemble=cfg.ensemble,
                                    keep_input=bool(noise)))
     _, root_inner = storage.resolve(input_root(cfg.input, cfg.split))
     return ds.map_batches(outputs.finish_and_write, batch_size=rows, num_cpus=task_cpus,

@@ -109,7 +109,7 @@ def reference_run(ray_session, shards_root, tmp_path_factory):
     """1 worker, 2 epochs, constant LR: the uninterrupted run the next tests compare against."""
     storage = tmp_path_factory.mktemp("ref")
     res = train(shards_root, storage, "reference", "--workers", 1, "--epochs", 2, "--schedule", "constant")
-    return read_metrics(res["out"])
+    return read_metrics(res["out"]), res["final_model"]
 
 
 @pytest.fixture(scope="module")
@@ -125,14 +125,15 @@ def resumed_run(ray_session, shards_root, tmp_path_factory):
 
 def test_resume_by_run_name_continues(resumed_run, reference_run):
     first, hist = resumed_run
+    ref, _ = reference_run
     assert [h["epoch"] for h in first] == [1]
     assert [h["epoch"] for h in hist] == [1, 2]
     assert [h["attempt"] for h in hist] == [0, 1], "the rerun restarted from scratch instead of resuming"
     assert hist[0] == first[0]  # epoch 1 kept from the first run, not retrained
     # Model, optimizer state, per-epoch shuffling and noise all restored: the resumed epoch 2 is
     # the uninterrupted run's epoch 2.
-    assert hist[1]["train_loss"] == pytest.approx(reference_run[1]["train_loss"], rel=1e-6)
-    assert hist[1]["val_psnr"] == pytest.approx(reference_run[1]["val_psnr"], abs=1e-6)
+    assert hist[1]["train_loss"] == pytest.approx(ref[1]["train_loss"], rel=1e-6)
+    assert hist[1]["val_psnr"] == pytest.approx(ref[1]["val_psnr"], abs=1e-6)
 
 
 def test_same_seed_same_metrics_one_worker(resumed_run, reference_run):
@@ -141,7 +142,25 @@ def test_same_seed_same_metrics_one_worker(resumed_run, reference_run):
     # also repeat exactly on CPU (seen in manual runs; not asserted here to keep the file short).
     first, _ = resumed_run
     for key in ("train_loss", "val_psnr", "val_ssim", "noisy_psnr"):
-        assert first[0][key] == reference_run[0][key], key
+        assert first[0][key] == reference_run[0][0][key], key
+
+
+def test_init_fine_tunes_from_the_given_weights(reference_run, shards_root, tmp_path):
+    """--init: a new run starts from a trained model's weights, not a random init. With a learning
+    rate too small to move them (Adam steps ~lr), the run ends where it started."""
+    import torch
+
+    from dae.checkpoint import load_model
+
+    ref, final_model = reference_run
+    res = train(shards_root, tmp_path, "fine-tune", "--workers", 1, "--epochs", 1, "--schedule", "constant",
+                "--lr", "1e-12", "--init", final_model)
+    start, _ = load_model(final_model)
+    end, _ = load_model(res["final_model"])
+    fresh = dict(start.named_parameters())
+    for name, p in end.named_parameters():
+        assert torch.allclose(p, fresh[name], atol=1e-6), name
+    assert read_metrics(res["out"])[0]["val_psnr"] > read_metrics(res["out"])[0]["noisy_psnr"]
 
 
 @pytest.mark.parametrize("loss, collapses", [("mse", True), ("bce", False)])

@@ -80,6 +80,24 @@ def test_tiles_match_whole_image_within_tolerance():
     assert seams.max() > 0.01 and seams.mean() > 3 * d.mean()
 
 
+def test_self_ensemble_is_the_mean_of_the_views_turned_back():
+    img = np.random.default_rng(0).random((20, 13, 3), dtype=np.float32)  # not square: turns change the shape
+    views = [inference.dihedral(img, k) for k in range(8)]
+    assert len({(v.shape, v.tobytes()) for v in views}) == 8
+    for k, v in enumerate(views):
+        np.testing.assert_array_equal(inference.dihedral(v, k, inverse=True), img)
+    torch.manual_seed(0)
+    model = create_model("unet", channels=3, width=8).eval()
+    outs = [inference.dihedral(inference.denoise_images(model, [np.ascontiguousarray(v)])[0], k, inverse=True)
+            for k, v in enumerate(views)]
+    for n in (2, 4, 8):
+        np.testing.assert_allclose(inference.denoise_images(model, [img], ensemble=n)[0], np.mean(outs[:n], 0),
+                                   atol=1e-6)
+    assert np.abs(outs[1] - outs[0]).max() > 1e-3  # a U-Net is not flip-invariant: the views do differ
+    with pytest.raises(ValueError, match="self-ensemble size must be one of 1, 2, 4, 8, got 3"):
+        inference.denoise_images(model, [img], ensemble=3)
+
+
 def test_forward_results_do_not_depend_on_batching():
     torch.manual_seed(0)
     model = create_model("conv28k", channels=1).eval()
@@ -101,6 +119,8 @@ def test_invalid_choices_list_the_valid_ones(tmp_path, fashion_model_dir, capsys
                                           add_noise="pink:0.1"))
     with pytest.raises(ValueError, match="--model is required"):
         denoise.run(denoise.DenoiseConfig(input=src, output=str(tmp_path / "o")))
+    with pytest.raises(ValueError, match="--ensemble must be one of 1, 2, 4, 8, got 6"):
+        denoise.run(denoise.DenoiseConfig(input=src, model=fashion_model_dir, output=str(tmp_path / "o"), ensemble=6))
 
 
 def test_duplicate_finder_pieces(tmp_path, tiny_shards):

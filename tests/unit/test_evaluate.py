@@ -33,7 +33,7 @@ def test_model_scorer_runs_models_as_the_denoise_job(camera_models):
     noisy = list(add_noise_batch(clean, [str(i) for i in range(6)], "gaussian:0.2", seed=0))
     threads = torch.get_num_threads()
     try:
-        out = evaluation.ModelScorer([("m", camera_models["gray"])], device="cpu")(
+        out = evaluation.ModelScorer([("m", camera_models["gray"], 1)], device="cpu")(
             {"noisy": shards.stack_or_ragged(noisy), "clean": shards.stack_or_ragged(clean),
              "sigma": np.full(6, 0.2, np.float32)})
         model, _ = load_model(camera_models["gray"])
@@ -70,6 +70,33 @@ def test_model_actors_sized_like_denoise():
 def test_unknown_baseline_fails_listing_valid(tmp_path, camera_shards):
     with pytest.raises(ValueError, match="unknown baseline 'gauss'.*median, nlm, tv, bilateral, wavelet, bm3d"):
         _main(["--data", camera_shards, "--out", str(tmp_path), "--baselines", "median", "gauss"])
+    with pytest.raises(ValueError, match="self-ensemble size must be one of 1, 2, 4, 8, got 3"):
+        _main(["--data", camera_shards, "--out", str(tmp_path), "--baselines", "median", "--ensemble", "1", "3"])
+
+
+def test_self_ensemble_rows_score_the_averaged_views_with_the_model_loaded_once(camera_models):
+    """--ensemble 1 8: each model scored plain and as "NAME x8" (its outputs over the 8 flips and
+    rotations, turned back and averaged), from one loaded copy of the model."""
+    from dae import inference
+
+    entries = evaluation._model_entries([camera_models["gray"]], {"noisy"}, (1, 8))
+    assert [(e["key"], e["name"], e["ensemble"]) for e in entries] == [("model0", "tiny-gray", 1),
+                                                                        ("model0x8", "tiny-gray x8", 8)]
+    clean = [x.astype(np.float32)[:, :, None] / 255 for x in camera_crops(4, 96)]
+    noisy = list(add_noise_batch(clean, [str(i) for i in range(4)], "gaussian:0.2", seed=0))
+    threads = torch.get_num_threads()
+    try:
+        scorer = evaluation.ModelScorer([(e["key"], e["dir"], e["ensemble"]) for e in entries], device="cpu")
+        out = scorer({"noisy": shards.stack_or_ragged(noisy), "clean": shards.stack_or_ragged(clean),
+                      "sigma": np.full(4, 0.2, np.float32)})
+    finally:
+        torch.set_num_threads(threads)
+    assert scorer.models[0][1] is scorer.models[1][1]
+    model, _ = load_model(camera_models["gray"])
+    ens = [np.clip(y, 0, 1) for y in inference.denoise_images(model, noisy, ensemble=8)]
+    assert np.array_equal(out["model0x8__psnr"], evaluation.score_images(ens, clean)[0])
+    # the trained model's errors differ from view to view, so their mean is closer to the clean image
+    assert out["model0x8__psnr"].mean() > out["model0__psnr"].mean()
 
 
 def test_model_channel_mismatch_fails_clearly(tmp_path, camera_shards, camera_models):

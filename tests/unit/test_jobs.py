@@ -3,6 +3,7 @@ code 2, ``--debug`` shows the traceback, a bug keeps its traceback. A Ray-wrappe
 tests/e2e/test_jobs.py."""
 
 import argparse
+import os
 import subprocess
 import sys
 
@@ -55,3 +56,12 @@ def test_cli_sorts_expected_errors_from_bugs(monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["job", "--debug"])
     with pytest.raises(FileNotFoundError):
         cli(argparse.ArgumentParser(), main, exc=FileNotFoundError("no such file"))
+
+
+@pytest.mark.parametrize("job", sorted(f[:-3] for f in os.listdir(os.path.join(REPO, "jobs"))
+                                        if f.endswith(".py") and f != "__init__.py"))
+def test_every_jobs_help_renders(job):
+    """argparse %-formats help texts: a literal % in a config field's help once broke jobs.train --help."""
+    import importlib
+
+    assert "--" in importlib.import_module(f"jobs.{job}").get_args_parser().format_help()

@@ -52,6 +52,7 @@ def test_published_figures_cover_every_set_and_level():
     ({"models": ("BSD68=/m",)}, "KIND=DIR with KIND gray or color"),
     ({"train": {"x": {"model": "cunet"}}}, "kind: gray or color"),
     ({"sigmas": (-5,)}, "bad noise spec 'awgn:-5'"),
+    ({"train": {"b": {"kind": "gray", "init": "a"}, "a": {"kind": "gray"}}}, "starts from 'a': list that run before"),
 ])
 def test_bad_settings_fail_before_any_work(changes, says):
     with pytest.raises(ValueError, match=says):
@@ -78,7 +79,16 @@ def test_ship_writes_a_weights_only_model_dir_with_its_card(tmp_path, monkeypatc
     card = open(f"{dest}/README.md").read()
     assert "| **gray-blind** | 28.80 |" in card and "| noisy input | 20.17 |" in card
     assert "| DnCNN (published) | 29.23 |" in card and "python -m jobs.train --model cunet" in card
-    assert "Train400" in card and "1500 s on 2 CPU cores, 30 epochs" in card
+    assert "Train400" in card and "1500 s on 2 CPU cores, 30 epochs, the last epoch's weights:" in card
+    assert "x8" not in card
+
+    # fine-tuned from another model, scored with the self-ensemble too
+    first = checkpoint.save_model(create_model("cunet", channels=1, width=4), str(tmp_path / "first"), epoch=30)
+    table["BSD68"]["awgn:25"]["gray-blind x8"] = {"psnr": 28.95}
+    card = open(f"{ship(cfg, 'gray-blind', {**trained, 'init': 'runs/first', 'init_dir': first}, table, ['BSD68'])}"
+                "/README.md").read()
+    assert "fine-tuned from `runs/first` (30 epochs of its own, not counted here):" in card
+    assert "| gray-blind x8 (self-ensemble: the mean over 8 flips/rotations, `--ensemble 8`) | 28.95 |" in card
 
 
 def test_ship_names_only_trained_runs():

@@ -1,6 +1,8 @@
 """The quality sweep's plan (dae.sweep.plan) on the tiny grid and the presets, and its chart, without
 Ray. The sweep end to end is in tests/e2e/test_quality_sweep.py."""
 
+import dataclasses
+
 import pytest
 
 from dae import sweep as qs
@@ -44,3 +46,24 @@ def test_chart_lines_have_distinct_colors_and_baselines_are_dashed(tmp_path):
               "salt_pepper": {m: ((0.2,), (15.0 + i,)) for i, m in enumerate(labels[:-1])}}
     path = save_lines(panels, str(tmp_path / "chart.png"), xlabel="noise level", dashed=labels[:7])
     assert open(path, "rb").read(4) == b"\x89PNG"
+
+
+def test_a_report_made_before_a_setting_existed_is_reused_with_that_settings_default(tmp_path, monkeypatch):
+    """Benchmark reruns reuse evaluate reports (hours of BM3D): a report whose config lacks a setting
+    added since (here --ensemble) was made with its default; other weights or settings are rerun."""
+    from dae import evaluation, storage
+    from dae.checkpoint import save_model, weights_digest
+    from dae.config import config_dict
+    from dae.models import create_model
+
+    model = save_model(create_model("conv28k", channels=1, filters=4), str(tmp_path / "m"))
+    ecfg = evaluation.EvaluateConfig(data="d", out=str(tmp_path / "eval"), models=(model,))
+    old = {k: list(v) if isinstance(v, tuple) else v for k, v in config_dict(ecfg).items() if k != "ensemble"}
+    storage.write_json(str(tmp_path / "eval" / "report.json"), {
+        "config": old, "models": [{"dir": model, "weights": weights_digest(model)}], "reused": True})
+    reran = []
+    monkeypatch.setattr(evaluation, "run", lambda cfg, command="": reran.append(cfg) or {"reused": False})
+    assert qs.evaluate_or_reuse(ecfg, "d")["reused"] and not reran
+    assert not qs.evaluate_or_reuse(dataclasses.replace(ecfg, ensemble=(1, 8)), "d")["reused"]
+    save_model(create_model("conv28k", channels=1, filters=4), model)  # retrained: other weights
+    assert not qs.evaluate_or_reuse(ecfg, "d")["reused"] and len(reran) == 2
