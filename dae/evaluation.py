@@ -230,7 +230,8 @@ class ModelScorer:
                 raise ValueError(f"model {den.config.get('model')} takes {den.channels}-channel images, got "
                                  f"{'/'.join(map(str, wrong))}-channel ones")
             t0 = time.perf_counter()
-            preds = denoise(den, noisy, batch["sigma"], n_views)  # ends with a copy to host memory: GPU time included
+            # ends with a copy to host memory: GPU time included
+            preds = denoise(den, noisy, batch["sigma"], n_views)
             secs = time.perf_counter() - t0
             p, s = score_images(preds, clean) if n else (np.empty(0), np.empty(0))
             out.update({f"{key}__psnr": p, f"{key}__ssim": s, f"{key}__sec": np.full(n, secs / max(n, 1)),

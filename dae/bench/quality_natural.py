@@ -311,8 +311,9 @@ def ship(cfg: QualityNaturalConfig, name: str, trained: dict, table: dict, sets:
         "with flips and 90-degree rotations; never the test sets below.",
         "- **Noise**: AWGN, sigma drawn per crop uniformly from 0-55 (`awgn:0-55`), neither clipped nor quantized.",
         f"- **Training**: {trained['seconds']:.0f} s on 2 CPU cores, {mcfg.get('epoch')} epochs, the last "
-        "epoch's weights" + (f", fine-tuned from `{trained['init']}` ({init_epochs(trained.get('init_dir') or trained['init'])} epochs of its "
-                             "own, not counted here)" if trained.get("init") else "") + ":",
+        "epoch's weights" + (f", fine-tuned from `{trained['init']}` "
+                             f"({init_epochs(trained.get('init_dir') or trained['init'])} epochs of its own, "
+                             "not counted here)" if trained.get("init") else "") + ":",
         "",
         f"      python -m jobs.prepare --source natural --sets train={TRAIN_SET[kind]} test={sets[0]} "
         f"--out data/{sets[0]}",
