@@ -60,8 +60,8 @@ RECIPE = {"model": "cunet", "model_kwargs": {"width": 20}, "noise": "awgn:0-55",
 # allows): at 30 it scored 28.85 dB on BSD68 at sigma 25, 0.05 short of the 28.9 target (and 0.07 below
 # gray-s25 at 30).
 # color-blind is color-blind-30 fine-tuned (--init) 40 more epochs with new crops (seed 1) from half
-# the learning rate: the 30-epoch model scored 30.75 dB on CBSD68 at sigma 25, short of the 31.0 target,
-# and the shipped one was trained in two sessions (3,598 s + the fine-tune's time; models/color-blind).
+# the learning rate: the 30-epoch model scored 30.75 dB on CBSD68 at sigma 25, short of the 31.0 target;
+# the fine-tuned one 30.89 (31.03 x8). Shipped run: 3,598 s + 2,533 s on 2 cores (models/color-blind).
 TRAIN = {"gray-blind": {"kind": "gray", **RECIPE, "epochs": 60},
          "color-blind-30": {"kind": "color", **RECIPE},
          "color-blind": {"kind": "color", **RECIPE, "init": "color-blind-30", "lr": 5e-4, "epochs": 40, "seed": 1},
