@@ -265,7 +265,7 @@ def run(cfg: QualityNaturalConfig) -> dict:
     for name in cfg.ship:
         kind = cfg.train[name]["kind"]
         result.setdefault("shipped", {})[name] = ship(cfg, name, trained[name], table, [
-            s for s, k in sets_of(cfg).items() if k == kind])
+            s for s, k in sets_of(cfg).items() if k == kind], first_stage=trained.get(cfg.train[name].get("init")))
     storage.write_json(storage.join(cfg.out, "quality_natural.json"), result)
     return result
 
@@ -280,9 +280,11 @@ def init_epochs(path: str):
         return "?"
 
 
-def ship(cfg: QualityNaturalConfig, name: str, trained: dict, table: dict, sets: list[str]) -> str:
+def ship(cfg: QualityNaturalConfig, name: str, trained: dict, table: dict, sets: list[str],
+         first_stage: dict | None = None) -> str:
     """models/NAME from a trained run's final model (re-saved: config + safetensors only) and its
-    model card: data, noise, the training command, the training time and its scores in the table."""
+    model card: data, noise, the training command, the training time and its scores in the table.
+    ``first_stage``: the trained recipe it was fine-tuned from, whose command the card gives too."""
     from ..checkpoint import MODELS_ROOT, load_model, save_model
 
     model, mcfg = load_model(trained["model_dir"])
@@ -319,6 +321,9 @@ def ship(cfg: QualityNaturalConfig, name: str, trained: dict, table: dict, sets:
         f"--out data/{sets[0]}",
         f"      {trained['command']}",
         "",
+        *([f"  `{trained['init']}` is the first stage ({first_stage['seconds']:.0f} s, "
+           f"{init_epochs(first_stage['model_dir'])} epochs):", "", f"      {first_stage['command']}", ""]
+          if first_stage else []),
         f"- **Scores**: mean PSNR (dB) over each set, the true sigma given (`python -m jobs.quality_natural --ship {name}` "
         "wrote this card):",
         "",

@@ -88,6 +88,12 @@ def test_ship_writes_a_weights_only_model_dir_with_its_card(tmp_path, monkeypatc
     card = open(f"{ship(cfg, 'gray-blind', {**trained, 'init': 'runs/first', 'init_dir': first}, table, ['BSD68'])}"
                 "/README.md").read()
     assert "fine-tuned from `runs/first` (30 epochs of its own, not counted here):" in card
+    assert "first stage" not in card
+    # ... from another recipe of the same command: the card gives that run's command too
+    stage = {"model_dir": first, "seconds": 900.0, "command": "python -m jobs.train --run-name first"}
+    dest = ship(cfg, "gray-blind", {**trained, "init": "runs/first", "init_dir": first}, table, ["BSD68"], stage)
+    card = open(f"{dest}/README.md").read()
+    assert "`runs/first` is the first stage (900 s, 30 epochs):\n\n      python -m jobs.train --run-name first" in card
     assert "| gray-blind x8 (self-ensemble: the mean over 8 flips/rotations, `--ensemble 8`) | 28.95 |" in card
 
 
