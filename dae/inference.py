@@ -3,7 +3,7 @@
 Pipeline (one streaming Ray Data pipeline over all pending input files)::
 
     read_parquet (input file path on every row)
-      -> prepare_batch   decode PNG, channel check/convert, synthetic noise     CPU tasks
+      -> prepare_batch   PNG header check, decode, channel check/convert, noise  CPU tasks
       -> Denoiser        model loaded once per actor, fixed-size forward passes  actor pool (GPU or CPU)
       -> finish_batch    PNG encode, per-image PSNR/SSIM                         CPU tasks
       -> driver          rows grouped by input file, one output file per input
@@ -37,8 +37,8 @@ import torch
 
 from . import metrics as M
 from .noise import NoiseSpec, estimate_sigma, image_rng, noise_sigmas
-from .shards import (DEFAULT_MAX_PIXELS, ImageDecodeError, decode_png, encode_png, from_float, stack_or_ragged,
-                     to_float)
+from .shards import (DEFAULT_MAX_PIXELS, ImageDecodeError, decode_png, encode_png, from_float, png_header,
+                     stack_or_ragged, to_float)
 
 ERROR = "error"
 ERROR_STAGE = "error_stage"
@@ -88,6 +88,32 @@ def channel_mismatch_message(image_channels: int, model_channels: int) -> str:
             f"or use a model trained on {image_channels}-channel images")
 
 
+SHAPE_COLUMNS = ("height", "width", "channels")
+
+
+def header_mismatch_message(header: tuple[int, int, int], columns: tuple[int, int, int]) -> str:
+    return (f"PNG header says {'x'.join(map(str, header))}, the row's columns say {'x'.join(map(str, columns))} "
+            f"(height x width x channels); the image was not decoded")
+
+
+def check_header(data: bytes, columns: tuple[int, int, int], max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[str, str]:
+    """("", "") when the PNG's header (:func:`dae.shards.png_header`, 33 bytes, nothing decoded) gives
+    the shape the row's ``height``/``width``/``channels`` columns claim, else (reason, stage): stage
+    ``decode`` for bytes that are no PNG and for an image over ``max_pixels`` (a decompression bomb,
+    whatever its columns say), ``header`` for a PNG of another shape than its columns. The columns
+    size the run's batches (the scan reads them, not the images), so a row that lies about them is
+    refused before its pixels can take more memory than planned."""
+    try:
+        h, w, c, _ = png_header(data)
+    except ImageDecodeError as e:
+        return str(e), "decode"
+    if w * h > max_pixels:  # decode_png's words for it
+        return f"image of {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels} (decompression bomb?)", "decode"
+    if (h, w, c) != columns:
+        return header_mismatch_message((h, w, c), columns), "header"
+    return "", ""
+
+
 def quantize(x: np.ndarray, depth: int) -> np.ndarray:
     """Round a float image to what its PNG will hold (8 or 16 bit), back as float32."""
     return to_float(from_float(x, np.uint16 if depth == 16 else np.uint8))
@@ -115,6 +141,12 @@ def prepare_batch(batch: dict, model_channels: int, noise: str | None = None, se
     (``sigma`` if given, else the level ``noise`` drew for the image, else NaN: estimated later) and,
     with ``noise``, ``clean`` (the reference for metrics). Bad rows get ``error``/``error_stage``.
 
+    When the batch has the ``height``/``width``/``channels`` columns (shard rows always do), each PNG's
+    header is checked against them before decoding (:func:`check_header`): a row whose image is not
+    the shape its columns say becomes an error row (stage ``header``) and is never decoded, and so does
+    one over ``max_pixels`` (stage ``decode``, a decompression bomb, whatever its columns say).
+    ``decode_png`` checks ``max_pixels`` from the header too (batches without those columns).
+
     With noise, the noisy image is rounded to its PNG bit depth before the model sees it, so the
     ``noisy`` PNG written later is exactly the model's input and metrics recompute from the files;
     except unclipped noise (``awgn``, the literature's protocol): the model sees it neither clipped nor
@@ -127,7 +159,17 @@ def prepare_batch(batch: dict, model_channels: int, noise: str | None = None, se
     depth = np.full(n, 8, np.int8)
     inputs: list[np.ndarray | None] = [None] * n
     cleans: list[np.ndarray | None] = [None] * n
+    shapes = [batch[k] for k in SHAPE_COLUMNS] if all(k in batch for k in SHAPE_COLUMNS) else None
     for i in range(n):
+        if shapes is not None:
+            try:
+                columns = tuple(int(col[i]) for col in shapes)
+            except (TypeError, ValueError, OverflowError) as e:
+                errors[i], stages[i] = f"unreadable height/width/channels columns: {type(e).__name__}: {e}", "header"
+                continue
+            errors[i], stages[i] = check_header(batch["image"][i], columns, max_pixels)
+            if errors[i]:
+                continue
         try:
             a = decode_png(batch["image"][i], max_pixels)
         except ImageDecodeError as e:

@@ -117,6 +117,43 @@ def decode_png(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     return image_to_array(img)
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# (bit depth, PNG color type) -> channels of decode_png's array: every valid pair. decode_png drops alpha
+# (gray + alpha -> gray, RGBA -> RGB) and makes palette images RGB, with or without transparency; Pillow
+# opens 16-bit gray + alpha as RGBA, so that one becomes RGB (3 channels), not gray.
+PNG_CHANNELS = {(1, 0): 1, (2, 0): 1, (4, 0): 1, (8, 0): 1, (16, 0): 1, (8, 2): 3, (16, 2): 3, (1, 3): 3,
+                (2, 3): 3, (4, 3): 3, (8, 3): 3, (8, 4): 1, (16, 4): 3, (8, 6): 3, (16, 6): 3}
+
+
+def png_header(data: bytes) -> tuple[int, int, int, int]:
+    """(height, width, channels, bit depth) of PNG bytes, from the signature and IHDR chunk alone
+    (the first 33 bytes, nothing decoded). ``channels`` is what :func:`decode_png` returns for the
+    image (:data:`PNG_CHANNELS`): 1 for gray and 8-bit gray + alpha, 3 for RGB, RGBA, palette and
+    16-bit gray + alpha. Raises ImageDecodeError for bytes that are not a PNG or whose header is
+    truncated or invalid."""
+    import zlib
+
+    head = bytes(data[:33]) if data is not None else b""
+    if not head:
+        raise ImageDecodeError("empty image bytes")
+    if head[:8] != PNG_SIGNATURE and not (len(head) < 8 and PNG_SIGNATURE.startswith(head)):
+        raise ImageDecodeError("not a PNG (no PNG signature)")
+    if len(head) < 33:
+        raise ImageDecodeError(f"truncated PNG header ({len(head)} bytes, IHDR needs 33)")
+    if head[8:16] != b"\x00\x00\x00\x0dIHDR":
+        raise ImageDecodeError("invalid PNG header: the first chunk is not a 13-byte IHDR")
+    if zlib.crc32(head[12:29]) != int.from_bytes(head[29:33], "big"):
+        raise ImageDecodeError("invalid PNG header: bad IHDR checksum")
+    width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    depth, color = head[24], head[25]
+    channels = PNG_CHANNELS.get((depth, color))
+    if channels is None:
+        raise ImageDecodeError(f"invalid PNG header: bit depth {depth} with color type {color}")
+    if width == 0 or height == 0:
+        raise ImageDecodeError(f"empty image ({width}x{height})")
+    return height, width, channels, depth
+
+
 def image_to_array(img: Image.Image) -> np.ndarray:
     """(H, W, C) uint8/uint16 array of a Pillow image: gray stays 1 channel, 16-bit gray stays
     16-bit, RGBA/LA drop alpha, palette and CMYK become RGB."""
