@@ -490,6 +490,7 @@ def check_config(cfg: EvaluateConfig) -> tuple[list[str], list[str]]:
     for n in cfg.ensemble:
         check_ensemble(n)
     storage.check_access(cfg.data, must_exist=True)  # fail before any work, naming the cause
+    shards.require_prepared(cfg.data)  # a prepare killed half way: refused, not evaluated on part of a split
     for m in cfg.models:
         storage.check_access(m, must_exist=True)
     storage.check_access(cfg.out, write=True)

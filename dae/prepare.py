@@ -10,6 +10,25 @@ The sources (:mod:`dae.sources`) turn their input into records per split; :func:
 in the file metadata), plus ``classes.json`` when the source has class names, ``errors.jsonl``
 (folder source: one line per unreadable file), ``preview.png`` (``preview`` > 0),
 ``config.resolved.json`` and ``summary.json``. Same input and options -> byte-identical shards.
+
+Rules this module keeps (a rerun a user can trust):
+
+* Inputs are never outputs: ``--out`` may not be, hold, or lie inside any folder the source reads
+  (:func:`dae.sources.input_dirs`: ``--input``, every ``--split-dir``, a source's default folder).
+  Refused in one line before anything is read or deleted (:func:`check_out_apart`; real local paths,
+  ``s3://`` bucket + key compared on whole path components).
+* ``--overwrite`` deletes only what prepare writes (:func:`old_outputs`): in OUT/train and OUT/test the
+  ``part-NNNNN.parquet`` files whose footer says ``dae.format`` (a file of that name that is not a dae
+  shard is refused: the new shards would overwrite it), and in OUT the side files above. Every other
+  file, a user's photo, README or own Parquet file, stays. An OUT that already has shards is refused
+  without ``--overwrite``.
+* Markers (:mod:`dae.shards`): after the checks and before any delete or shard, ``OUT/_prepare_started.json``
+  is written and then the old ``OUT/_prepared.json`` deleted; ``_prepared.json`` (dataset, source,
+  images per split, started_at, finished_at) is written last, after the shards, side files,
+  ``config.resolved.json`` and ``summary.json``. A run killed anywhere leaves either the old finished
+  root or a started one without a completion marker, which train, evaluate and denoise refuse
+  (:func:`dae.shards.require_prepared`). Roots of shards written without prepare have no marker and
+  are read as they are.
 """
 
 from __future__ import annotations
@@ -17,13 +36,15 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import os
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Optional
 
 from . import shards, storage
 from .jobutil import Progress, save_resolved_config
-from .sources import SOURCES, Encoded, Prepared, open_source, tv
+from .sources import SOURCES, SPLITS, Encoded, Prepared, input_dirs, open_source, tv
 from .sources import offline as offline_sources
 
 log = logging.getLogger("dae")
@@ -85,18 +106,96 @@ def check_config(cfg: PrepareConfig) -> None:
         raise ValueError(f"--test-fraction must be in [0, 1], got {cfg.test_fraction}")
 
 
+SIDE_FILES = ("errors.jsonl", "classes.json", "preview.png", "summary.json", "config.resolved.json")
+_SHARD_NAME = re.compile(r"part-\d{5,}\.parquet")  # shards.shard_name
+_TMP = re.compile(r"\.tmp-\d+-[0-9a-f]{8}$")  # storage.write_bytes' temporary name, left by a killed run
+
+
+def _parts(path: str) -> tuple[str, ...]:
+    """A path as comparable components: (scheme, bucket, *key parts) for URIs, else the real absolute
+    local path's parts (symlinks, "..", "." and trailing slashes resolved)."""
+    path = str(path)
+    if path.startswith("file://"):
+        path = path[len("file://"):]
+    if storage.is_uri(path):
+        scheme, _, rest = path.partition("://")
+        return (scheme, *[p for p in rest.split("/") if p])
+    return ("", *[p for p in os.path.realpath(path).split(os.sep) if p])
+
+
+def check_out_apart(out: str, inputs) -> None:
+    """Refuse an ``out`` that is, holds or lies inside one of ``inputs``: --overwrite or the shards
+    themselves would land among the files the source is about to read."""
+    o = _parts(out)
+    for inp in inputs:
+        i = _parts(inp)
+        if o[:len(i)] == i or i[:len(o)] == o:
+            how = "is" if o == i else "lies inside" if len(o) > len(i) else "contains"
+            raise ValueError(f"--out {storage.redact(out)} {how} the input folder {storage.redact(inp)}: prepare "
+                             "never writes where it reads; choose an --out apart from the inputs")
+
+
 def check_outputs(out: str, overwrite: bool) -> None:
     """Refuse to mix a new run's shards with an old run's (a smaller run would leave stale part
     files behind) unless --overwrite."""
-    old = [s for s in ("train", "test") if shards.list_shards(out, s)]
+    old = [s for s in SPLITS if shards.list_shards(out, s)]
     if old and not overwrite:
         raise FileExistsError(f"{out} already has shards in {', '.join(old)}; pass --overwrite to replace them")
 
 
-def clear_outputs(out: str) -> None:
-    """Delete an earlier run's split folders and side files (only called with --overwrite)."""
-    for name in ("train", "test", "errors.jsonl", "classes.json", "preview.png", "summary.json"):
-        storage.delete(storage.join(out, name))
+def _name(path: str) -> str:
+    return path.replace(os.sep, "/").rsplit("/", 1)[-1]
+
+
+def _is_dae_shard(path: str) -> bool:
+    try:
+        return b"dae.format" in (shards.read_schema(path).metadata or {})
+    except shards.ShardSchemaError:  # not Parquet at all
+        return False
+
+
+def old_outputs(out: str) -> list[str]:
+    """The files --overwrite deletes: the split folders' dae shards and OUT's side files (and their
+    temporaries), nothing else. Raises FileExistsError for a file named like a shard that is not one."""
+    found, kept = [], []
+    for split in SPLITS:
+        for f in storage.list_files(shards.split_dir(out, split)):
+            name = _name(f)
+            if _TMP.search(name) and _SHARD_NAME.fullmatch(_TMP.sub("", name)):
+                found.append(f)
+            elif not _SHARD_NAME.fullmatch(name):
+                kept.append(f)
+            elif _is_dae_shard(f):
+                found.append(f)
+            else:
+                raise FileExistsError(f"{f} is named like a shard but is not a dae shard (no dae.format metadata): "
+                                      "move it away, prepare would write over it")
+    found += [f for f in storage.list_files(out) if _TMP.sub("", _name(f)) in SIDE_FILES]
+    foreign = [f for f in kept if f.endswith(".parquet")]
+    if foreign:  # readers of a split read every .parquet file in it
+        log.warning("prepare: --overwrite leaves %d Parquet file(s) it did not write in place, which train and "
+                    "evaluate will read with the new shards (e.g. %s)", len(foreign), foreign[0])
+    return found
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def mark_started(out: str, source: str) -> str:
+    """The started marker, then the old completion marker gone: from here until :func:`mark_finished`
+    the root reads as unfinished (:func:`dae.shards.require_prepared`). Returns the start time."""
+    started_at = _now()
+    storage.write_json(storage.join(out, shards.PREPARE_STARTED), {"source": source, "started_at": started_at})
+    storage.delete(storage.join(out, shards.PREPARED))
+    return started_at
+
+
+def mark_finished(out: str, summary: dict, started_at: str) -> None:
+    """The completion marker: written last, after every shard and side file."""
+    storage.write_json(storage.join(out, shards.PREPARED), {
+        "dataset": summary["dataset"], "source": summary["source"], "splits": summary["splits"],
+        "images": summary["images"], "started_at": started_at, "finished_at": _now()})
 
 
 def write_split(out: str, split: str, records, prepared: Prepared, cfg: PrepareConfig, seen: set) -> dict:
@@ -134,14 +233,17 @@ def write_preview(out: str, n: int, per_row: int = 16) -> str | None:
 def run(cfg: PrepareConfig) -> dict:
     """Write the shards and side files of ``cfg``; returns the summary (also OUT/summary.json)."""
     check_config(cfg)
+    check_out_apart(cfg.out, input_dirs(cfg))
     storage.check_access(cfg.out, write=True)  # missing bucket / bad credentials / no endpoint: fail now
     if cfg.input and storage.is_uri(cfg.input):
         storage.check_access(cfg.input, must_exist=True)
     start = time.perf_counter()
     check_outputs(cfg.out, cfg.overwrite)
+    stale = old_outputs(cfg.out) if cfg.overwrite else []  # (refuses a foreign file it would overwrite)
     prepared = open_source(cfg)  # validates the input before anything old is deleted
-    if cfg.overwrite:
-        clear_outputs(cfg.out)
+    started_at = mark_started(cfg.out, cfg.source)  # first: a kill from here on leaves a refused root
+    for f in stale:
+        storage.delete(f)
     log.info("prepare: %s from %s -> %s", prepared.dataset, prepared.source, cfg.out)
 
     splits, seen = {}, set()
@@ -172,6 +274,7 @@ def run(cfg: PrepareConfig) -> dict:
         log.warning("prepare: no images written (check --input, --limit and errors.jsonl)")
     save_resolved_config(cfg, cfg.out)
     storage.write_json(storage.join(cfg.out, "summary.json"), summary)
+    mark_finished(cfg.out, summary, started_at)
     return summary
 
 

@@ -362,3 +362,37 @@ class ShardWriter:
     def __exit__(self, *exc):
         if exc[0] is None:
             self.close()
+
+
+# ---------------------------------------------------------------- prepare's markers
+# jobs.prepare (dae.prepare) writes PREPARE_STARTED before it deletes or writes anything in a root and
+# PREPARED last, after every shard and side file: a started marker without a completion marker is a
+# prepare that was killed or failed half way (some shards of a split, or old and new ones mixed).
+
+PREPARE_STARTED = "_prepare_started.json"
+PREPARED = "_prepared.json"
+
+
+def require_prepared(root: str) -> None:
+    """Refuse, in one line, a shard root whose prepare started but did not finish. Finished roots pass,
+    and so do roots with no marker at all (shards a user or a test wrote without jobs.prepare) and a
+    single .parquet file. A split folder (ROOT/train, ROOT/test) is judged by its root's markers."""
+    import os
+    import posixpath
+
+    root = str(root).rstrip("/") or "/"
+    if root.endswith(".parquet"):
+        return
+    dirs = [root]
+    if posixpath.basename(root) in ("train", "test"):
+        dirs.append(posixpath.dirname(root) if storage.is_uri(root) else os.path.dirname(os.path.abspath(root)))
+    for d in dirs:
+        started = storage.join(d, PREPARE_STARTED)
+        if storage.exists(storage.join(d, PREPARED)) or not storage.exists(started):
+            continue
+        try:
+            at = storage.read_json(started).get("started_at", "an unknown time")
+        except Exception:  # the marker's presence is what counts
+            at = "an unknown time"
+        raise ValueError(f"{d}: prepare did not finish (started at {at}, no completion marker): "
+                         "rerun jobs.prepare with --overwrite")

@@ -19,6 +19,9 @@ per-source function, so the per-source modules take plain keyword arguments and 
     natural        the denoising benchmark sets (Train400, BSD68, ...)      dae.sources.natural
     torchvision    torchvision datasets (MNIST, FashionMNIST, SVHN, CIFAR10) dae.sources.tv
     mnist5k, fashion-mnist, sklearn-digits, photos: offline, no download   dae.sources.offline
+
+Each source also says which folders it reads (:func:`input_dirs`, ``--input`` unless :data:`INPUT_DIRS`
+says more), so that the prepare stage can keep its ``--out`` apart from them.
 """
 
 from __future__ import annotations
@@ -145,10 +148,13 @@ def _natural(cfg: PrepareConfig) -> Prepared:
                            parallel_min_files=cfg.parallel_min_files, files_per_task=cfg.files_per_task)
 
 
+TORCHVISION_ROOT = "data/torchvision"  # --source torchvision without --input
+
+
 def _torchvision(cfg: PrepareConfig) -> Prepared:
     from . import tv
 
-    return tv.prepare(cfg.tv_name, root=cfg.input or "data/torchvision", download=cfg.download,
+    return tv.prepare(cfg.tv_name, root=cfg.input or TORCHVISION_ROOT, download=cfg.download,
                       dataset=cfg.name or None, limit=cfg.limit)
 
 
@@ -210,3 +216,47 @@ def get_source(name: str) -> Callable[[PrepareConfig], Prepared]:
 def open_source(cfg: PrepareConfig) -> Prepared:
     """The :class:`Prepared` for ``cfg.source``."""
     return get_source(cfg.source)(cfg)
+
+
+# ---------------------------------------------------------------- inputs
+# The folders a source reads, so that prepare can refuse an --out among them (an --overwrite there once
+# deleted a user's images). --input by default; a source that reads more, or has a default folder,
+# says so here. Sources not listed and without --input read data bundled with a Python package.
+
+
+def _given(cfg: PrepareConfig) -> list[str]:
+    return [cfg.input] if cfg.input else []
+
+
+def _folder_inputs(cfg: PrepareConfig) -> list[str]:
+    from .natural import parse_pairs
+
+    return _given(cfg) + list(parse_pairs(cfg.split_dir, "--split-dir").values())
+
+
+def _natural_inputs(cfg: PrepareConfig) -> list[str]:
+    from . import natural
+
+    try:
+        return [cfg.input or natural.default_root()]
+    except SourceError:  # no sets anywhere: the source itself fails with the full story
+        return []
+
+
+def _fashion_mnist_inputs(cfg: PrepareConfig) -> list[str]:
+    from . import offline
+
+    return [cfg.input or offline.FASHION_MNIST_DIR]
+
+
+INPUT_DIRS: dict[str, Callable[[PrepareConfig], list[str]]] = {
+    "folder": _folder_inputs,
+    "natural": _natural_inputs,
+    "torchvision": lambda cfg: [cfg.input or TORCHVISION_ROOT],
+    "fashion-mnist": _fashion_mnist_inputs,
+}
+
+
+def input_dirs(cfg: PrepareConfig) -> list[str]:
+    """The folders (local paths or URIs) ``cfg.source`` reads its images from."""
+    return INPUT_DIRS.get(cfg.source, _given)(cfg)

@@ -78,3 +78,32 @@ def test_folder_from_bucket_to_bucket_with_ray(tmp_path, s3_server, ray_session)
     # Same shard names and rows (PNG bytes included); only the dae.source metadata names the input.
     assert names == [os.path.basename(f) for f in shards.list_shards(str(tmp_path / "out"), "train")]
     assert remote_rows == {s: rows_of(tmp_path / "out", s) for s in ("train", "test")}
+
+
+def test_bucket_out_apart_from_the_input_and_overwrite_keeps_foreign_objects(tmp_path, s3_server):
+    """On a bucket: an --out under the input prefix is refused (prefixes compared on whole key components:
+    .../imgs2 is apart from .../imgs), --overwrite leaves a user's object alone, and the markers mark a
+    finished root."""
+    import uuid
+
+    from dae import storage
+
+    local = tmp_path / "imgs"
+    expected = make_image_folder(local)
+    bucket = s3_server.create_bucket("dae-prepare-apart")
+    root = f"s3://{bucket}/p-{uuid.uuid4().hex[:8]}"
+    with s3_server.env():
+        for rel in expected:
+            storage.write_bytes(storage.join(root, "imgs", rel), (local / rel).read_bytes())
+        common = ["--source", "folder", "--input", f"{root}/imgs"]
+        with pytest.raises(ValueError, match="lies inside the input folder"):
+            run(*common, "--out", f"{root}/imgs/out", "--overwrite")
+        assert storage.list_files(f"{root}/imgs", recursive=True) == sorted(f"{root}/imgs/{r}" for r in expected)
+        run(*common, "--out", f"{root}/imgs2", "--rows-per-shard", 2)
+        storage.write_bytes(f"{root}/imgs2/train/notes.txt", b"mine")
+        summary = run(*common, "--out", f"{root}/imgs2", "--overwrite")
+        assert storage.read_bytes(f"{root}/imgs2/train/notes.txt") == b"mine"
+        assert [f.rsplit("/", 1)[1] for f in storage.list_files(f"{root}/imgs2/train")] == ["notes.txt",
+                                                                                            "part-00000.parquet"]
+        assert storage.read_json(f"{root}/imgs2/_prepared.json")["images"] == summary["images"] == len(expected)
+        shards.require_prepared(f"{root}/imgs2")

@@ -6,15 +6,18 @@ import importlib
 import json
 import os
 import shlex
+import subprocess
+import sys
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from dae import shards
 from dae.config import build_config, command_line, resolve_config
 from dae.sources import cifar, is_test
-from helpers import (file_digests, make_image_folder, needs_mnist5k, rows_of, run_job, small_idx, write_cifar_dir,
-                     write_idx_dir, write_svhn_mat)
+from helpers import (REPO, file_digests, job_env, make_image_folder, needs_mnist5k, rows_of, run_job, small_idx, tail,
+                     write_cifar_dir, write_idx_dir, write_svhn_mat)
 from jobs import prepare
 
 
@@ -230,3 +233,225 @@ def test_noisy_flag_marks_the_shards_noisy_only(tmp_path, capsys):
     assert json.loads((tmp_path / "noisy" / "summary.json").read_text())["noisy_only"] is True
     with pytest.raises(ValueError, match="mixes noisy-only shards"):
         shards.is_noisy_only(noisy + clean)
+
+
+# ---------------------------------------------------------------- reruns a user can trust: inputs are never outputs,
+# --overwrite deletes only what prepare wrote, and a prepare killed half way is refused until rerun
+
+
+def _pngs(folder, n: int, seed: int) -> dict:
+    """n small gray PNGs in ``folder``; returns {path: bytes}."""
+    rng = np.random.default_rng(seed)
+    os.makedirs(folder, exist_ok=True)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (6, 7), dtype=np.uint8)).save(os.path.join(folder, f"img{i}.png"))
+    return _bytes_of(os.path.join(folder, f"img{i}.png") for i in range(n))
+
+
+def _bytes_of(paths) -> dict:
+    return {str(p): open(p, "rb").read() for p in paths}
+
+
+def _all_files(root) -> dict:
+    return _bytes_of(os.path.join(d, n) for d, _, names in os.walk(root) for n in names)
+
+
+def test_out_on_the_split_dirs_parent_is_refused_and_the_images_stay(tmp_path):
+    """The user's case: --overwrite deleted DS/train and DS/test, the folders the source was about to read."""
+    ds = tmp_path / "DS"
+    images = {**_pngs(ds / "train", 3, 0), **_pngs(ds / "test", 2, 1)}
+    with pytest.raises(ValueError, match=r"--out \S+DS contains the input folder \S+DS/train: prepare never") as e:
+        run("--source", "folder", "--split-dir", f"train={ds / 'train'}", f"test={ds / 'test'}", "--out", ds,
+            "--overwrite")
+    assert "\n" not in str(e.value)
+    assert _all_files(ds) == images  # every image, byte for byte, and nothing written beside them
+
+
+@pytest.mark.parametrize("out, how", [("imgs/shards", "lies inside"), (".", "contains"), ("imgs/./", "is"),
+                                      ("link", "is")])
+def test_out_among_the_inputs_is_refused(tmp_path, monkeypatch, out, how):
+    monkeypatch.chdir(tmp_path)
+    images = _pngs(tmp_path / "imgs", 2, 0)
+    os.symlink(tmp_path / "imgs", tmp_path / "link")
+    with pytest.raises(ValueError, match=f"--out {out} {how} the input folder imgs"):
+        run("--source", "folder", "--input", "imgs", "--out", out, "--overwrite")
+    assert _all_files(tmp_path / "imgs") == images
+    run("--source", "folder", "--input", "imgs", "--out", "imgs2")  # a sibling whose name starts the same: apart
+
+
+def test_out_holding_the_input_or_inside_a_default_root_is_refused(tmp_path, monkeypatch):
+    from dae.sources import natural
+
+    _pngs(tmp_path / "out" / "imgs", 2, 0)
+    with pytest.raises(ValueError, match="contains the input folder"):
+        run("--source", "folder", "--input", tmp_path / "out" / "imgs", "--out", tmp_path / "out", "--overwrite")
+    # natural without --input reads its default root: an --out in there is refused too
+    _pngs(tmp_path / "nat" / "test" / "Set12", 2, 0)
+    monkeypatch.setattr(natural, "candidate_roots", lambda: [str(tmp_path / "nat")])
+    with pytest.raises(ValueError, match="lies inside the input folder"):
+        run("--source", "natural", "--sets", "test=Set12", "--out", tmp_path / "nat" / "shards")
+    assert not (tmp_path / "nat" / "shards").exists()
+
+
+def test_input_dirs_of_the_sources():
+    from dae.prepare import PrepareConfig
+    from dae.sources import input_dirs, offline
+
+    assert input_dirs(PrepareConfig(source="folder", input="a", split_dir=("train=b", "test=c"))) == ["a", "b", "c"]
+    assert input_dirs(PrepareConfig(source="fashion-mnist")) == [offline.FASHION_MNIST_DIR]
+    assert input_dirs(PrepareConfig(source="torchvision")) == ["data/torchvision"]
+    assert input_dirs(PrepareConfig(source="idx", input="x")) == ["x"]
+    assert input_dirs(PrepareConfig(source="mnist5k")) == []  # data bundled with a package
+
+
+def test_check_out_apart_compares_whole_path_components():
+    from dae.prepare import check_out_apart
+
+    check_out_apart("s3://b/data2", ["s3://b/data"])
+    check_out_apart("s3://b/data", ["s3://b/data2", "s3://c/data", "/b/data", "s3://b/dat"])
+    for out, inp, how in [("s3://b/data/x", "s3://b/data", "lies inside"), ("s3://b", "s3://b/data", "contains"),
+                          ("s3://b/data", "s3://b/data/x/", "contains"), ("s3://b/data/", "s3://b//data", "is")]:
+        with pytest.raises(ValueError, match=how):
+            check_out_apart(out, [inp])
+
+
+def test_overwrite_deletes_only_what_prepare_wrote(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    _pngs(tmp_path / "imgs", 6, 0)
+    out = tmp_path / "out"
+    common = ("--source", "folder", "--input", tmp_path / "imgs", "--test-fraction", 0.5, "--out", out)
+    run(*common, "--rows-per-shard", 1, "--preview", 2)
+    assert len(shards.list_shards(str(out))) == 6 and (out / "preview.png").exists()
+    (out / "train" / "notes.txt").write_text("mine")
+    pq.write_table(pa.table({"x": [1, 2]}), out / "train" / "my.parquet")  # a Parquet file of the user's
+    (out / "README.md").write_text("my notes")
+    (out / "test" / "photo.png").write_bytes((tmp_path / "imgs" / "img0.png").read_bytes())
+    users = _bytes_of([out / "train" / "notes.txt", out / "train" / "my.parquet", out / "README.md",
+                       out / "test" / "photo.png"])
+    summary = run(*common, "--overwrite")  # one file per split now: the old part-00001... must go
+    assert _bytes_of(users) == users
+    assert sorted(os.listdir(out / "train")) == ["my.parquet", "notes.txt", "part-00000.parquet"]
+    assert sorted(os.listdir(out / "test")) == ["part-00000.parquet", "photo.png"]
+    assert not (out / "preview.png").exists()  # a side file of the old run, not asked for this time
+    new = list(shards.iter_rows([str(out / s / "part-00000.parquet") for s in ("train", "test")]))
+    assert len(new) == summary["images"] == 6
+    shards.require_prepared(str(out))
+
+
+def test_overwrite_refuses_a_foreign_file_named_like_a_shard(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    _pngs(tmp_path / "imgs", 4, 0)
+    out = tmp_path / "out"
+    common = ("--source", "folder", "--input", tmp_path / "imgs", "--out", out)
+    run(*common)
+    pq.write_table(pa.table({"x": [1]}), out / "test" / "part-00009.parquet")
+    before = _all_files(out)
+    with pytest.raises(FileExistsError, match=r"part-00009.parquet is named like a shard but is not a dae shard"):
+        run(*common, "--overwrite")
+    assert _all_files(out) == before  # refused before anything was deleted or written
+    shards.require_prepared(str(out))
+
+
+def test_markers_first_and_last(tmp_path, monkeypatch):
+    """The started marker before anything is deleted or written, the old completion marker deleted next,
+    the new one written last (after the shards, side files, config.resolved.json and summary.json)."""
+    from dae import storage
+
+    _pngs(tmp_path / "imgs", 4, 0)
+    out = tmp_path / "out"
+    common = ("--source", "folder", "--input", tmp_path / "imgs", "--out", out, "--preview", 2)
+    run(*common)
+    events = []
+    write, delete = storage.write_bytes, storage.delete
+    monkeypatch.setattr(storage, "write_bytes", lambda p, d: (events.append(("w", os.path.relpath(p, out))),
+                                                              write(p, d)))
+    monkeypatch.setattr(storage, "delete", lambda p: (events.append(("d", os.path.relpath(p, out))), delete(p)))
+    run(*common, "--overwrite")
+    assert events[:2] == [("w", "_prepare_started.json"), ("d", "_prepared.json")]
+    assert events[-1] == ("w", "_prepared.json")
+    done = {e[1] for e in events[:-1]}
+    assert {"summary.json", "config.resolved.json", "preview.png", os.path.join("train", "part-00000.parquet")} <= done
+    marker = json.loads((out / "_prepared.json").read_text())
+    assert marker["images"] == 4 and marker["source"].startswith("folder:") and marker["finished_at"]
+
+
+# A prepare in a child process that dies (os._exit: no cleanup, like a kill) at a chosen point.
+KILLED_PREPARE = """
+import os, sys
+from dae import shards, storage
+from jobs import prepare
+
+if sys.argv[1] == "after-first-shard":
+    flush = shards.ShardWriter.flush
+    def flush_then_die(self):
+        flush(self)
+        if self.files:
+            os._exit(3)
+    shards.ShardWriter.flush = flush_then_die
+else:  # "deleting-shards": the first old shard --overwrite deletes
+    delete = storage.delete
+    def die_on_shard(path):
+        if str(path).endswith(".parquet"):
+            os._exit(3)
+        delete(path)
+    storage.delete = die_on_shard
+prepare.main(prepare.get_args_parser().parse_args(sys.argv[2:]))
+"""
+
+
+def _killed_prepare(point: str, *argv) -> None:
+    p = subprocess.run([sys.executable, "-c", KILLED_PREPARE, point, *map(str, argv)], cwd=REPO, env=job_env(),
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 3, tail(p)
+
+
+def _refused(root) -> str:
+    with pytest.raises(ValueError, match=r"prepare did not finish \(started at \S+, no completion marker\): "
+                                         r"rerun jobs.prepare with --overwrite") as e:
+        shards.require_prepared(str(root))
+    assert "\n" not in str(e.value)
+    return str(e.value)
+
+
+def test_a_prepare_killed_half_way_is_refused_until_rerun(tmp_path):
+    from dae.evaluation import EvaluateConfig, check_config
+
+    _pngs(tmp_path / "imgs", 6, 0)
+    out = tmp_path / "out"
+    common = ("--source", "folder", "--input", tmp_path / "imgs", "--test-fraction", 0.5, "--rows-per-shard", 1,
+              "--out", out)
+    _killed_prepare("after-first-shard", *common)
+    assert len(shards.list_shards(str(out))) == 1  # 1 of 6 images: nothing says so but the markers
+    assert _refused(out).startswith(f"{out}: ")
+    _refused(out / "train")  # a split folder: judged by its root's markers
+    with pytest.raises(ValueError, match="prepare did not finish"):
+        check_config(EvaluateConfig(data=str(out), out=str(tmp_path / "eval"), noise=("gaussian:0.1",)))
+    summary = run(*common, "--overwrite")
+    assert summary["images"] == 6
+    shards.require_prepared(str(out))
+    shards.require_prepared(str(out / "train"))
+
+
+def test_a_kill_while_overwrite_deletes_leaves_a_refused_root(tmp_path):
+    _pngs(tmp_path / "imgs", 6, 0)
+    out = tmp_path / "out"
+    common = ("--source", "folder", "--input", tmp_path / "imgs", "--test-fraction", 0.5, "--rows-per-shard", 1,
+              "--out", out)
+    run(*common)
+    old = file_digests(out)
+    _killed_prepare("deleting-shards", *common, "--overwrite")
+    assert file_digests(out) == old  # the old shards are all there, but the root no longer says it is finished
+    _refused(out)
+    run(*common, "--overwrite")
+    shards.require_prepared(str(out))
+
+
+def test_require_prepared_passes_shards_written_without_prepare(tiny_shards):
+    root = tiny_shards(n_train=3, n_test=2)
+    shards.require_prepared(root)
+    shards.require_prepared(os.path.join(root, "train"))
+    shards.require_prepared(shards.list_shards(root, "test")[0])
