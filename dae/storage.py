@@ -426,6 +426,18 @@ def absolute(path: str) -> str:
     return path if not path or is_uri(path) else os.path.abspath(path)
 
 
+def overlaps(a: str, b: str) -> bool:
+    """Whether one of two locations is, contains or lies inside the other (whole path components:
+    s3://b/data and s3://b/data2 do not overlap). Local paths are compared with links resolved."""
+    if is_uri(a) != is_uri(b):
+        return False
+    if is_uri(a):
+        x, y = (str(v).rstrip("/") + "/" for v in (a, b))
+    else:
+        x, y = (os.path.join(os.path.realpath(v), "") for v in (a, b))
+    return x.startswith(y) or y.startswith(x)
+
+
 def join(base: str, *parts: str) -> str:
     if is_uri(base):
         return posixpath.join(str(base).rstrip("/"), *parts)
@@ -469,7 +481,8 @@ def read_bytes(path: str) -> bytes:
 def write_bytes(path: str, data: bytes) -> None:
     """Write a whole file so a reader never sees a partial one.
 
-    Local: written to a temporary name in the same directory, then renamed over ``path``.
+    Local: written to a temporary name in the same directory, fsynced, then renamed over ``path``
+    (and the directory fsynced).
     S3: one upload of ``data`` (a single PUT, or a multipart upload that is only completed at
     close); S3 shows an object whole or not at all, and an upload interrupted by a crash is never
     completed, so nothing appears. Build "is this output complete?" on a marker object written
@@ -481,9 +494,14 @@ def write_bytes(path: str, data: bytes) -> None:
             fs.create_dir(parent, recursive=True)
         tmp = f"{p}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         try:
-            with fs.open_output_stream(tmp) as f:
+            # fsync the data before the rename and the folder after it: a marker that survives a power
+            # loss must never name a part whose bytes did not
+            with open(tmp, "wb") as f:
                 f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
             os.replace(tmp, p)
+            _fsync_dir(parent or ".")
         except BaseException:
             if os.path.exists(tmp):
                 os.remove(tmp)
@@ -494,6 +512,14 @@ def write_bytes(path: str, data: bytes) -> None:
             fs.create_dir(parent, recursive=True)
         with fs.open_output_stream(p) as f:
             f.write(data)
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def read_json(path: str) -> Any:

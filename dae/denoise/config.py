@@ -58,7 +58,11 @@ class DenoiseConfig:
                                                                      "of rows failed"})
     max_pixels: int = field(default=shards.DEFAULT_MAX_PIXELS, metadata={"help": "refuse images above this "
                                                                                  "many pixels (bombs)"})
-    overwrite: bool = field(default=False, metadata={"help": "discard existing outputs instead of resuming"})
+    overwrite: bool = field(default=False, metadata={"help": "discard existing outputs instead of resuming "
+                                                             "(needed to change settings of an existing output)"})
+    keep_removed: bool = field(default=False, metadata={
+        "help": "keep the outputs of input files that are gone since they were denoised; by default the "
+                "output mirrors the input and such outputs are retired (removed)"})
     samples: int = field(default=8, metadata={"help": "images in samples.png"})
     progress_every: float = field(default=10.0, metadata={"help": "seconds between progress lines"})
 

@@ -1,22 +1,30 @@
 """The denoise stage's output layout: parts written by workers, one marker per input committing them.
 
+    OUT/_manifest.json                     which run's outputs these are (dae.denoise.manifest)
+    OUT/_lease.json                        held by the run writing OUT (dae.denoise.lease)
     OUT/data/<stem>/part-<uid>.parquet     denoised rows of input file <stem>, written by a Ray worker
     OUT/errors/<stem>/part-<uid>.parquet   failed rows of <stem> (id, reason, stage, input)
-    OUT/_done/<stem>.json                  the marker: lists the parts that make up <stem>'s output;
+    OUT/_done/<stem>.json                  the marker: lists the parts that make up <stem>'s output and
+                                           the identity (size, mtime, rows) of the input it came from;
                                            written by the driver after every part it lists
+    OUT/_exported/<stem>.json              --export-png: the images written for <stem>'s committed parts
     OUT/summary.json, OUT/samples.png, OUT/config.resolved.json
 
-Rules (what makes every input id land exactly once in data or errors):
-- A part is written whole (temp file + rename locally; one PUT on S3) by the task that produced its
-  rows, and named with a fresh uid, so two attempts never write the same file.
+Rules (what makes every input id land exactly once in data or errors, across reruns):
+- A part is written whole (temp file, fsync, rename locally; one PUT on S3) by the task that
+  produced its rows, and named with a fresh uid, so two attempts never write the same file.
 - The driver learns of a part only from the small metadata row its writer returns. An input is
-  committed when the rows of its parts add up to the input's row count: the driver then writes the
-  marker listing exactly those parts. A retried task's earlier attempt may have left a part that no
-  marker lists; the driver deletes such orphans just before it writes the marker, and a rerun
-  deletes whatever an uncommitted input left before redoing it.
-- :func:`read_outputs` reads only the parts listed in markers. After a run that finished, ``data/``
-  and ``errors/`` hold exactly the committed parts, so any Parquet reader sees the same rows; after a
-  killed run, only :func:`read_outputs` (or a rerun, which cleans up) gives the committed view.
+  committed when the rows of its parts add up to the input's row count: the driver checks that every
+  part exists, writes the marker listing exactly those parts (replacing an older marker of the same
+  input in one atomic write), and only THEN deletes the input's files the marker does not list. So a
+  reader sees the old rows or the new ones, never both and never neither.
+- Only the markers of the manifest's generation count. :func:`read_outputs` reads only the parts they
+  list. A rerun first deletes everything no counting marker lists (:func:`collect_garbage`), so after
+  a run that finished, ``data/`` and ``errors/`` hold exactly the committed parts and any Parquet
+  reader sees the same rows; after a killed run, only :func:`read_outputs` (or a rerun) gives the
+  committed view.
+- The output mirrors the input: an input that is gone (removed, renamed) is retired by its marker
+  first, then its exported images and parts (``--keep-removed`` keeps them instead).
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -32,7 +41,7 @@ import pyarrow.parquet as pq
 
 from .. import inference, shards, storage
 
-LAYOUT = 3  # output layout version: 1 was one data file per input written by the driver; 3 added noise_sigma
+from .manifest import LAYOUT
 # Metric sums are integers in units of 1e-9 (of a dB, of SSIM): integer addition is associative, so
 # the means do not depend on how rows were split into parts (float sums differ in the last bit).
 METRIC_SCALE = 10**9
@@ -220,24 +229,44 @@ class Books:
         return done
 
 
-def commit(out: str, stem: str, rel: str, p: Pending, fingerprint: str) -> dict:
-    """Commit a complete input: delete any file of that input that is not one of its reported parts
-    (an earlier attempt's, or a temporary), then write the marker listing the parts. Returns it."""
-    marker = {"layout": LAYOUT, "input": rel, "stem": stem, "rows_in": p.rows_in, "rows_out": p.rows_ok,
-              "rows_failed": p.rows_failed, "data": sorted(p.data), "errors": sorted(p.errors),
-              "metric_sums_e9": p.sums, "metric_counts": p.counts, "writers": p.writers, "fingerprint": fingerprint,
-              "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    listed = {storage.join(out, x) for x in marker["data"] + marker["errors"]}
-    for d in (data_dir(out, stem), errors_dir(out, stem)):
-        for f in _all_files(d):
-            if f not in listed:
-                storage.delete(f)
-    # Last: a crash before this line leaves the input uncommitted, and a rerun redoes it.
-    storage.write_json(marker_path(out, stem), marker)
-    return marker
+# ---------------------------------------------------------------- markers, commits, retirements
+# Every step that deletes or replaces something calls step(NAME) first: tests kill the process there
+# (os._exit in a subprocess) and check that a rerun ends with every id exactly once.
+STEP_HOOK: Callable[[str], None] | None = None
 
 
-def _all_files(d: str) -> list[str]:
+def step(name: str) -> None:
+    if STEP_HOOK is not None:
+        STEP_HOOK(name)
+
+
+def _names(d: str, suffix: str) -> list[str]:
+    """Base names (without ``suffix``) of the files directly in ``d``, '_' and '.' names included
+    (storage.list_files hides them, and an input stem may start with one), temporaries excluded."""
+    import pyarrow.fs as pafs
+
+    fs, p = storage.resolve(d)
+    infos = fs.get_file_info(pafs.FileSelector(p, recursive=False, allow_not_found=True))
+    return sorted(i.base_name[:-len(suffix)] for i in infos
+                  if i.type == pafs.FileType.File and i.base_name.endswith(suffix) and ".tmp-" not in i.base_name)
+
+
+def marker_stems(out: str) -> list[str]:
+    return _names(storage.join(out, "_done"), ".json")
+
+
+def read_markers(out: str, generation: str | None) -> dict[str, dict]:
+    """{stem: marker} of the markers that count: those of the manifest's ``generation`` (every marker
+    for an output without a manifest). Markers are read in parallel (one GET each on S3)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    stems = marker_stems(out)
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        found = list(pool.map(lambda st: (st, storage.read_json(marker_path(out, st))), stems))
+    return {st: m for st, m in found if generation is None or m.get("generation") == generation}
+
+
+def all_files(d: str) -> list[str]:
     """Every file under ``d``, temporaries included (list_files hides dot-files)."""
     import pyarrow.fs as pafs
 
@@ -246,43 +275,111 @@ def _all_files(d: str) -> list[str]:
     return [storage.join(d, i.path[len(p.rstrip("/")) + 1:]) for i in infos if i.type == pafs.FileType.File]
 
 
-def clear_uncommitted(out: str, stems: set[str]) -> int:
-    """Delete what killed runs left of inputs that are not committed (one LIST per folder)."""
-    import pyarrow.fs as pafs
+def listed(out: str, m: dict) -> set[str]:
+    return {storage.join(out, x) for x in m.get("data", []) + m.get("errors", [])}
 
-    n = 0
+
+def commit(out: str, stem: str, rel: str, p: Pending, fingerprint: str, generation: str, identity: dict,
+           check_lease: Callable[[], None] | None = None) -> dict:
+    """Commit a complete input: check that every part it lists exists, write its marker (replacing
+    an older one in one atomic write), and only then delete the files of that input that the marker
+    does not list (an earlier attempt's orphans, a temporary, or the parts the old marker listed).
+    Returns the marker."""
+    marker = {"layout": LAYOUT, "input": rel, "stem": stem, "rows_in": p.rows_in, "rows_out": p.rows_ok,
+              "rows_failed": p.rows_failed, "data": sorted(p.data), "errors": sorted(p.errors),
+              "metric_sums_e9": p.sums, "metric_counts": p.counts, "writers": p.writers, "fingerprint": fingerprint,
+              "generation": generation, "identity": identity,
+              "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    keep = listed(out, marker)
+    present = set(all_files(data_dir(out, stem))) | set(all_files(errors_dir(out, stem)))
+    missing = sorted(keep - present)
+    if missing:
+        raise RuntimeError(f"{rel}: {len(missing)} part(s) reported written are missing "
+                           f"(first: {storage.redact(missing[0])}); the input stays uncommitted, rerun to redo it")
+    if check_lease is not None:
+        check_lease()
+    step("commit:before-marker")
+    storage.write_json(marker_path(out, stem), marker)
+    step("commit:after-marker")
+    for f in sorted(present - keep):
+        storage.delete(f)
+    return marker
+
+
+def retire(out: str, stem: str) -> None:
+    """An input that is gone: its marker first (its rows leave the committed view at once), then
+    its exported images, then its parts. A kill in between leaves files no marker lists, which the
+    next run deletes (:func:`collect_garbage`)."""
+    step("retire:before-marker")
+    storage.delete(marker_path(out, stem))
+    step("retire:after-marker")
+    unexport(out, stem)
+    step("retire:after-export")
+    storage.delete(data_dir(out, stem))
+    storage.delete(errors_dir(out, stem))
+
+
+def collect_garbage(out: str, markers: dict[str, dict], generation: str) -> dict[str, int]:
+    """Delete what no counting marker lists: parts of uncommitted inputs (a killed run's), parts an
+    older marker listed, markers of an earlier generation (an interrupted --overwrite), exports of
+    retired inputs. Called with the lease held, before the pipeline writes anything."""
+    keep: set[str] = set()
+    for m in markers.values():
+        keep |= listed(out, m)
+    n = {"parts": 0, "markers": 0, "exports": 0}
+    for st in marker_stems(out):
+        if st not in markers:
+            step("garbage:marker")
+            storage.delete(marker_path(out, st))
+            n["markers"] += 1
+    for st in _names(storage.join(out, "_exported"), ".json"):
+        if st not in markers:
+            unexport(out, st)
+            n["exports"] += 1
     for sub in ("data", "errors"):
-        fs, p = storage.resolve(storage.join(out, sub))
-        for info in fs.get_file_info(pafs.FileSelector(p, recursive=False, allow_not_found=True)):
-            name = info.base_name
-            if info.type == pafs.FileType.Directory and name in stems:
-                storage.delete(storage.join(out, sub, name))
-                n += 1
+        for f in all_files(storage.join(out, sub)):
+            if f not in keep:
+                step("garbage:part")
+                storage.delete(f)
+                n["parts"] += 1
     return n
 
 
-def read_marker(out: str, stem: str, rows_in: int, fingerprint: str) -> dict | None:
-    """The marker of ``stem`` when it is complete for this run, else None. Raises when the output was
-    made by a different run (mixing them would make a dataset that is no single run's result)."""
-    p = marker_path(out, stem)
+# ---------------------------------------------------------------- exported images (--export-png)
+
+
+def export_marker_path(out: str, stem: str) -> str:
+    return storage.join(out, "_exported", f"{stem}.json")
+
+
+def unexport(out: str, stem: str, keep: set[str] = frozenset()) -> None:
+    """Delete the images an input's export marker lists (except ``keep``), then the marker."""
+    p = export_marker_path(out, stem)
     if not storage.exists(p):
-        return None
+        return
     m = storage.read_json(p)
-    if m.get("fingerprint") != fingerprint:
-        raise ValueError(f"{storage.redact(out)} holds outputs of a different run (model, noise, seed, tiling, "
-                         f"channel conversion or output layout differ: {storage.redact(p)}); use a new "
-                         f"--output or pass --overwrite")
-    if m.get("rows_in") != rows_in:
-        return None  # the input changed since: recompute it
-    return m
+    for name in m.get("names", []):
+        if name not in keep:
+            storage.delete(storage.join(m["export"], name))
+    step("export:before-marker-delete")
+    storage.delete(p)
 
 
 # ---------------------------------------------------------------- reading committed outputs
 
 
+def generation_of(out: str) -> str | None:
+    """The manifest's generation (None for an output without a manifest: every marker counts)."""
+    from . import manifest
+
+    m = manifest.read(out)
+    return m["generation"] if m else None
+
+
 def markers(out: str) -> list[dict]:
-    """Every marker under OUT/_done, sorted by input stem."""
-    return [storage.read_json(f) for f in storage.list_files(storage.join(out, "_done"), ".json")]
+    """Every marker that counts, sorted by input stem."""
+    found = read_markers(out, generation_of(out))
+    return [found[st] for st in sorted(found)]
 
 
 def committed_parts(out: str, what: str = "data") -> list[tuple[str, str]]:
@@ -321,10 +418,14 @@ def read_outputs(out: str, what: str = "data", columns: list[str] | None = None)
 
 
 def export_batch(batch: dict, export_dir: str) -> dict:
-    """Ray Data batch function: each denoised PNG to EXPORT/<safe id>-<hash>.png; returns the count."""
+    """Ray Data batch function: each denoised PNG to EXPORT/<safe id>-<hash>.png; returns the names
+    written and the part each came from (small strings: the driver records the names per input, to
+    delete them when the input is recomputed or retired)."""
+    names = []
     for i, png in zip(batch["id"], batch["denoised"]):
-        storage.write_bytes(storage.join(export_dir, inference.export_name(str(i))), bytes(png))
-    return {"exported": np.array([len(batch["id"])], np.int64)}
+        names.append(inference.export_name(str(i)))
+        storage.write_bytes(storage.join(export_dir, names[-1]), bytes(png))
+    return {"name": np.array(names, dtype=object), "path": np.asarray(batch["path"], dtype=object)}
 
 
 def load_samples(out: str, n: int) -> dict[str, list[np.ndarray]] | None:

@@ -46,8 +46,6 @@ same fused task as the PNG encode, in parallel on every node.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import resource
 import time
@@ -57,26 +55,12 @@ from .. import checkpoint, inference, storage
 from ..config import config_dict
 from ..jobutil import Progress, save_resolved_config
 from ..noise import NoiseSpec
-from . import outputs
+from . import manifest, outputs, rerun
 from .config import DenoiseConfig, validate
-from .scan import InputFile, check_channels, input_root, list_inputs, scan
+from .lease import Lease
+from .scan import InputFile, Listing, check_channels, input_root, list_inputs, scan
 
 log = logging.getLogger("dae")
-
-
-def fingerprint(cfg: DenoiseConfig, model_dir: str) -> str:
-    """What the output values depend on (not batch sizes or actor counts: outputs do not depend on them)."""
-    h = hashlib.blake2b(digest_size=12)
-    h.update(storage.read_bytes(storage.join(checkpoint.model_dir(model_dir), checkpoint.WEIGHTS)))
-    cfg_model = checkpoint.load_config(model_dir)
-    keys = {k: cfg_model.get(k) for k in ("model", "model_kwargs", "channels")}
-    h.update(json.dumps({"model": keys, "noise": str(NoiseSpec.parse(cfg.add_noise)) if cfg.add_noise else "",
-                         "seed": cfg.seed if cfg.add_noise else None, "tile": cfg.tile, "sigma": cfg.sigma,
-                         "overlap": cfg.tile_overlap, "convert": cfg.convert_channels,
-                         "max_pixels": cfg.max_pixels, "layout": outputs.LAYOUT,
-                         # only when used: outputs written before --ensemble existed keep their fingerprint
-                         **({"ensemble": cfg.ensemble} if cfg.ensemble > 1 else {})}, sort_keys=True).encode())
-    return h.hexdigest()
 
 
 def _cpu_s() -> float:
@@ -148,16 +132,19 @@ def build_dataset(cfg: DenoiseConfig, files: list[InputFile], model_channels: in
 
 
 def run_pipeline(cfg: DenoiseConfig, files: list[InputFile], model_channels: int, fp: str, plan: dict,
-                 books: outputs.Books | None = None) -> dict[str, dict]:
+                 books: outputs.Books, generation: str, lease: Lease) -> dict[str, dict]:
     """Streams every pending file through the pipeline and commits each input when its last part is
     reported. Returns {stem: marker}."""
     out = storage.absolute(cfg.output)
     by_stem = {f.stem: f for f in files}
-    markers = {f.stem: outputs.commit(out, f.stem, f.rel, outputs.Pending(0), fp) for f in files if f.rows == 0}
+
+    def commit(f: InputFile, p: outputs.Pending) -> dict:
+        return outputs.commit(out, f.stem, f.rel, p, fp, generation, f.identity, lease.check)
+
+    markers = {f.stem: commit(f, outputs.Pending(0)) for f in files if f.rows == 0}
     todo = [f for f in files if f.rows > 0]
     if not todo:
         return markers
-    books = books or outputs.Books({f.stem: f.rows for f in todo})
     progress = Progress("denoise", total=sum(f.rows for f in todo), every=cfg.progress_every)
     ds = build_dataset(cfg, todo, model_channels, plan, fp)
     pending: list[tuple[str, Future]] = []
@@ -166,7 +153,7 @@ def run_pipeline(cfg: DenoiseConfig, files: list[InputFile], model_channels: int
         for table in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
             t = time.thread_time()  # the books' own CPU, apart from Ray Data's executor in this process
             for stem, p in books.add(table):
-                pending.append((stem, pool.submit(outputs.commit, out, stem, by_stem[stem].rel, p, fp)))
+                pending.append((stem, pool.submit(commit, by_stem[stem], p)))
             progress.update(sum(table.column("rows_ok").to_pylist()) + sum(table.column("rows_failed").to_pylist()))
             while pending and pending[0][1].done():  # surface commit errors early
                 stem, fut = pending.pop(0)
@@ -183,28 +170,38 @@ def run_pipeline(cfg: DenoiseConfig, files: list[InputFile], model_channels: int
 
 def export_pngs(cfg: DenoiseConfig, markers: dict[str, dict]) -> int:
     """Each committed denoised image -> EXPORT/<safe id>-<hash>.png, written by Ray Data workers from
-    the committed parts. Inputs already exported to the same folder (OUT/_exported/<stem>.json) are
-    skipped; names are deterministic, so an export interrupted by a crash is simply done again."""
+    the committed parts. An input whose committed parts were already exported to the same folder
+    (OUT/_exported/<stem>.json lists the parts and the names) is skipped; a recomputed input is
+    exported again, then its marker replaced, then the images its old rows had and its new rows do
+    not are deleted. Names are deterministic, so an export interrupted by a crash is done again."""
     import ray.data
 
     out, export = storage.absolute(cfg.output), storage.absolute(cfg.export_png)
     todo = []
     for stem, m in sorted(markers.items()):
-        mark = storage.join(out, "_exported", f"{stem}.json")
-        if m["data"] and not (storage.exists(mark) and storage.read_json(mark).get("export") == export):
-            todo.append(stem)
-    parts = [storage.join(out, p) for s in todo for p in markers[s]["data"]]
-    n = 0
-    if parts:
-        fs, _ = storage.resolve(parts[0])
-        ds = ray.data.read_parquet([storage.resolve(p)[1] for p in parts], filesystem=fs) \
-            .select_columns(["id", "denoised"]) \
+        mark = outputs.export_marker_path(out, stem)
+        old = storage.read_json(mark) if storage.exists(mark) else None
+        if not old or old.get("export") != export or old.get("parts") != m["data"]:
+            todo.append((stem, old))
+    names: dict[str, list[str]] = {stem: [] for stem, _ in todo}
+    part_stem = {storage.resolve(storage.join(out, p))[1]: stem for stem, _ in todo for p in markers[stem]["data"]}
+    if part_stem:
+        fs, _ = storage.resolve(out)
+        ds = ray.data.read_parquet(sorted(part_stem), filesystem=fs, include_paths=True) \
+            .select_columns(["id", "denoised", "path"]) \
             .map_batches(outputs.export_batch, fn_kwargs=dict(export_dir=export))
-        n = sum(int(b["exported"].sum()) for b in ds.iter_batches(batch_size=None, batch_format="numpy"))
-    for stem in todo:
-        storage.write_json(storage.join(out, "_exported", f"{stem}.json"),
-                           {"export": export, "rows": markers[stem]["rows_out"]})
-    return n
+        for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            for name, path in zip(b["name"], b["path"]):
+                names[part_stem[str(path)]].append(str(name))
+    for stem, old in todo:
+        new = sorted(names[stem])
+        storage.write_json(outputs.export_marker_path(out, stem),
+                           {"export": export, "parts": markers[stem]["data"], "names": new})
+        if old and old.get("export") == export:
+            stale = set(old.get("names", [])) - set(new)
+            for name in sorted(stale):
+                storage.delete(storage.join(export, name))
+    return sum(len(v) for v in names.values())
 
 
 # ---------------------------------------------------------------- samples, summary
@@ -253,66 +250,85 @@ def summarize(cfg: DenoiseConfig, files: list[InputFile], markers: dict[str, dic
 # ---------------------------------------------------------------- run
 
 
-def _read_markers(out: str, files: list[InputFile], fp: str) -> dict[str, dict]:
-    """Markers of the inputs that are complete for this run (one LIST, then only existing markers)."""
-    have = {f.rsplit("/", 1)[-1][:-len(".json")] for f in storage.list_files(storage.join(out, "_done"), ".json")}
-    todo = [f for f in files if f.stem in have]
-    with ThreadPoolExecutor(max_workers=16) as pool:
-        found = pool.map(lambda f: (f.stem, outputs.read_marker(out, f.stem, f.rows, fp)), todo)
-        return {stem: m for stem, m in found if m is not None}
+def _check_apart(cfg: DenoiseConfig) -> None:
+    """An output (or export) inside the input would be read back as input on the next run."""
+    for name in ("output", "export_png"):
+        where = getattr(cfg, name)
+        if where and storage.overlaps(where, cfg.input):
+            raise ValueError(f"--{name.replace('_', '-')} {storage.redact(where)} and --input "
+                             f"{storage.redact(cfg.input)} overlap (one lies inside the other); put the "
+                             f"{name.replace('_', ' ')} outside the input")
+
+
+def _say_listing(listing: Listing) -> None:
+    for reason, rels in listing.skipped.items():
+        log.info("input: %d file(s) skipped, %s (first: %s)", len(rels), reason, ", ".join(rels[:3]))
+
+
+def _check_duplicates(cfg: DenoiseConfig, dups) -> None:
+    if dups.ids:
+        if not cfg.allow_duplicate_ids:
+            raise ValueError(dups.message())
+        log.warning("--allow-duplicate-ids: %d id(s) occur more than once (%d rows); each row is denoised "
+                    "and written once", dups.ids, dups.rows)
 
 
 def run(cfg: DenoiseConfig) -> dict:
     from .. import raylib
 
-    t0, cpu0 = time.perf_counter(), _cpu_s()
+    t0 = time.perf_counter()
     validate(cfg)
     storage.check_access(cfg.input, must_exist=True)  # fail before any work, naming the cause
     storage.check_access(checkpoint.model_dir(cfg.model), must_exist=True)
     storage.check_access(cfg.output, write=True)
     if cfg.export_png:
         storage.check_access(cfg.export_png, write=True)
+    _check_apart(cfg)
     model_cfg = checkpoint.load_config(cfg.model)
-    model_channels = int(model_cfg["channels"])
-    files = list_inputs(cfg.input, cfg.split)
-    fp = fingerprint(cfg, cfg.model)
+    listing = list_inputs(cfg.input, cfg.split)
+    _say_listing(listing)
     raylib.init_ray()
-    dups = scan(files, raylib.cluster_cpus())
-    if dups.ids:
-        if not cfg.allow_duplicate_ids:
-            raise ValueError(dups.message())
-        log.warning("--allow-duplicate-ids: %d id(s) occur more than once (%d rows); each row is denoised "
-                    "and written once", dups.ids, dups.rows)
-    out = storage.absolute(cfg.output)
-    if cfg.overwrite:
-        for sub in ("data", "errors", "_done", "_exported"):
-            storage.delete(storage.join(out, sub))
-    markers = _read_markers(out, files, fp)
-    pending = [f for f in files if f.stem not in markers]
-    if markers:
-        log.info("resuming: %d of %d input files already complete, %d to do", len(markers), len(files), len(pending))
+    dups = scan(listing.files, raylib.cluster_cpus())
+    _check_duplicates(cfg, dups)
+    plan = plan_actors(cfg, raylib.cluster_cpus(), raylib.cluster_gpus())
+    settings = manifest.settings(cfg, model_cfg, plan["device"])
+    with Lease(storage.absolute(cfg.output)) as lease:
+        return _run_held(cfg, listing, model_cfg, settings, plan, dups, lease, t0)
+
+
+def _run_held(cfg: DenoiseConfig, listing: Listing, model_cfg: dict, settings: dict, plan: dict, dups,
+              lease: Lease, t0: float) -> dict:
+    out, files = storage.absolute(cfg.output), listing.files
+    cpu0 = _cpu_s()
+    fp = manifest.fingerprint(settings)
+    p = rerun.plan(out, files, settings, overwrite=cfg.overwrite, keep_removed=cfg.keep_removed)
+    if p.kept:  # ids of kept outputs count too: the output will hold them beside the inputs' rows
+        from .. import raylib
+
+        dups = scan(files, raylib.cluster_cpus(), kept=[(p.markers[st]["input"], [
+            storage.join(out, x) for x in p.markers[st]["data"] + p.markers[st]["errors"]]) for st in p.kept])
+        _check_duplicates(cfg, dups)
+    pending = p.pending
+    log.info("inputs: %d unchanged (skipped), %d changed (redone), %d new, %d retired, %d kept", len(p.unchanged),
+             len(p.changed), len(p.new), len(p.retired), len(p.kept))
+    model_channels = int(model_cfg["channels"])
     channel_counts = check_channels(pending, model_channels, cfg.convert_channels)
-    storage.makedirs(cfg.output)
-    save_resolved_config(cfg, cfg.output, model_config=model_cfg, fingerprint=fp)
-    plan: dict = {}
+    save_resolved_config(cfg, cfg.output, model_config=model_cfg, fingerprint=fp, settings=settings)
     books = outputs.Books({f.stem: f.rows for f in pending if f.rows})
-    cpu1 = _cpu_s()
-    t1 = time.perf_counter()
+    markers = dict(p.markers)
+    cpu1, t1 = _cpu_s(), time.perf_counter()
     if pending:
-        cleared = outputs.clear_uncommitted(out, {f.stem for f in pending})
-        if cleared:
-            log.info("removed the uncommitted outputs of %d input folder(s) a stopped run left", cleared)
-        plan = plan_actors(cfg, raylib.cluster_cpus(), raylib.cluster_gpus())
         plan["batch_size"] = batch_size(cfg, pending)
         log.info("denoise: %d files, %d rows, model %s (%d ch), actors %s", len(pending),
                  sum(f.rows for f in pending), model_cfg["model"], model_channels, plan)
-        t1, cpu1 = time.perf_counter(), _cpu_s()
-        markers.update(run_pipeline(cfg, pending, model_channels, fp, plan, books))
+        markers.update(run_pipeline(cfg, pending, model_channels, fp, plan, books, p.generation, lease))
     pipeline_s, pipeline_cpu = time.perf_counter() - t1, _cpu_s() - cpu1
     exported = export_pngs(cfg, markers) if cfg.export_png else 0
     write_samples(cfg)
     summary = summarize(cfg, files, markers, [f.stem for f in pending], time.perf_counter() - t0, pipeline_s,
-                        plan, channel_counts)
+                        plan if pending else {}, channel_counts)
+    summary["inputs"] = p.counts()
+    summary["listing"] = listing.describe()
     summary["duplicate_ids"] = {"ids": dups.ids, "rows": dups.rows}
     summary["exported_png"] = exported
     summary["driver"] = {"cpu_s": round(_cpu_s(), 3), "cpu_s_run": round(_cpu_s() - cpu0, 3),

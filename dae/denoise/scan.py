@@ -16,6 +16,7 @@ under a second here (the scan is a few small tasks; no shuffle operators, no agg
 from __future__ import annotations
 
 import os
+import posixpath
 import re
 from dataclasses import dataclass, field
 
@@ -34,9 +35,38 @@ class InputFile:
     inner: str  # path inside its filesystem: what Ray's include_paths column holds
     stem: str  # output name
     rel: str  # path under --input, for people
+    size: int = -1  # bytes, from the listing
+    mtime_ns: int = -1  # modification time, from the listing (S3: LastModified)
     rows: int = 0
     channels: dict[int, int] = field(default_factory=dict)  # {channels: rows}
     max_pixels: int = 0  # the most height x width of one image (sizes the batches)
+
+    @property
+    def identity(self) -> dict:
+        """What tells this file from another one of the same name: a marker records it, and a rerun
+        redoes the input when it differs (a replaced, rewritten or grown file)."""
+        return {"size": self.size, "mtime_ns": self.mtime_ns, "rows": self.rows}
+
+
+@dataclass
+class Listing:
+    """Which files under --input are inputs, and which were left out and why (logged and summarized)."""
+
+    files: list[InputFile]
+    found: int  # files under the input root
+    skipped: dict[str, list[str]] = field(default_factory=dict)  # reason -> relative paths
+
+    def describe(self) -> dict:
+        return {"found": self.found, "inputs": len(self.files),
+                "skipped": {k: {"files": len(v), "first": v[:5]} for k, v in self.skipped.items()}}
+
+
+# The one rule for which files are inputs. Names starting with "." or "_" anywhere in the path are
+# hidden, as in Spark, Hive and Arrow datasets (_SUCCESS, _temporary/, .staging/): such a folder is
+# never half read (its files read, its markers hidden), it is skipped whole, and the log says so.
+HIDDEN_PREFIXES = (".", "_")
+SKIP_HIDDEN = "hidden: a name in its path starts with '.' or '_'"
+SKIP_NOT_PARQUET = "not a .parquet file"
 
 
 def relative(inner: str, root_inner: str) -> str:
@@ -57,24 +87,45 @@ def input_root(input_path: str, split: str) -> str:
     return shards.split_dir(input_path, split) if split else input_path
 
 
-def list_inputs(input_path: str, split: str = "") -> list[InputFile]:
-    """Every .parquet file under the input (one LIST): names only, no file is opened here."""
-    files = shards.list_shards(input_path, split or None)
+def _skip_reason(rel: str) -> str | None:
+    if any(part.startswith(HIDDEN_PREFIXES) for part in re.split(r"[/\\]+", rel) if part):
+        return SKIP_HIDDEN
+    if not rel.endswith(".parquet"):
+        return SKIP_NOT_PARQUET
+    return None
+
+
+def list_inputs(input_path: str, split: str = "") -> Listing:
+    """Every input file under the input (one LIST, with sizes and times): names only, no file is
+    opened here. With ``split``, the files directly in INPUT/SPLIT; else every file under INPUT."""
+    import pyarrow.fs as pafs
+
     root = input_root(input_path, split)
-    if not files:
-        raise FileNotFoundError(f"no .parquet shards under {storage.redact(root)}")
-    _, root_inner = storage.resolve(root)
-    out, seen = [], {}
-    for f in files:
-        _, inner = storage.resolve(f)
-        rel = relative(inner, root_inner)
+    fs, root_inner = storage.resolve(root)
+    info = fs.get_file_info(root_inner)
+    if info.type == pafs.FileType.File:
+        infos, root_inner = [info], posixpath.dirname(root_inner) if storage.is_uri(root) else os.path.dirname(root_inner)
+    else:
+        infos = [i for i in fs.get_file_info(pafs.FileSelector(root_inner, recursive=not split, allow_not_found=True))
+                 if i.type == pafs.FileType.File]
+    out, seen, skipped = [], {}, {}
+    for i in sorted(infos, key=lambda x: x.path):
+        rel = relative(i.path, root_inner)
+        reason = _skip_reason(rel)
+        if reason:
+            skipped.setdefault(reason, []).append(rel)
+            continue
         stem = output_stem(rel)
         if stem in seen:
             raise ValueError(f"input files {seen[stem]} and {rel} map to the same output name {stem!r}; "
                              f"rename one of them")
         seen[stem] = rel
-        out.append(InputFile(f, inner, stem, rel))
-    return out
+        path = storage.join(storage.absolute(root), rel) if info.type != pafs.FileType.File else root
+        out.append(InputFile(path, i.path, stem, rel, size=int(i.size or 0), mtime_ns=int(i.mtime_ns or 0)))
+    if not out:
+        why = "; ".join(f"{len(v)} skipped ({k})" for k, v in skipped.items())
+        raise FileNotFoundError(f"no .parquet shards under {storage.redact(root)}" + (f" ({why})" if why else ""))
+    return Listing(out, found=len(infos), skipped=skipped)
 
 
 # ---------------------------------------------------------------- the remote pieces
@@ -87,15 +138,22 @@ def bucket_of(ids: np.ndarray, buckets: int) -> np.ndarray:
     return (pd.util.hash_array(ids.astype(object)) % np.uint64(buckets)).astype(np.int64)
 
 
-def scan_files(paths: list[str], first_index: int, buckets: int, need_ids: bool):
+def scan_files(paths: list[str], first_index: int, buckets: int, need_ids: bool, ids_only: bool = False):
     """One scan task: per file (rows, {channels: rows}, the most pixels of one image), then ``buckets``
-    tables of (id, file index). A file that is not a valid shard raises ``shards.ShardSchemaError``."""
+    tables of (id, file index). A file that is not a valid shard raises ``shards.ShardSchemaError``.
+    ``ids_only``: the files are committed output parts (--keep-removed): their ids alone are read."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     meta, ids, idx = [], [], []
     for k, p in enumerate(paths):
         fs, inner = storage.resolve(p)
+        if ids_only:
+            t = pq.read_table(inner, filesystem=fs, columns=["id"])
+            meta.append((t.num_rows, {}, 0))
+            ids.append(t.column("id").to_numpy(zero_copy_only=False))
+            idx.append(np.full(t.num_rows, first_index + k, np.int32))
+            continue
         try:
             pf = pq.ParquetFile(inner, filesystem=fs)
         except Exception as e:  # noqa: BLE001 - any unreadable file is a bad shard, named
@@ -165,21 +223,29 @@ def _cause(err: Exception) -> Exception:
     return cause if isinstance(cause, Exception) else err
 
 
-def scan(files: list[InputFile], cpus: float, check_ids: bool = True) -> Duplicates:
+def scan(files: list[InputFile], cpus: float, check_ids: bool = True,
+         kept: list[tuple[str, list[str]]] = ()) -> Duplicates:
     """Fills ``rows`` and ``channels`` of every file (schema-checked) and, with ``check_ids``, finds
-    the ids that occur more than once within or across files. Runs on the Ray cluster."""
+    the ids that occur more than once within or across files, and across the ``kept`` outputs
+    ((input, committed part paths) of removed inputs whose outputs stay). Runs on the Ray cluster."""
     import ray
 
+    extra = [InputFile(part, "", "", f"{rel} (kept output of a removed input)") for rel, parts in kept
+             for part in parts]
+    everything = list(files) + extra
     buckets = max(1, min(MAX_BUCKETS, int(cpus)))
-    groups = max(1, min(len(files), 4 * max(1, int(cpus))))
-    size = -(-len(files) // groups)
+    groups = max(1, min(len(everything), 4 * max(1, int(cpus))))
+    size = -(-len(everything) // groups)
     task = ray.remote(num_cpus=1, num_returns=1 + (buckets if check_ids else 0))(scan_files)
     # scan_files is a plain function (testable without Ray); wrapped here, once per scan.
     refs = []
-    for start in range(0, len(files), size):
-        paths = [f.path for f in files[start:start + size]]
-        out = task.remote(paths, start, buckets, check_ids)
-        refs.append([out] if not check_ids else out)
+    n = len(files)
+    for start in range(0, len(everything), size):
+        # input shards [.., n) and kept output parts [n, ..) are read differently: a group is split there
+        for lo, hi in ((start, min(start + size, n)), (max(start, n), start + size)):
+            if lo < min(hi, len(everything)):
+                out = task.remote([f.path for f in everything[lo:hi]], lo, buckets, check_ids, lo >= n)
+                refs.append([out] if not check_ids else out)
     dups = Duplicates()
     try:
         metas = ray.get([r[0] for r in refs])
@@ -199,13 +265,13 @@ def scan(files: list[InputFile], cpus: float, check_ids: bool = True) -> Duplica
     k = 0
     for meta in metas:
         for rows, channels, pixels in meta:
-            files[k].rows, files[k].channels, files[k].max_pixels = rows, channels, pixels
+            everything[k].rows, everything[k].channels, everything[k].max_pixels = rows, channels, pixels
             k += 1
     if check_ids:
         for n_ids, n_rows, show in found:
             dups.ids += n_ids
             dups.rows += n_rows
-            dups.examples += [(i, n, [files[j].rel for j in idx]) for i, n, idx in show]
+            dups.examples += [(i, n, [everything[j].rel for j in idx]) for i, n, idx in show]
         dups.examples = sorted(dups.examples)[:SHOW_DUPLICATES]
     return dups
 

@@ -159,11 +159,14 @@ def test_bad_rows_go_to_errors_and_the_threshold_fails_loudly(ray_session, tmp_p
             "--batch-size", 4)
     assert (s["rows_in"], s["rows_out"], s["rows_failed"]) == (18, 12, 6)
     errors = {e["id"]: e for e in read_errors(str(out))}
-    assert set(errors) == set(bad) and {e["stage"] for e in errors.values()} == {"decode"}
+    assert set(errors) == set(bad)
+    # every row's PNG header is checked against its columns before decoding: the truncated PNG's
+    # header (28x28) is whole, and contradicts the 1x1 its row claims; shards hold PNG only
+    assert {k: e["stage"] for k, e in errors.items() if e["stage"] != "decode"} == {"bad/truncated": "header"}
+    assert "PNG header says 28x28x1, the row's columns say 1x1x1" in errors["bad/truncated"]["reason"]
     assert "decompression bomb" in errors["bad/bomb"]["reason"]
     assert "empty" in errors["bad/empty"]["reason"]
-    assert "unsupported image mode 'F'" in errors["bad/float-mode"]["reason"]
-    assert "outside 16-bit range" in errors["bad/int32-range"]["reason"]
+    assert "not a PNG" in errors["bad/float-mode"]["reason"] and "not a PNG" in errors["bad/int32-range"]["reason"]
     assert all(e["input"].endswith(".parquet") for e in errors.values())
     ids = [r["id"] for r in read_output(str(out))] + list(errors)
     assert sorted(ids) == sorted(r[0] for r in rows)  # nothing dropped, nothing twice

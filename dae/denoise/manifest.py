@@ -1,0 +1,110 @@
+"""The output's manifest: one file saying which run's outputs OUT holds, and which markers count.
+
+    OUT/_manifest.json   {"layout", "generation", "fingerprint", "settings": {...}, "created_at"}
+
+Rules:
+- ``settings`` names everything that changes the output pixels (model weights and config, noise,
+  seed, sigma, tiling, forward sizes, determinism, precision, device class, ensemble, channel
+  conversion, the bomb guard) and the input root and split (the marker names are paths under that
+  root). ``fingerprint`` is their hash; every marker carries it too.
+- A run whose settings differ from the manifest's is refused before it writes anything, naming
+  every differing field, whichever input files it covers: one output is one run's result. The way
+  out is a new --output, or --overwrite.
+- ``generation`` says which markers count: :func:`dae.denoise.outputs.read_outputs` reads only the
+  markers of the manifest's generation. ``--overwrite`` writes a manifest with a new generation
+  FIRST (one atomic write: from then on the old markers no longer count, and readers see an empty
+  output), and only then deletes the old markers and parts. A kill at any point leaves the old
+  committed view (before that write) or the new one (after it); what is left over is deleted by the
+  next run.
+- An output with markers and no manifest was written by an earlier dae (layout 3): it is refused
+  with the way out (--overwrite or a new --output), never guessed at.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+
+from .. import checkpoint, storage
+from ..noise import NoiseSpec
+from .config import DenoiseConfig
+
+NAME = "_manifest.json"
+LAYOUT = 4  # 4: the manifest, generations, input identities in markers; 3 added noise_sigma
+
+
+def path(out: str) -> str:
+    return storage.join(out, NAME)
+
+
+def precision(cfg: DenoiseConfig, device: str) -> str:
+    """The arithmetic the model runs in (bf16 autocast is used on CUDA only, see dae.inference)."""
+    return "bf16" if cfg.bf16 and device == "cuda" else "fp32"
+
+
+def settings(cfg: DenoiseConfig, model_cfg: dict, device: str) -> dict:
+    """Everything the output values depend on, by name (not batch sizes or actor counts: with
+    deterministic forward passes the outputs do not depend on them)."""
+    weights = storage.read_bytes(storage.join(checkpoint.model_dir(cfg.model), checkpoint.WEIGHTS))
+    noisy = bool(cfg.add_noise)
+    return {
+        "input": storage.redact(storage.absolute(cfg.input)), "split": cfg.split,
+        "model": {k: model_cfg.get(k) for k in ("model", "model_kwargs", "channels")},
+        "model_weights": hashlib.blake2b(weights, digest_size=12).hexdigest(),
+        "add_noise": str(NoiseSpec.parse(cfg.add_noise)) if noisy else "",
+        "seed": cfg.seed if noisy else None, "sigma": cfg.sigma,
+        "tile": cfg.tile, "tile_overlap": cfg.tile_overlap, "forward_batch": cfg.forward_batch,
+        "forward_pixels": cfg.forward_pixels, "deterministic": cfg.deterministic,
+        "device": device, "precision": precision(cfg, device), "ensemble": cfg.ensemble,
+        "convert_channels": cfg.convert_channels, "max_pixels": cfg.max_pixels, "layout": LAYOUT,
+    }
+
+
+def fingerprint(s: dict) -> str:
+    return hashlib.blake2b(json.dumps(s, sort_keys=True).encode(), digest_size=12).hexdigest()
+
+
+def read(out: str) -> dict | None:
+    p = path(out)
+    return storage.read_json(p) if storage.exists(p) else None
+
+
+def new(out: str, s: dict) -> dict:
+    """Write a manifest with a new generation (the first one of OUT, or --overwrite's)."""
+    m = {"layout": LAYOUT, "generation": uuid.uuid4().hex[:16], "fingerprint": fingerprint(s), "settings": s,
+         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    storage.write_json(path(out), m)
+    return m
+
+
+def differences(old: dict, new_settings: dict) -> list[str]:
+    """'field: old -> new' for every setting that differs (nested model fields by dotted name)."""
+    def flat(d: dict, prefix: str = "") -> dict:
+        out = {}
+        for k, v in d.items():
+            if isinstance(v, dict) and k == "model":
+                out.update(flat(v, f"{prefix}{k}."))
+            else:
+                out[prefix + k] = v
+        return out
+
+    a, b = flat(old.get("settings", {})), flat(new_settings)
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
+def check(out: str, m: dict | None, s: dict) -> None:
+    """Refuse to add this run's outputs to an output made with other settings."""
+    if m is None:
+        return
+    diff = differences(m, s)
+    if diff:
+        raise ValueError(f"{storage.redact(out)} holds the outputs of a different run ({'; '.join(diff)}); "
+                         f"use a new --output, or pass --overwrite to replace them")
+
+
+def legacy_refusal(out: str) -> ValueError:
+    return ValueError(f"{storage.redact(out)} holds markers but no {NAME}: it was written by an earlier dae "
+                      f"(output layout 3) whose settings cannot be checked; use a new --output, or pass "
+                      f"--overwrite to redo it")
