@@ -8,11 +8,14 @@
     parser = argparse.ArgumentParser(); add_config_args(parser, TrainConfig)
     cfg = resolve_config(TrainConfig, parser.parse_args())   # --config PRESET, --epochs 3, ...
 
-``--config`` takes a YAML file or the name of a preset in ``jobs/presets/`` (without ``.yaml``).
-Every field becomes a ``--kebab-case`` flag; dict and list fields take YAML/JSON text
-(``--model-kwargs '{width: 32}'``), or space-separated words when the field's metadata has ``nargs``
-(``--noise gaussian:0.1 gaussian:0.5``); bool fields are ``--flag`` / ``--no-flag``. Unknown keys in a
-preset fail with the list of valid ones.
+``--config`` takes a YAML file, a run's ``config.resolved.json`` (which reruns that run: its record
+of the run under the reserved key ``_run`` is not a setting and is skipped), or the name of one of the
+job's presets in ``jobs/presets/`` (without ``.yaml``; a job lists only its own: ``train-*`` for
+jobs.train). Every preset value must have its field's type (``overwrite: "false"`` is a string, not a
+bool, and fails naming the key). Every field becomes a ``--kebab-case`` flag; dict and list fields
+take YAML/JSON text (``--model-kwargs '{width: 32}'``), or space-separated words when the field's
+metadata has ``nargs`` (``--noise gaussian:0.1 gaussian:0.5``); bool fields are ``--flag`` /
+``--no-flag``. Unknown keys in a preset fail with the list of valid ones.
 
 The other way round, :func:`command_line` writes the command that reruns a config; every recorded
 command (reports, quality tables) comes from it, so what is recorded always parses back::
@@ -24,7 +27,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
+import numbers
 import os
 import shlex
 import typing
@@ -33,6 +38,12 @@ from typing import Any
 import yaml
 
 PRESET_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "jobs", "presets")
+# The key of a config.resolved.json under which a job records what it found out about its run (data
+# mode, resources, the model's config, ...): not a setting, so a preset or --config file may hold it
+# and build_config skips it. Every other key of that file is a config field, at the top level.
+RUN_KEY = "_run"
+# The attribute of a job's parsed arguments that names its presets' prefix (add_config_args sets it).
+PRESETS_ATTR = "_config_presets"
 
 
 def _field_types(cls) -> dict[str, Any]:
@@ -59,10 +70,15 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def add_config_args(parser: argparse.ArgumentParser, cls) -> argparse.ArgumentParser:
+def add_config_args(parser: argparse.ArgumentParser, cls, presets: str | None = None) -> argparse.ArgumentParser:
+    """``--config`` and one flag per field of ``cls``. ``presets``: the prefix of the job's preset
+    names (``train`` for ``train-*``): ``--config`` lists and takes by name only those (None: all)."""
+    names = list_presets(presets)
+    which = f"one of this job's presets in {PRESET_DIR}" if presets is not None else f"a preset name from {PRESET_DIR}"
     parser.add_argument("--config", default=None,
-                        help=f"YAML preset file, or a preset name from {PRESET_DIR}: "
-                             f"{', '.join(list_presets()) or 'none'}")
+                        help=f"YAML preset file (or an earlier run's config.resolved.json), or {which}: "
+                             f"{', '.join(names) or 'none'}".replace("%", "%%"))
+    parser.set_defaults(**{PRESETS_ATTR: presets})
     types = _field_types(cls)
     for f in dataclasses.fields(cls):
         flag = _flag(f.name)
@@ -85,48 +101,125 @@ def add_config_args(parser: argparse.ArgumentParser, cls) -> argparse.ArgumentPa
     return parser
 
 
-def list_presets() -> list[str]:
+def list_presets(prefix: str | None = None) -> list[str]:
+    """Preset names in PRESET_DIR; with ``prefix`` (a job's, e.g. ``train``), only ``PREFIX`` and ``PREFIX-*``."""
     if not os.path.isdir(PRESET_DIR):
         return []
-    return sorted(n[:-5] for n in os.listdir(PRESET_DIR) if n.endswith(".yaml"))
+    names = sorted(n[:-5] for n in os.listdir(PRESET_DIR) if n.endswith(".yaml"))
+    return names if prefix is None else [n for n in names if n == prefix or n.startswith(prefix + "-")]
 
 
-def load_preset(name_or_path: str) -> dict:
+def load_preset(name_or_path: str, prefix: str | None = None) -> dict:
+    """A preset's mapping, from a file (YAML, or JSON such as a config.resolved.json) or, by bare name,
+    from PRESET_DIR; ``prefix``: the job's presets only (a name of another job's fails listing them)."""
     path = name_or_path
     if not os.path.exists(path):
+        names = list_presets(prefix)
+        if name_or_path not in names:
+            whose = f"this job's presets ({prefix}-*)" if prefix is not None else "presets"
+            what = ("is another job's preset" if name_or_path in list_presets() else
+                    "is neither a preset file nor a preset name")
+            raise ValueError(f"{name_or_path!r} {what}; {whose}: {', '.join(names) or 'none'} "
+                             f"(or give a YAML file's path)")
         path = os.path.join(PRESET_DIR, f"{name_or_path}.yaml")
-        if not os.path.exists(path):
-            raise ValueError(f"no preset file or name {name_or_path!r}; presets: {', '.join(list_presets())}")
     with open(path) as fh:
-        data = yaml.safe_load(fh) or {}
+        text = fh.read()
+    try:
+        # JSON first: YAML 1.1 reads JSON's 1e-05 as a string (a resolved config's lr would be one)
+        data = json.loads(text)
+    except ValueError:
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ValueError(f"preset {path} is not valid YAML: {' '.join(str(e).split())}") from None
+    data = {} if data is None else data
     if not isinstance(data, dict):
         raise ValueError(f"preset {path} must be a YAML mapping, got {type(data).__name__}")
     return data
 
 
-def build_config(cls, values: dict | None = None, preset: str | None = None):
-    """defaults <- preset <- values (None values are ignored)."""
-    valid = {f.name for f in dataclasses.fields(cls)}
+def _got(v) -> str:
+    """How a wrong value is named in an error: ``the string 'false'``, ``the integer 3``, ..."""
+    if v is None:
+        return "null (an empty value)"
+    kind = ("bool" if isinstance(v, bool) else "string" if isinstance(v, str) else
+            "integer" if isinstance(v, numbers.Integral) else "number" if isinstance(v, numbers.Real) else
+            "mapping" if isinstance(v, dict) else "list" if isinstance(v, (list, tuple)) else type(v).__name__)
+    text = ("true" if v else "false") if isinstance(v, bool) else repr(v)
+    return f"the {kind} {text if len(text) <= 60 else text[:57] + '...'}"
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def _allows_none(tp) -> bool:
+    origin = typing.get_origin(tp)
+    return (origin is typing.Union or str(origin) == "types.UnionType") and type(None) in typing.get_args(tp)
+
+
+def _typed(f: dataclasses.Field, tp, v, where: str):
+    """``v`` checked against field ``f``'s type ``tp`` (and converted: int -> float, list -> tuple,
+    a path object -> str); raises a one-line ValueError naming the key, the value and the type."""
+    if v is None and _allows_none(tp):
+        return v
+    base = _origin(tp)
+    expected, ok = {
+        bool: ("true or false (a YAML bool)", lambda: isinstance(v, bool)),
+        int: ("an integer", lambda: _is_int(v)),
+        float: ("a number", lambda: _is_number(v)),
+        str: ("a string", lambda: isinstance(v, (str, os.PathLike))),
+        dict: ("a mapping (YAML {key: value})", lambda: isinstance(v, dict)),
+        tuple: ("a list (YAML [a, b])", lambda: isinstance(v, (list, tuple))),
+        list: ("a list (YAML [a, b])", lambda: isinstance(v, (list, tuple))),
+    }.get(base, (None, lambda: True))
+    if _allows_none(tp) and expected:
+        expected += " or null"
+    if not ok():
+        raise ValueError(f"{where}{f.name} must be {expected}, got {_got(v)}")
+    if base is float:
+        return float(v)
+    if base is int:
+        return int(v)
+    if base is str:
+        return os.fspath(v)
+    if base in (tuple, list):
+        words = f.metadata.get("type")  # the words' type of a nargs field, e.g. float
+        if words in (int, float):
+            for x in v:
+                if not (_is_int(x) if words is int else _is_number(x)):
+                    raise ValueError(f"{where}{f.name} must be a list of {'integers' if words is int else 'numbers'}"
+                                     f", got {_got(x)} in it")
+            v = [words(x) for x in v]
+        return tuple(v) if base is tuple else list(v)
+    return v
+
+
+def build_config(cls, values: dict | None = None, preset: str | None = None, presets: str | None = None):
+    """defaults <- preset <- values (None values are ignored). Every value is checked against its
+    field's type (a one-line ValueError naming the key otherwise). ``preset``: a file or, by bare name,
+    a preset of PRESET_DIR (``presets``: the job's prefix, ``train``: only ``train-*``); a
+    config.resolved.json's record of its run (RUN_KEY) is skipped."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    types = _field_types(cls)
+    valid = set(fields)
     merged: dict[str, Any] = {}
     if preset:
-        data = {k.replace("-", "_"): v for k, v in load_preset(preset).items()}
+        data = {str(k).replace("-", "_"): v for k, v in load_preset(preset, presets).items() if k != RUN_KEY}
         unknown = set(data) - valid
         if unknown:
             raise ValueError(f"unknown key(s) {sorted(unknown)} in preset {preset}; valid: {', '.join(sorted(valid))}")
-        merged.update(data)
+        merged.update({k: _typed(fields[k], types[k], v, f"preset {preset}: ") for k, v in data.items()})
     for k, v in (values or {}).items():
         if v is None:
             continue
         if k not in valid:
             raise ValueError(f"unknown config key {k!r}; valid: {', '.join(sorted(valid))}")
-        merged[k] = v
-    types = _field_types(cls)
-    for k, v in list(merged.items()):
-        tp = _origin(types[k])
-        if tp is tuple and isinstance(v, list):
-            merged[k] = tuple(v)
-        elif tp is float and isinstance(v, int) and not isinstance(v, bool):
-            merged[k] = float(v)
+        merged[k] = _typed(fields[k], types[k], v, "")
     cfg = cls(**merged)
     for f in dataclasses.fields(cls):
         choices = f.metadata.get("choices")
@@ -138,7 +231,7 @@ def build_config(cls, values: dict | None = None, preset: str | None = None):
 def resolve_config(cls, args: argparse.Namespace):
     valid = {f.name for f in dataclasses.fields(cls)}
     values = {k: v for k, v in vars(args).items() if k in valid}
-    return build_config(cls, values, getattr(args, "config", None))
+    return build_config(cls, values, getattr(args, "config", None), getattr(args, PRESETS_ATTR, None))
 
 
 def config_dict(cfg) -> dict:

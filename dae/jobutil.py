@@ -10,7 +10,7 @@ import time
 from typing import Any, Callable
 
 from . import storage
-from .config import add_config_args, config_dict, resolve_config
+from .config import RUN_KEY, add_config_args, config_dict, resolve_config
 
 log = logging.getLogger("dae")
 
@@ -27,12 +27,14 @@ class _StdoutHandler(logging.StreamHandler):
         pass
 
 
-def config_parser(doc: str, cls, add_help: bool = True, s3: bool = True) -> argparse.ArgumentParser:
+def config_parser(doc: str, cls, add_help: bool = True, s3: bool = True,
+                  presets: str | None = None) -> argparse.ArgumentParser:
     """A stage job's parser: its docstring as help, ``--config PRESET``, one flag per field of the
-    config dataclass ``cls``, and (``s3``) the S3 connection flags."""
+    config dataclass ``cls``, and (``s3``) the S3 connection flags. ``presets``: the prefix of the
+    job's preset names (``train``: ``train-*``), the only ones ``--config`` lists and takes by name."""
     parser = argparse.ArgumentParser(description=doc, add_help=add_help,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_args(parser, cls)
+    add_config_args(parser, cls, presets)
     if s3:
         storage.add_s3_args(parser)
     return parser
@@ -61,9 +63,16 @@ def slug(s: str) -> str:
 
 
 def save_resolved_config(cfg, out_dir: str, name: str = "config.resolved.json", **extra) -> str:
+    """OUT_DIR/NAME: the config's fields at the top level, and what the job found out about its run
+    (``extra``: data mode, resources, the model's config, ...) under the one reserved key ``_run``
+    (dae.config.RUN_KEY), which ``--config`` skips: the file given back to the same job's ``--config``
+    reruns the run (values redacted as secrets aside)."""
     path = storage.join(out_dir, name)
+    record = config_dict(cfg)
+    if extra:
+        record[RUN_KEY] = extra
     # redact: URIs with userinfo, secret-looking keys and live AWS credential values never hit disk.
-    storage.write_json(path, storage.redact({**config_dict(cfg), **extra}))
+    storage.write_json(path, storage.redact(record))
     return path
 
 

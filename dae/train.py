@@ -28,7 +28,8 @@ Each worker (:func:`train_loop`) runs named pieces that work without Ray (tests 
   * :func:`save_checkpoint` (rank 0: ``model/`` from :func:`dae.checkpoint.save_model` plus
     ``state.pt`` with optimizer, scheduler, epoch and metric history), registered with
     ``ray.train.report``; a replaced worker group, or a rerun with the same run name and storage,
-    continues from the latest one (:func:`restore`).
+    continues from the latest one (:func:`restore`). A rerun must keep the run's RESUME_SAME settings
+    (checked on the driver before anything starts, :func:`check_resume`); epochs may grow.
 
 Outputs (``out``, default the run directory ``STORAGE/RUN_NAME`` where Ray Train keeps its
 checkpoints): ``best_model/`` (best validation PSNR; the last epoch on noisy-only data), ``final_model/``
@@ -140,6 +141,23 @@ class TrainConfig:
         "help": "with --crop: a random flip and 90-degree rotation of each crop, drawn with its position"})
 
 
+# A rerun with a run's name and storage resumes that run from its checkpoint: these settings decide
+# what its weights (and its best_model pick and metric history) are, so a rerun must keep every one,
+# or the run's config.resolved.json would claim settings its weights were not trained with. The data
+# and its splits, the noise, the objective and its options, the loss, the network and its start
+# (init), the optimizer, schedule, lr, weight decay and global batch, the seeds, the validation
+# subset (best_model is picked on it) and the crops. Paths are compared as absolute paths (data moved
+# elsewhere needs a new run name).
+RESUME_SAME = ("data", "pair_data", "train_split", "val_split", "noise", "objective", "nb2nb_gamma", "n2v_fraction",
+               "n2v_channels", "loss", "model", "model_kwargs", "init", "optimizer", "schedule", "lr", "weight_decay",
+               "batch_size", "seed", "val_seed", "val_limit", "crop", "crops_per_image", "augment")
+# ... and these may change on a rerun: how long (epochs may grow: the schedule is stretched and
+# continued, see restore), where and how fast it runs (workers: the rows per rank are the same with
+# 1 and N; CPUs, GPUs, threads, data mode, cache size), bookkeeping and outputs.
+RESUME_FREE = ("epochs", "workers", "gpus_per_worker", "cpus_per_worker", "torch_threads", "data_mode", "cache_max_mb",
+               "run_name", "storage", "out", "num_to_keep", "max_failures", "placement_strategy", "samples")
+
+
 # ---------------------------------------------------------------- config and planning (driver)
 
 
@@ -190,6 +208,67 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
                                pair_data=storage.absolute(cfg.pair_data) if cfg.pair_data else "",
                                init=storage.absolute(cfg.init) if cfg.init and not cfg.init.startswith(
                                    ckpt_lib.PRETRAINED) else cfg.init)
+
+
+def _same_form(name: str, value):
+    """A setting as compared on resume: noise specs in their canonical form, tuples as lists, secrets
+    redacted as config.resolved.json has them."""
+    if name == "noise" and isinstance(value, str):
+        try:
+            value = str(NoiseSpec.parse(value))
+        except ValueError:
+            pass
+    return storage.redact(json.loads(json.dumps(value, default=str)))
+
+
+def resume_conflicts(stored: dict, cfg: TrainConfig) -> dict[str, tuple]:
+    """{field: (stored, new)} for every RESUME_SAME setting of ``cfg`` that differs from ``stored`` (a
+    run's config.resolved.json or a checkpoint's train_config). A setting missing from ``stored`` is
+    one added since that run was made: the run had its default."""
+    defaults = {f.name: _default_of(f) for f in dataclasses.fields(TrainConfig)}
+    new = config_dict(cfg)
+    diff = {}
+    for k in RESUME_SAME:
+        have = stored.get(k, defaults[k])
+        if _same_form(k, have) != _same_form(k, new[k]):
+            diff[k] = (have, new[k])
+    return diff
+
+
+def check_resume(stored: dict, cfg: TrainConfig, where: str = "") -> None:
+    """Raises a one-line ValueError listing every RESUME_SAME setting of ``cfg`` that is not the stored
+    run's (``field: stored -> new``); epochs, workers, resources and outputs may change."""
+    diff = resume_conflicts(stored, cfg)
+    if diff:
+        changes = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in diff.items())
+        raise ValueError(f"run {cfg.run_name!r}{f' (as recorded in {where})' if where else ''} was trained with "
+                         f"other settings ({changes}); rerunning a run name resumes that run, so its settings may "
+                         f"not change: use a new --run-name (or that run's settings)")
+
+
+def stored_run_config(run_dir: str) -> tuple[dict, str] | None:
+    """(train config, where it was read) of the run already in ``run_dir``, or None: the latest
+    checkpoint's train_config (what its weights were trained with), else the run's config.resolved.json."""
+    if not storage.is_dir(run_dir):
+        return None
+    found = []
+    for path in storage.list_files(run_dir, suffix=ckpt_lib.CONFIG, recursive=True):
+        parts = path.replace("\\", "/").split("/")
+        if len(parts) >= 3 and parts[-2] == "model" and parts[-3].startswith("checkpoint_"):
+            mcfg = storage.read_json(path)
+            if isinstance(mcfg.get("train_config"), dict):
+                found.append((int(mcfg.get("epoch") or 0), parts[-3], mcfg["train_config"], path))
+    if found:
+        *_, train_config, path = max(found, key=lambda t: (t[0], t[1]))
+        return train_config, path
+    resolved = storage.join(run_dir, "config.resolved.json")
+    if storage.exists(resolved):
+        return storage.read_json(resolved), resolved
+    return None
+
+
+def _default_of(f: dataclasses.Field):
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
 
 
 def check_init(cfg: TrainConfig) -> dict:
@@ -1043,13 +1122,18 @@ def run(cfg: TrainConfig) -> dict:
         storage.check_access(cfg.pair_data, must_exist=True)
     if cfg.out:
         storage.check_access(cfg.out, write=True)
+    run_dir = storage.join(cfg.storage, cfg.run_name)
+    if (stored := stored_run_config(run_dir)) is not None:  # a rerun resumes that run: the same settings only
+        check_resume(stored[0], cfg, stored[1])
     init_ray(training=True)
     t_start = time.perf_counter()
     train_desc, val_desc, mode = _describe_data(cfg)
+    if cfg.workers > train_desc["rows"]:
+        raise ValueError(f"--workers {cfg.workers} is more than the {train_desc['rows']} {cfg.train_split} image(s) "
+                         f"of {cfg.data}: every worker needs images to train on; lower --workers")
     res = plan_resources(cfg.workers, cfg.gpus_per_worker, cfg.cpus_per_worker,
                          reserve_cpus=0.0 if mode == "cache" else 1.0)  # stream: see _datasets
     threads = cfg.torch_threads or res["torch_threads"]
-    run_dir = storage.join(cfg.storage, cfg.run_name)
     out = cfg.out or run_dir
     storage.makedirs(out)
     save_resolved_config(cfg, out, data_mode=mode, resources=res, torch_threads=threads,

@@ -18,7 +18,7 @@ from dae.jobutil import cli, config_parser, stage_config
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    return config_parser(__doc__, DemoConfig, add_help, s3=False)
+    return config_parser(__doc__, DemoConfig, add_help, s3=False, presets="demo")
 
 
 def main(args: argparse.Namespace) -> dict:

@@ -28,7 +28,8 @@ from dae.jobutil import cli, config_parser, stage_config
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    return config_parser(__doc__, EvaluateConfig, add_help)  # --noise, --models, --baselines: several words
+    # --noise, --models, --baselines: several words
+    return config_parser(__doc__, EvaluateConfig, add_help, presets="evaluate")
 
 
 def main(args: argparse.Namespace, argv: list[str] | None = None) -> dict:

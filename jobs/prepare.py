@@ -27,7 +27,7 @@ from dae.prepare import PrepareConfig, format_summary, run
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    return config_parser(__doc__, PrepareConfig, add_help)
+    return config_parser(__doc__, PrepareConfig, add_help, presets="prepare")
 
 
 def main(args: argparse.Namespace) -> dict:

@@ -19,7 +19,7 @@ from dae.jobutil import cli, config_parser, stage_config
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    return config_parser(__doc__, QualityNaturalConfig, add_help)
+    return config_parser(__doc__, QualityNaturalConfig, add_help, presets="quality-natural")
 
 
 def main(args: argparse.Namespace) -> dict:

@@ -23,7 +23,7 @@ from dae.sweep import SweepConfig, run
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    return config_parser(__doc__, SweepConfig, add_help)
+    return config_parser(__doc__, SweepConfig, add_help, presets="quality-sweep")
 
 
 def main(args: argparse.Namespace) -> dict:

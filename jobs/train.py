@@ -8,7 +8,9 @@
 Every field of :class:`dae.train.TrainConfig` is a flag (``--model-kwargs '{width: 32}'``); values
 come from defaults <- ``--config`` preset <- flags. ``--batch-size`` is the GLOBAL batch. Rerunning
 with the same ``--run-name`` and ``--storage`` resumes that run from its latest checkpoint (give a
-larger ``--epochs`` to train further).
+larger ``--epochs`` to train further); the run's settings must stay (see ``dae.train.RESUME_SAME``:
+another --noise, data, loss, seed, ... is an error naming them), epochs, workers and resources may change.
+``--config`` also takes a run's config.resolved.json, which reruns that run.
 
 Outputs, in ``--out`` (default: the run directory STORAGE/RUN_NAME, next to Ray Train's
 checkpoints): best_model/ (load with dae.checkpoint.load_model), metrics.jsonl, curves.png,
@@ -24,7 +26,7 @@ from dae.train import TrainConfig, format_summary, run
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    return config_parser(__doc__, TrainConfig, add_help)
+    return config_parser(__doc__, TrainConfig, add_help, presets="train")
 
 
 def main(args: argparse.Namespace) -> dict:

@@ -145,6 +145,39 @@ def test_same_seed_same_metrics_one_worker(resumed_run, reference_run):
         assert first[0][key] == reference_run[0][0][key], key
 
 
+def _tree(d):
+    return {os.path.join(r, f): os.path.getmtime(os.path.join(r, f)) for r, _, fs in os.walk(d) for f in fs}
+
+
+def test_a_rerun_with_another_noise_is_refused_before_training(reference_run, shards_root):
+    """Rerunning a run name resumes that run: with another --noise its weights and its
+    config.resolved.json would disagree. Refused on the driver, naming the setting, before Ray Train
+    starts: nothing in the run directory changes. More epochs resume (test_resume_by_run_name_continues)."""
+    import time
+
+    from dae.train import stored_run_config
+
+    _, final_model = reference_run
+    run_dir = os.path.dirname(final_model)
+    before = _tree(run_dir)
+    # what the weights were trained with: Ray Train's latest checkpoint in the run directory
+    stored, where = stored_run_config(run_dir)
+    assert stored["noise"] == "gaussian:0.5" and os.path.basename(os.path.dirname(os.path.dirname(where))).startswith(
+        "checkpoint_"), where
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match=r"run 'reference' .*noise: 'gaussian:0.5' -> 'gaussian:0.3'.*--run-name"):
+        train(shards_root, os.path.dirname(run_dir), "reference", "--workers", 1, "--epochs", 3, "--schedule",
+              "constant", "--noise", "gaussian:0.3")
+    assert time.perf_counter() - t0 < 20
+    assert _tree(run_dir) == before
+
+
+def test_more_workers_than_training_images_is_refused(ray_session, shards_root, tmp_path):
+    with pytest.raises(ValueError, match=r"--workers 512 is more than the 256 train image\(s\)"):
+        train(shards_root, tmp_path, "too-many", "--workers", 512, "--batch-size", 512, "--epochs", 1)
+    assert not os.path.exists(tmp_path / "too-many" / "config.resolved.json")
+
+
 def test_init_fine_tunes_from_the_given_weights(reference_run, shards_root, tmp_path):
     """--init: a new run starts from a trained model's weights, not a random init. With a learning
     rate too small to move them (Adam steps ~lr), the run ends where it started."""
