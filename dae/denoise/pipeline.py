@@ -51,7 +51,7 @@ import resource
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from .. import checkpoint, inference, storage
+from .. import checkpoint, inference, shards, storage
 from ..config import config_dict
 from ..jobutil import Progress, save_resolved_config
 from ..noise import NoiseSpec
@@ -284,6 +284,7 @@ def run(cfg: DenoiseConfig) -> dict:
     if cfg.export_png:
         storage.check_access(cfg.export_png, write=True)
     _check_apart(cfg)
+    shards.require_prepared(input_root(cfg.input, cfg.split))  # a prepare killed half way: refused
     model_cfg = checkpoint.load_config(cfg.model)
     listing = list_inputs(cfg.input, cfg.split)
     _say_listing(listing)
