@@ -111,26 +111,12 @@ _SHARD_NAME = re.compile(r"part-\d{5,}\.parquet")  # shards.shard_name
 _TMP = re.compile(r"\.tmp-\d+-[0-9a-f]{8}$")  # storage.write_bytes' temporary name, left by a killed run
 
 
-def _parts(path: str) -> tuple[str, ...]:
-    """A path as comparable components: (scheme, bucket, *key parts) for URIs, else the real absolute
-    local path's parts (symlinks, "..", "." and trailing slashes resolved)."""
-    path = str(path)
-    if path.startswith("file://"):
-        path = path[len("file://"):]
-    if storage.is_uri(path):
-        scheme, _, rest = path.partition("://")
-        return (scheme, *[p for p in rest.split("/") if p])
-    return ("", *[p for p in os.path.realpath(path).split(os.sep) if p])
-
-
 def check_out_apart(out: str, inputs) -> None:
     """Refuse an ``out`` that is, holds or lies inside one of ``inputs``: --overwrite or the shards
     themselves would land among the files the source is about to read."""
-    o = _parts(out)
     for inp in inputs:
-        i = _parts(inp)
-        if o[:len(i)] == i or i[:len(o)] == o:
-            how = "is" if o == i else "lies inside" if len(o) > len(i) else "contains"
+        how = storage.relation(out, inp)
+        if how:
             raise ValueError(f"--out {storage.redact(out)} {how} the input folder {storage.redact(inp)}: prepare "
                              "never writes where it reads; choose an --out apart from the inputs")
 

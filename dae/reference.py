@@ -31,8 +31,8 @@ log = logging.getLogger("dae")
 
 def fashion_shards(root: str, fashion_dir: str = FASHION_MNIST_DIR) -> str:
     """Fashion-MNIST train/test shards under ``root`` (the prepare stage, 10,000 rows per file) unless
-    both splits are already there."""
-    if all(shards.list_shards(root, split) for split in ("train", "test")):
+    a finished prepare left both splits there."""
+    if shards.is_prepared(root) and all(shards.list_shards(root, split) for split in ("train", "test")):
         return root
     from .prepare import PrepareConfig, format_summary, run as prepare_run
 

@@ -396,3 +396,11 @@ def require_prepared(root: str) -> None:
             at = "an unknown time"
         raise ValueError(f"{d}: prepare did not finish (started at {at}, no completion marker): "
                          "rerun jobs.prepare with --overwrite")
+
+
+def is_prepared(root: str) -> bool:
+    """Whether a prepare finished in ``root`` (its completion marker; for roots written before the
+    markers existed, its summary.json without a started marker), so that a sweep may reuse it."""
+    if storage.exists(storage.join(root, PREPARED)):
+        return True
+    return storage.exists(storage.join(root, "summary.json")) and not storage.exists(storage.join(root, PREPARE_STARTED))

@@ -426,16 +426,33 @@ def absolute(path: str) -> str:
     return path if not path or is_uri(path) else os.path.abspath(path)
 
 
+def path_parts(path: str) -> tuple[str, ...]:
+    """A location as comparable components: (scheme, bucket, *key parts) for URIs, else the real
+    absolute local path's parts (symlinks, "..", "." and trailing slashes resolved)."""
+    path = str(path)
+    if path.startswith("file://"):
+        path = path[len("file://"):]
+    if is_uri(path):
+        scheme, _, rest = path.partition("://")
+        return (scheme, *[p for p in rest.split("/") if p])
+    return ("", *[p for p in os.path.realpath(path).split(os.sep) if p])
+
+
+def relation(a: str, b: str) -> str | None:
+    """How location ``a`` stands to ``b`` on whole path components: "is", "lies inside", "contains",
+    or None when they are apart (s3://b/data and s3://b/data2 are apart)."""
+    x, y = path_parts(a), path_parts(b)
+    if x == y:
+        return "is"
+    if x[:len(y)] == y:
+        return "lies inside"
+    if y[:len(x)] == x:
+        return "contains"
+    return None
+
+
 def overlaps(a: str, b: str) -> bool:
-    """Whether one of two locations is, contains or lies inside the other (whole path components:
-    s3://b/data and s3://b/data2 do not overlap). Local paths are compared with links resolved."""
-    if is_uri(a) != is_uri(b):
-        return False
-    if is_uri(a):
-        x, y = (str(v).rstrip("/") + "/" for v in (a, b))
-    else:
-        x, y = (os.path.join(os.path.realpath(v), "") for v in (a, b))
-    return x.startswith(y) or y.startswith(x)
+    return relation(a, b) is not None
 
 
 def join(base: str, *parts: str) -> str:

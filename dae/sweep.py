@@ -37,7 +37,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from . import baselines, storage
+from . import baselines, shards, storage
 from .config import build_config, command_line, config_dict
 from .jobutil import save_resolved_config, slug
 from .models import list_models
@@ -228,15 +228,15 @@ def prepare_config(cfg: SweepConfig, name: str):
 
 
 def prepare_dataset(cfg: SweepConfig, name: str) -> str:
-    """OUT/data/NAME from the prepare stage, unless a finished one (summary.json) is there."""
+    """OUT/data/NAME from the prepare stage, unless a finished one is there."""
     return prepare_or_reuse(prepare_config(cfg, name), name)
 
 
 def prepare_or_reuse(pcfg, name: str) -> str:
-    """pcfg.out from the prepare stage, unless a finished one (summary.json) is there."""
+    """pcfg.out from the prepare stage, unless a finished one is there (shards.is_prepared)."""
     from .prepare import format_summary, run as prepare_run
 
-    if storage.exists(storage.join(pcfg.out, "summary.json")):
+    if shards.is_prepared(pcfg.out):
         log.info("sweep: data %s: reusing %s", name, pcfg.out)
         return pcfg.out
     log.info("sweep: data %s: %s", name, command_line("jobs.prepare", pcfg))

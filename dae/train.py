@@ -1117,9 +1117,11 @@ def run(cfg: TrainConfig) -> dict:
 
     cfg = check_config(cfg)
     storage.check_access(cfg.data, must_exist=True)  # fail before any work, naming the cause
+    shards.require_prepared(cfg.data)  # a prepare killed half way: refused, not trained on part of a split
     storage.check_access(cfg.storage, write=True)
     if cfg.pair_data:
         storage.check_access(cfg.pair_data, must_exist=True)
+        shards.require_prepared(cfg.pair_data)
     if cfg.out:
         storage.check_access(cfg.out, write=True)
     run_dir = storage.join(cfg.storage, cfg.run_name)

@@ -254,10 +254,11 @@ def _check_apart(cfg: DenoiseConfig) -> None:
     """An output (or export) inside the input would be read back as input on the next run."""
     for name in ("output", "export_png"):
         where = getattr(cfg, name)
-        if where and storage.overlaps(where, cfg.input):
-            raise ValueError(f"--{name.replace('_', '-')} {storage.redact(where)} and --input "
-                             f"{storage.redact(cfg.input)} overlap (one lies inside the other); put the "
-                             f"{name.replace('_', ' ')} outside the input")
+        how = storage.relation(where, cfg.input) if where else None
+        if how:
+            raise ValueError(f"--{name.replace('_', '-')} {storage.redact(where)} {how} the --input "
+                             f"{storage.redact(cfg.input)}: the next run would read the outputs as inputs; "
+                             f"put the {name.replace('_', ' ')} outside the input")
 
 
 def _say_listing(listing: Listing) -> None:

@@ -178,7 +178,7 @@ def test_export_follows_recomputed_and_retired_inputs(ray_session, tmp_path, fas
 def test_output_inside_the_input_or_an_unfinished_prepare_is_refused(ray_session, tmp_path, fashion_model_dir,
                                                                     tiny_shards):
     src = make_input(tiny_shards, tmp_path / "in", n=8)
-    with pytest.raises(ValueError, match=r"--output .*in/out and --input .*in overlap"):
+    with pytest.raises(ValueError, match=r"--output .*in/out lies inside the --input .*in: the next run would read"):
         run("--input", src, "--model", fashion_model_dir, "--output", tmp_path / "in" / "out")
     assert not (tmp_path / "in" / "out").exists()
     (tmp_path / "in" / shards.PREPARE_STARTED).write_text('{"started_at": "2026-12-06T00:00:00Z"}')
