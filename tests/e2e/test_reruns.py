@@ -69,9 +69,9 @@ def test_renamed_input_is_retired_and_kept_only_on_request(ray_session, tmp_path
     run(*argv)
     os.rename(os.path.join(src, "test", "part-00001.parquet"), os.path.join(src, "test", "renamed.parquet"))
     s = run(*argv)
+    exactly_once(out, src)  # 24 rows for 24 ids, not 32
     assert s["inputs"]["retired"] == 1 and s["inputs"]["new"] == 1 and s["inputs"]["unchanged"] == 2
     assert s["rows_out"] == 24
-    exactly_once(out, src)  # 24 rows for 24 ids, not 32
     assert not (out / "_done" / "test__part-00001.json").exists()
     # kept on request: the kept rows' ids count in the duplicate check, so renaming back is refused
     os.rename(os.path.join(src, "test", "renamed.parquet"), os.path.join(src, "test", "part-00001.parquet"))
@@ -97,11 +97,14 @@ def test_replaced_shard_with_the_same_name_and_rows_is_redone(ray_session, tmp_p
     other = make_input(tiny_shards, tmp_path / "other", prefix="new", offset=100)
     shutil.copyfile(os.path.join(other, "test", "part-00000.parquet"), os.path.join(src, "test", "part-00000.parquet"))
     s = run(*argv)
-    assert (s["inputs"]["redone"], s["inputs"]["unchanged"], s["files_processed"]) == (1, 2, 1)
     exactly_once(out, src)  # the new file's ids, not the old ones'
+    assert (s["inputs"]["redone"], s["inputs"]["unchanged"], s["files_processed"]) == (1, 2, 1)
     # a rerun over unchanged inputs reads no image and changes nothing
     before = {p: os.path.getmtime(p) for p in glob.glob(str(out / "data" / "**"), recursive=True)}
     s = run(*argv)
+    assert s["files_processed"] == 0 and s["inputs"]["unchanged"] == 3
+    # the run's resolved config given back is the same run: accepted, nothing to do
+    s = run("--config", out / "config.resolved.json")
     assert s["files_processed"] == 0 and s["inputs"]["unchanged"] == 3
     assert before == {p: os.path.getmtime(p) for p in glob.glob(str(out / "data" / "**"), recursive=True)}
 
@@ -134,8 +137,8 @@ def test_lost_data_folder_is_redone(ray_session, tmp_path, fashion_model_dir, ti
     run(*argv)
     shutil.rmtree(out / "data")
     s = run(*argv)
-    assert s["inputs"]["broken"] == 3 and s["files_processed"] == 3
     exactly_once(out, src)
+    assert s["inputs"]["broken"] == 3 and s["files_processed"] == 3
 
 
 def test_hidden_folders_are_skipped_whole_and_said(ray_session, tmp_path, fashion_model_dir, tiny_shards):
@@ -145,14 +148,14 @@ def test_hidden_folders_are_skipped_whole_and_said(ray_session, tmp_path, fashio
     out = tmp_path / "out"
     argv = ["--input", root, "--model", fashion_model_dir, "--output", out]
     s = run(*argv)
-    assert s["listing"]["skipped"]["hidden: a name in its path starts with '.' or '_'"]["files"] == 1
     assert s["files"] == 1 and ids(out) == input_ids(root / "a") == raw_ids(out)
     assert run(*argv)["files_processed"] == 0  # every rerun: nothing to redo
+    assert s["listing"]["skipped"]["hidden: a name in its path starts with '.' or '_'"]["files"] == 1
 
 
 def test_export_follows_recomputed_and_retired_inputs(ray_session, tmp_path, fashion_model_dir, tiny_shards):
     src = tmp_path / "in"
-    make_input(tiny_shards, src / "a", n=8)
+    make_input(tiny_shards, src / "a", n=8, per_file=16)
     make_input(tiny_shards, src / "b", n=8, prefix="b", offset=30)
     out, export = tmp_path / "out", tmp_path / "png"
     argv = ["--input", src, "--model", fashion_model_dir, "--output", out, "--export-png", export]
@@ -162,13 +165,13 @@ def test_export_follows_recomputed_and_retired_inputs(ray_session, tmp_path, fas
 
     assert run(*argv)["exported_png"] == 16
     shutil.rmtree(src / "a")
-    make_input(tiny_shards, src / "a", n=12)  # grew from 8 to 12 rows
+    make_input(tiny_shards, src / "a", n=12, per_file=16)  # the same file grew from 8 to 12 rows
     s = run(*argv)
-    assert s["inputs"]["redone"] == 1 and s["exported_png"] == 12
     assert sorted(os.listdir(export)) == names(src)
+    assert s["inputs"]["redone"] == 1 and s["exported_png"] == 12
     shutil.rmtree(src / "b")  # removed: its images go with its rows
     s = run(*argv)
-    assert s["inputs"]["retired"] == 1 and sorted(os.listdir(export)) == names(src)
+    assert sorted(os.listdir(export)) == names(src) and s["inputs"]["retired"] == 1
     exactly_once(out, src)
 
 

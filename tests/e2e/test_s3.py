@@ -484,6 +484,49 @@ def test_denoise_job_bucket_to_bucket_resumes_exactly_once(e2e, s3):
         assert s3.secret_key not in text and s3.access_key not in text
 
 
+@pytest.mark.slow
+def test_denoise_reruns_in_a_bucket_mirror_the_input_and_take_one_writer(e2e, s3):
+    """The rerun rules on S3: an input object renamed (copy + delete) is retired and its new name
+    done, other settings are refused, a live lease refuses a second writer, and every id is once."""
+    import time
+
+    import pyarrow.parquet as pq
+
+    from dae.denoise import lease, read_outputs
+
+    fs, _ = storage.resolve(e2e["data"])
+    src = storage.join(e2e["root"], "rerun-in")
+    for f in storage.list_files(storage.join(e2e["data"], "test"), ".parquet"):
+        fs.copy_file(storage.resolve(f)[1], storage.resolve(storage.join(src, f.rsplit("/", 1)[1]))[1])
+    out = storage.join(e2e["root"], "rerun-out")
+    args = ["--input", src, "--model", _bucket_model(e2e), "--output", out, "--max-actors", 1, "--samples", 0]
+    assert _run_job("denoise", *args)["rows_out"] == 64
+
+    def committed_ids():
+        got = read_outputs(out).column("id").to_pylist()
+        raw = [i for f in storage.list_files(storage.join(out, "data"), ".parquet", recursive=True)
+               for i in pq.read_table(storage.resolve(f)[1], filesystem=fs, columns=["id"]).column("id").to_pylist()]
+        assert sorted(got) == sorted(raw) and len(got) == len(set(got))
+        return sorted(got)
+
+    first = committed_ids()
+    old, new = storage.join(src, "part-00001.parquet"), storage.join(src, "moved.parquet")
+    fs.copy_file(storage.resolve(old)[1], storage.resolve(new)[1])
+    storage.delete(old)
+    s = _run_job("denoise", *args)
+    assert (s["inputs"]["retired"], s["inputs"]["new"], s["inputs"]["unchanged"]) == (1, 1, 1)
+    assert committed_ids() == first  # the same 64 ids, once, not 96
+    with pytest.raises(ValueError, match=r"different run \(sigma: -1.0 -> 25.0\)"):
+        _run_job("denoise", *args, "--sigma", 25)
+    now = time.time()
+    storage.write_json(lease.path(out), {"run_id": "elsewhere-1", "host": "node-7", "pid": 1, "started_at": now,
+                                         "heartbeat": now, "expires": now + 60})
+    with pytest.raises(lease.LeaseHeld, match="being written by run elsewhere-1 \\(host node-7"):
+        _run_job("denoise", *args)
+    storage.delete(lease.path(out))
+    assert _run_job("denoise", *args)["files_processed"] == 0 and not storage.exists(lease.path(out))
+
+
 @pytest.mark.parametrize("job", ["prepare", "train", "denoise", "evaluate"])
 def test_job_fails_fast_on_missing_bucket(job, e2e, s3):
     """Each job checks its storage before any work and names the missing bucket."""
