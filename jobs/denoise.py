@@ -14,10 +14,13 @@ the books (see :mod:`dae.denoise.pipeline`). Output layout (:mod:`dae.denoise.ou
     OUTPUT/data/<stem>/part-*.parquet     denoised rows of input file <stem> (its path under --input)
     OUTPUT/errors/<stem>/part-*.parquet   rows that failed (id, reason, stage, input)
     OUTPUT/_done/<stem>.json              the marker committing <stem>: lists its parts, written last
+    OUTPUT/_manifest.json, OUTPUT/_lease.json   the run's settings; the one writer's lease
     OUTPUT/summary.json, OUTPUT/samples.png, OUTPUT/config.resolved.json
 
-Read the committed rows with ``dae.denoise.read_outputs(OUTPUT)``. A rerun resumes: committed inputs
-are skipped unread, the rest is redone, and every input id lands exactly once in data or errors.
+Read the committed rows with ``dae.denoise.read_outputs(OUTPUT)``. A rerun mirrors the input: unchanged
+files are skipped unread, changed and new ones done, removed ones retired (``--keep-removed`` keeps
+them); other settings into the same OUTPUT are refused (``--overwrite`` replaces it); every input id
+lands exactly once in data or errors (rules: :mod:`dae.denoise.rerun`).
 """
 
 from __future__ import annotations
