@@ -87,7 +87,7 @@ def test_noise2noise_on_real_pairs_through_the_job(ray_session, noisy_folder, tm
     """Two noisy shots of every tile (two folders with the same file names), each prepared --noisy;
     n2n trains on them with --pair-data; a pair root with other ids is refused."""
     folder, _ = noisy_folder
-    second = tmp_path / "second"
+    second = tmp_path / "second-shots"  # apart from the shards' --out: prepare never writes where it reads
     second.mkdir()
     noisy_tiles(second, draw=1)
     for name, src in (("first", folder), ("second", second)):
