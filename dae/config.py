@@ -21,11 +21,20 @@ The other way round, :func:`command_line` writes the command that reruns a confi
 command (reports, quality tables) comes from it, so what is recorded always parses back::
 
     command_line("jobs.train", TrainConfig(data="d", epochs=3))   # 'python -m jobs.train --data d --epochs 3'
+
+A config may hold one group of options picked by another of its fields (:class:`dae.prepare.PrepareConfig`:
+``--source folder`` -> ``options=FolderOptions(...)``). The group's field names the picking field and
+the options classes in its metadata (``options_of``, ``options``: a callable giving {value: options
+dataclass or None}); flags, preset keys, :func:`build_config`, :func:`config_dict` and
+:func:`command_line` see the options' fields flat, beside the config's own (``--split-dir``, not
+``--options``). A value for another choice's option is an error unless it is that option's default
+(a config.resolved.json of before the groups lists every option at its default).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import math
@@ -70,6 +79,73 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+# ---------------------------------------------------------------- settings: fields, option groups flat
+
+
+def _group(cls) -> dataclasses.Field | None:
+    """The field of ``cls`` holding its option group (metadata ``options_of``), if it has one."""
+    return next((f for f in dataclasses.fields(cls) if "options_of" in f.metadata), None)
+
+
+def _options_classes(group: dataclasses.Field) -> dict[Any, Any]:
+    return group.metadata["options"]()
+
+
+def settings(cls) -> dict[str, tuple[dataclasses.Field, Any]]:
+    """name -> (field, type) of every setting of config class ``cls`` (one flag and preset key each):
+    its fields, with an option group's field replaced by the fields of all its options classes (each
+    name once: classes may share a field of the same type and default)."""
+    types = _field_types(cls)
+    own = {f.name for f in dataclasses.fields(cls)}
+    out: dict[str, tuple[dataclasses.Field, Any]] = {}
+    for f in dataclasses.fields(cls):
+        if "options_of" not in f.metadata:
+            out[f.name] = (f, types[f.name])
+            continue
+        for ocls in dict.fromkeys(c for c in _options_classes(f).values() if c is not None):
+            otypes = _field_types(ocls)
+            for of in dataclasses.fields(ocls):
+                if of.name in out and (of.name in own or out[of.name][1] != otypes[of.name]
+                                       or _default(out[of.name][0]) != _default(of)):
+                    raise TypeError(f"{ocls.__name__}.{of.name} clashes with another setting of {cls.__name__}")
+                out.setdefault(of.name, (of, otypes[of.name]))
+    return out
+
+
+def _values(cfg) -> dict[str, Any]:
+    """The settings of config ``cfg`` (option group flat: the chosen options' fields), in flag order."""
+    group = _group(type(cfg))
+    if group is None:
+        return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+    values = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f is not group}
+    options = getattr(cfg, group.name)
+    if options is not None:
+        values.update({f.name: getattr(options, f.name) for f in dataclasses.fields(options)})
+    return {name: values[name] for name in settings(type(cfg)) if name in values}
+
+
+def _construct(cls, values: dict[str, Any]):
+    """``cls(**values)``; for a class with an option group, the values of the chosen options class
+    go into it (any other option must be at its default: not silently dropped)."""
+    group = _group(cls)
+    if group is None:
+        return cls(**values)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f is not group}
+    own = {k: v for k, v in values.items() if k in fields}
+    key = group.metadata["options_of"]
+    chosen = own.get(key, _default(fields[key]))
+    ocls = _options_classes(group).get(chosen)
+    mine = [f.name for f in dataclasses.fields(ocls)] if ocls is not None else []
+    every = settings(cls)
+    stray = [k for k, v in values.items() if k not in fields and k not in mine and v != _default(every[k][0])]
+    if stray:
+        theirs = ", ".join(_flag(n) for n in mine) if mine else "none"
+        raise ValueError(f"{', '.join(_flag(k) for k in stray)}: not {'an option' if len(stray) == 1 else 'options'} "
+                         f"of {_flag(key)} {chosen} (its options: {theirs})")
+    options = ocls(**{k: v for k, v in values.items() if k in mine}) if ocls is not None else None
+    return cls(**own, **{group.name: options})
+
+
 def add_config_args(parser: argparse.ArgumentParser, cls, presets: str | None = None) -> argparse.ArgumentParser:
     """``--config`` and one flag per field of ``cls``. ``presets``: the prefix of the job's preset
     names (``train`` for ``train-*``): ``--config`` lists and takes by name only those (None: all)."""
@@ -79,10 +155,9 @@ def add_config_args(parser: argparse.ArgumentParser, cls, presets: str | None = 
                         help=f"YAML preset file (or an earlier run's config.resolved.json), or {which}: "
                              f"{', '.join(names) or 'none'}".replace("%", "%%"))
     parser.set_defaults(**{PRESETS_ATTR: presets})
-    types = _field_types(cls)
-    for f in dataclasses.fields(cls):
+    for f, tp in settings(cls).values():
         flag = _flag(f.name)
-        tp = _origin(types[f.name])
+        tp = _origin(tp)
         help_text = f.metadata.get("help", "")
         # argparse %-formats help strings: a literal % (e.g. "0.2 %") would break --help
         help_text = f"{help_text} (default: {_default(f)!r})".replace("%", "%%")
@@ -204,8 +279,9 @@ def build_config(cls, values: dict | None = None, preset: str | None = None, pre
     field's type (a one-line ValueError naming the key otherwise). ``preset``: a file or, by bare name,
     a preset of PRESET_DIR (``presets``: the job's prefix, ``train``: only ``train-*``); a
     config.resolved.json's record of its run (RUN_KEY) is skipped."""
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    types = _field_types(cls)
+    every = settings(cls)
+    fields = {name: f for name, (f, _) in every.items()}
+    types = {name: tp for name, (_, tp) in every.items()}
     valid = set(fields)
     merged: dict[str, Any] = {}
     if preset:
@@ -220,22 +296,25 @@ def build_config(cls, values: dict | None = None, preset: str | None = None, pre
         if k not in valid:
             raise ValueError(f"unknown config key {k!r}; valid: {', '.join(sorted(valid))}")
         merged[k] = _typed(fields[k], types[k], v, "")
-    cfg = cls(**merged)
-    for f in dataclasses.fields(cls):
+    for name, f in fields.items():
         choices = f.metadata.get("choices")
-        if choices and getattr(cfg, f.name) not in choices:
-            raise ValueError(f"invalid {f.name} {getattr(cfg, f.name)!r}; valid: {', '.join(map(str, choices))}")
-    return cfg
+        value = merged.get(name, _default(f))
+        if choices and value not in choices:
+            raise ValueError(f"invalid {name} {value!r}; valid: {', '.join(map(str, choices))}")
+    return _construct(cls, merged)
 
 
 def resolve_config(cls, args: argparse.Namespace):
-    valid = {f.name for f in dataclasses.fields(cls)}
+    valid = set(settings(cls))
     values = {k: v for k, v in vars(args).items() if k in valid}
     return build_config(cls, values, getattr(args, "config", None), getattr(args, PRESETS_ATTR, None))
 
 
 def config_dict(cfg) -> dict:
-    return dataclasses.asdict(cfg)
+    """The settings of ``cfg`` as a dict (an option group's fields flat, beside the config's own)."""
+    if _group(type(cfg)) is None:
+        return dataclasses.asdict(cfg)
+    return copy.deepcopy(_values(cfg))
 
 
 # ---------------------------------------------------------------- config -> command line
@@ -275,14 +354,14 @@ def command_line(module: str, cfg, *, full: bool = False) -> str:
     A None value is the flag's absence and is left out. Values starting with ``-`` are written
     ``--flag=value`` so argparse does not read them as an option.
     """
-    types = _field_types(type(cfg))
+    every = settings(type(cfg))
     parts = ["python", "-m", module]
-    for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
+    for name, value in _values(cfg).items():
+        f, tp = every[name]
         if value is None or (not full and value == _default(f)):
             continue
         flag = _flag(f.name)
-        tp = _origin(types[f.name])
+        tp = _origin(tp)
         if tp is bool:
             parts.append(flag if value else "--no-" + flag[2:])
         elif f.metadata.get("nargs"):

@@ -5,6 +5,11 @@
 
     python -m jobs.prepare --source fashion-mnist --out data/fashion-mnist      # the job over run()
 
+:class:`PrepareConfig` holds the settings every source shares and, in ``options``, the chosen source's
+own (``FolderOptions``, ``NaturalOptions``, ...: each source module declares them, :mod:`dae.sources`);
+the flags, presets and ``config.resolved.json`` name them flat (``--split-dir``), and
+``PrepareConfig.from_flat(source="folder", split_dir=...)`` builds one from such names.
+
 The sources (:mod:`dae.sources`) turn their input into records per split; :func:`run` writes them as
 ``OUT/train/part-00000.parquet``, ``OUT/test/...`` (:mod:`dae.shards` schema; dataset name and source
 in the file metadata), plus ``classes.json`` when the source has class names, ``errors.jsonl``
@@ -40,12 +45,12 @@ import os
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 from . import shards, storage
+from .config import build_config
 from .jobutil import Progress, save_resolved_config
-from .sources import SOURCES, SPLITS, Encoded, Prepared, input_dirs, open_source, tv
-from .sources import offline as offline_sources
+from .sources import SOURCES, SPLITS, Encoded, Prepared, input_dirs, open_source, source_options
 
 log = logging.getLogger("dae")
 
@@ -66,34 +71,23 @@ class PrepareConfig:
     noisy: bool = field(default=False, metadata={
         "help": "the images are noisy and there is no clean version (scans, microscopy, low light): marks "
                 "the shards so jobs.train refuses supervised training and validates without clean targets"})
-    # folder
-    labels_from_subdirs: bool = field(default=False, metadata={"help": "folder: class = first sub-folder name"})
-    parallel_min_files: int = field(default=2000, metadata={
-        "help": "folder: decode with Ray Data from this many files on (smaller folders: in process)"})
-    files_per_task: int = field(default=256, metadata={"help": "folder: files per Ray Data block/task"})
-    split_dir: tuple = field(default=(), metadata={
-        "help": "folder: one folder per split instead of a hash split, SPLIT=DIR words "
-                "(--split-dir train=photos/train test=photos/test)", "nargs": "*"})
-    # natural
-    sets: tuple = field(default=(), metadata={
-        "help": "natural: SPLIT=SET words (--sets train=Train400 test=BSD68); sets: Train400, CBSD432, Set12, "
-                "BSD68, CBSD68, Kodak24", "nargs": "*"})
-    # torchvision
-    tv_name: str = field(default="MNIST", metadata={"help": "torchvision dataset", "choices": list(tv.DATASETS)})
-    download: bool = field(default=False, metadata={"help": "torchvision: download into --input (needs internet)"})
-    # photos
-    photos: str = field(default="", metadata={
-        "help": f"photos: comma list; empty: {','.join(offline_sources.DEFAULT_PHOTOS)}"})
-    patch_size: int = field(default=32, metadata={"help": "photos: patch side in pixels"})
-    color: str = field(default="rgb", metadata={"help": "photos: patch colors", "choices": list(offline_sources.COLORS)})
-    patch_mode: str = field(default="grid", metadata={"help": "photos: how patches are cut",
-                                                      "choices": list(offline_sources.PATCH_MODES)})
-    patch_stride: int = field(default=0, metadata={"help": "photos: grid stride (0 = patch size, no overlap)"})
-    patches_per_photo: int = field(default=100, metadata={"help": "photos: random patches per photo"})
-    split_by: str = field(default="photo", metadata={"help": "photos: hold out whole photos or single patches",
-                                                     "choices": list(offline_sources.SPLIT_BY)})
-    seed: int = field(default=0, metadata={"help": "photos: seed of the random patch positions"})
+    # The chosen source's own options (dae.sources: FolderOptions, NaturalOptions, TorchvisionOptions,
+    # PhotosOptions; None for a source without options). Their fields are flags beside the ones above.
+    options: Any = field(default=None, metadata={"options_of": "source", "options": source_options})
 
+    def __post_init__(self):
+        cls = source_options().get(self.source)
+        if self.options is None and cls is not None:
+            object.__setattr__(self, "options", cls())  # the source's defaults
+        elif self.options is not None and type(self.options) is not cls:
+            raise TypeError(f"source {self.source!r} takes {cls.__name__ if cls else 'no options'}, "
+                            f"got {type(self.options).__name__}")
+
+    @classmethod
+    def from_flat(cls, **values) -> PrepareConfig:
+        """A config from flat settings, the flags' names (``source="folder", split_dir=(...)``): the
+        chosen source's options go into ``options``, typed and checked like a preset's values."""
+        return build_config(cls, values)
 
 def check_config(cfg: PrepareConfig) -> None:
     if not cfg.out:
@@ -238,8 +232,9 @@ def run(cfg: PrepareConfig) -> dict:
 
     extra_files = []
     if prepared.classes is not None:
+        class_to_label = {c: i for i, c in enumerate(prepared.classes)}
         storage.write_json(storage.join(cfg.out, "classes.json"),
-                           {"classes": prepared.classes, "class_to_label": {c: i for i, c in enumerate(prepared.classes)}})
+                           {"classes": prepared.classes, "class_to_label": class_to_label})
         extra_files.append("classes.json")
     if prepared.errors is not None:
         lines = "".join(json.dumps(e, sort_keys=True) + "\n" for e in prepared.errors)
@@ -272,7 +267,8 @@ def format_summary(summary: dict) -> str:
     for split, s in splits.items():
         lines.append(f"  {split:5s} {s['images']:8d} images in {s['files']} shard file(s)")
     if "errors.jsonl" in summary["side_files"]:
-        lines.append(f"  errors{summary['errors']:8d} unreadable file(s), listed in {storage.join(out, 'errors.jsonl')}")
+        lines.append(f"  errors{summary['errors']:8d} unreadable file(s), listed in "
+                     f"{storage.join(out, 'errors.jsonl')}")
     if summary["stats"].get("alpha_dropped"):
         lines.append(f"  alpha channel dropped from {summary['stats']['alpha_dropped']} image(s)")
     if "preview.png" in summary["side_files"]:

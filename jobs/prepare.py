@@ -13,7 +13,9 @@
 On a cluster: ``ray job submit --working-dir . -- python -m jobs.prepare --source folder
 --input s3://bucket/images --out s3://bucket/shards`` (the folder source decodes with Ray Data).
 
-Every field of :class:`dae.prepare.PrepareConfig` is a flag. Writes ``OUT/train/part-00000.parquet``,
+Every setting of :class:`dae.prepare.PrepareConfig` is a flag: its common fields and every source's
+options (``--split-dir`` of the folder source, ``--sets`` of natural, ...; :mod:`dae.sources`); an option
+of another source than ``--source`` is refused. Writes ``OUT/train/part-00000.parquet``,
 ``OUT/test/...``, ``classes.json``, ``errors.jsonl``, ``preview.png`` (``--preview N``),
 ``config.resolved.json`` and ``summary.json`` (see :mod:`dae.prepare`).
 """

@@ -10,7 +10,8 @@ from __future__ import annotations
 import numpy as np
 
 from .. import storage
-from . import Prepared, SourceError, make_id, read_raw
+from .base import Prepared, SourceError, make_id, read_raw
+from .registry import register_source
 
 RECORD = 1 + 3 * 32 * 32
 FILES = {"train": [f"data_batch_{i}.bin" for i in range(1, 6)], "test": ["test_batch.bin"]}
@@ -55,7 +56,7 @@ def iter_split(d: str, split: str, dataset: str, limit: int | None):
 
 def prepare(input_dir: str, dataset: str = "cifar10", limit: int | None = None) -> Prepared:
     d = find_dir(input_dir)
-    for split, names in FILES.items():
+    for names in FILES.values():
         for n in names:
             p = storage.join(d, n)
             if not storage.exists(p):
@@ -66,3 +67,10 @@ def prepare(input_dir: str, dataset: str = "cifar10", limit: int | None = None) 
                                   "(truncated, or not the binary version?)")
     return Prepared(dataset=dataset, source=f"cifar10-binary:{d}", classes=list(CLASSES),
                     splits={s: iter_split(d, s, dataset, limit) for s in FILES})
+
+
+@register_source("cifar10", "CIFAR-10 binary version (data_batch_N.bin, test_batch.bin) in --input")
+def open_cifar10(cfg, opts=None) -> Prepared:
+    if not cfg.input:
+        raise SourceError("--source cifar10 needs --input DIR with data_batch_1.bin .. test_batch.bin")
+    return prepare(cfg.input, dataset=cfg.name or "cifar10", limit=cfg.limit)

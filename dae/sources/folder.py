@@ -14,6 +14,9 @@ Large folders (``parallel_min_files`` files or more) are decoded with Ray Data: 
 ``map_batches`` of the pure :func:`decode_files_batch` (read + decode + PNG encode in the worker),
 block order preserved so records come back sorted by id whatever the parallelism. Small folders are
 decoded in this process by the same function, so both paths give identical shards.
+
+``--source folder`` takes :class:`FolderOptions`; the natural source reads its sets with this reader and
+shares its two Ray Data settings (:func:`parallel_min_files_field`, :func:`files_per_task_field`).
 """
 
 from __future__ import annotations
@@ -23,13 +26,15 @@ import math
 import os
 import re
 import warnings
+from dataclasses import dataclass, field
 from typing import Iterator
 
 import numpy as np
 from PIL import Image
 
 from .. import shards, storage
-from . import SPLITS, Encoded, Prepared, SourceError, is_test, read_raw
+from .base import SPLITS, Encoded, Prepared, SourceError, is_test, parse_pairs, read_raw
+from .registry import given_input, register_source
 
 log = logging.getLogger("dae")
 
@@ -251,3 +256,41 @@ def prepare(input_dir: str, dataset: str | None = None, labels_from_subdirs: boo
              f", {len(other)} other files ignored" if other else "")
     prepared.splits = {s: _records(v, labels, prepared, parallel, files_per_task) for s, v in per_split.items()}
     return prepared
+
+
+# ---------------------------------------------------------------- --source folder
+
+
+def parallel_min_files_field():
+    return field(default=2000, metadata={
+        "help": "folder: decode with Ray Data from this many files on (smaller folders: in process)"})
+
+
+def files_per_task_field():
+    return field(default=256, metadata={"help": "folder: files per Ray Data block/task"})
+
+
+@dataclass(frozen=True)
+class FolderOptions:
+    labels_from_subdirs: bool = field(default=False, metadata={"help": "folder: class = first sub-folder name"})
+    parallel_min_files: int = parallel_min_files_field()
+    files_per_task: int = files_per_task_field()
+    split_dir: tuple = field(default=(), metadata={
+        "help": "folder: one folder per split instead of a hash split, SPLIT=DIR words "
+                "(--split-dir train=photos/train test=photos/test)", "nargs": "*"})
+
+
+def _inputs(cfg, opts: FolderOptions) -> list[str]:
+    return given_input(cfg) + list(parse_pairs(opts.split_dir, "--split-dir").values())
+
+
+@register_source("folder", "a folder of PNG/JPEG/TIFF/BMP images (recursive), read in parallel with Ray Data",
+                 options=FolderOptions, inputs=_inputs)
+def open_folder(cfg, opts: FolderOptions) -> Prepared:
+    split_dirs = parse_pairs(opts.split_dir, "--split-dir")
+    if not cfg.input and not split_dirs:
+        raise SourceError("--source folder needs --input DIR (a folder of images) or --split-dir train=DIR test=DIR")
+    return prepare(cfg.input, dataset=cfg.name or None, labels_from_subdirs=opts.labels_from_subdirs,
+                   test_fraction=cfg.test_fraction, limit=cfg.limit,
+                   parallel_min_files=opts.parallel_min_files, files_per_task=opts.files_per_task,
+                   split_dirs=split_dirs or None)

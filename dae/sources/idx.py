@@ -14,7 +14,8 @@ import zlib
 import numpy as np
 
 from .. import storage
-from . import Prepared, SourceError, make_id, read_raw
+from .base import Prepared, SourceError, make_id, read_raw
+from .registry import register_source
 
 # IDX type byte -> big-endian numpy dtype
 IDX_TYPES = {
@@ -111,3 +112,10 @@ def prepare(input_dir: str, dataset: str | None = None, limit: int | None = None
     loaded = {s: load_split(input_dir, s) for s in SPLIT_PREFIX}
     return Prepared(dataset=dataset, source=f"idx:{input_dir}",
                     splits={s: iter_arrays(*loaded[s], s, dataset, limit) for s in SPLIT_PREFIX})
+
+
+@register_source("idx", "MNIST/Fashion-MNIST IDX files (.gz or raw) in --input")
+def open_idx(cfg, opts=None) -> Prepared:
+    if not cfg.input:
+        raise SourceError("--source idx needs --input DIR with train-images-idx3-ubyte[.gz], ...")
+    return prepare(cfg.input, dataset=cfg.name or None, limit=cfg.limit)

@@ -14,14 +14,17 @@ ROOT is ``--input`` (a user's own copy of the sets); without it, ``datasets/natu
 folder beside the checkout (or beside the working directory), where CI and this project's machines
 keep them. The images are never copied into the repository. Each split is read with the folder source
 (one folder per split); ids are ``SPLIT/FILE`` (``test/test001.png``), the dataset name
-names the sets (``Train400-BSD68``).
+names the sets (``Train400-BSD68``). ``--source natural`` takes :class:`NaturalOptions`.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 
-from . import SPLITS, Prepared, SourceError
+from . import folder
+from .base import Prepared, SourceError, parse_pairs
+from .registry import register_source
 
 SETS = {
     "Train400": "train/Train400",
@@ -44,23 +47,9 @@ def default_root() -> str:
     for root in candidate_roots():
         if os.path.isdir(root):
             return root
-    raise SourceError("--source natural: the benchmark sets are not in " + " nor ".join(dict.fromkeys(candidate_roots()))
+    raise SourceError("--source natural: the benchmark sets are not in "
+                      + " nor ".join(dict.fromkeys(candidate_roots()))
                       + "; pass --input DIR (a folder with train/Train400, test/BSD68, ...)")
-
-
-def parse_pairs(pairs, what: str, valid_values=None) -> dict[str, str]:
-    """``("train=Train400", "test=BSD68")`` -> {"train": "Train400", "test": "BSD68"}."""
-    out: dict[str, str] = {}
-    for p in pairs:
-        split, eq, value = str(p).partition("=")
-        if not eq or split not in SPLITS or not value:
-            raise SourceError(f"{what} {p!r}: expected SPLIT=VALUE with SPLIT one of {', '.join(SPLITS)}")
-        if valid_values is not None and value not in valid_values:
-            raise SourceError(f"{what} {p!r}: unknown set {value!r}; valid: {', '.join(valid_values)}")
-        if split in out:
-            raise SourceError(f"{what}: {split} given twice")
-        out[split] = value
-    return out
 
 
 def set_dirs(sets: dict[str, str], root: str | None = None) -> dict[str, str]:
@@ -77,8 +66,6 @@ def set_dirs(sets: dict[str, str], root: str | None = None) -> dict[str, str]:
 
 def prepare(sets, root: str | None = None, dataset: str | None = None, limit: int | None = None,
             parallel_min_files: int = 2000, files_per_task: int = 256) -> Prepared:
-    from . import folder
-
     chosen = parse_pairs(sets, "--sets", SETS)
     if not chosen:
         raise SourceError(f"--source natural needs --sets, e.g. --sets train=Train400 test=BSD68; sets: "
@@ -88,3 +75,30 @@ def prepare(sets, root: str | None = None, dataset: str | None = None, limit: in
                               parallel_min_files=parallel_min_files, files_per_task=files_per_task, split_dirs=dirs)
     prepared.source = "natural:" + ",".join(f"{s}={n}" for s, n in chosen.items())
     return prepared
+
+
+# ---------------------------------------------------------------- --source natural
+
+
+@dataclass(frozen=True)
+class NaturalOptions:
+    sets: tuple = field(default=(), metadata={
+        "help": "natural: SPLIT=SET words (--sets train=Train400 test=BSD68); sets: Train400, CBSD432, Set12, "
+                "BSD68, CBSD68, Kodak24", "nargs": "*"})
+    # the folder reader's Ray Data settings (the same flags as --source folder's)
+    parallel_min_files: int = folder.parallel_min_files_field()
+    files_per_task: int = folder.files_per_task_field()
+
+
+def _inputs(cfg, opts: NaturalOptions) -> list[str]:
+    try:
+        return [cfg.input or default_root()]
+    except SourceError:  # no sets anywhere: the source itself fails with the full story
+        return []
+
+
+@register_source("natural", "the denoising benchmark sets by name (--sets train=Train400 test=BSD68) from --input "
+                            "or ../shared/datasets/natural", options=NaturalOptions, inputs=_inputs)
+def open_natural(cfg, opts: NaturalOptions) -> Prepared:
+    return prepare(opts.sets, root=cfg.input or None, dataset=cfg.name or None, limit=cfg.limit,
+                   parallel_min_files=opts.parallel_min_files, files_per_task=opts.files_per_task)

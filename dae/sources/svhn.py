@@ -11,7 +11,8 @@ import io
 import numpy as np
 
 from .. import storage
-from . import Prepared, SourceError, make_id, read_raw
+from .base import Prepared, SourceError, make_id, read_raw
+from .registry import register_source
 
 FILES = {"train": "train_32x32.mat", "test": "test_32x32.mat"}
 
@@ -61,3 +62,10 @@ def prepare(input_dir: str, dataset: str = "svhn", limit: int | None = None) -> 
     loaded = {s: load_mat(p) for s, p in paths.items()}
     return Prepared(dataset=dataset, source=f"svhn:{input_dir}",
                     splits={s: iter_split(*loaded[s], s, dataset, limit) for s in FILES})
+
+
+@register_source("svhn", "SVHN format 2 train_32x32.mat / test_32x32.mat in --input")
+def open_svhn(cfg, opts=None) -> Prepared:
+    if not cfg.input:
+        raise SourceError("--source svhn needs --input DIR with train_32x32.mat and test_32x32.mat")
+    return prepare(cfg.input, dataset=cfg.name or "svhn", limit=cfg.limit)

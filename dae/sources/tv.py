@@ -10,12 +10,20 @@ Without it, the files must already be in ``root`` in torchvision's own layout (t
     CIFAR10       ROOT/cifar-10-batches-py/ (torchvision's pickled batches, MD5-checked by
                   torchvision before it unpickles them; the `cifar10` source reads the binary
                   version without torchvision)
+
+``--source torchvision`` takes :class:`TorchvisionOptions`; without ``--input`` the root is
+:data:`TORCHVISION_ROOT`.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from .. import shards
-from . import Prepared, SourceError, make_id
+from .base import Prepared, SourceError, make_id
+from .registry import register_source
+
+TORCHVISION_ROOT = "data/torchvision"  # --source torchvision without --input
 
 # name -> (dataset name used in ids, expected layout for the error message)
 DATASETS = {
@@ -66,3 +74,19 @@ def prepare(name: str, root: str, download: bool = False, dataset: str | None = 
     return Prepared(dataset=dataset, source=f"torchvision:{name}:{root}",
                     classes=list(classes) if classes else None,
                     splits={s: iter_split(ds, s, dataset, limit) for s, ds in splits.items()})
+
+
+# ---------------------------------------------------------------- --source torchvision
+
+
+@dataclass(frozen=True)
+class TorchvisionOptions:
+    tv_name: str = field(default="MNIST", metadata={"help": "torchvision dataset", "choices": list(DATASETS)})
+    download: bool = field(default=False, metadata={"help": "torchvision: download into --input (needs internet)"})
+
+
+@register_source("torchvision", "torchvision --tv-name dataset in --input root (--download to fetch)",
+                 options=TorchvisionOptions, inputs=lambda cfg, opts: [cfg.input or TORCHVISION_ROOT])
+def open_torchvision(cfg, opts: TorchvisionOptions) -> Prepared:
+    return prepare(opts.tv_name, root=cfg.input or TORCHVISION_ROOT, download=opts.download,
+                   dataset=cfg.name or None, limit=cfg.limit)

@@ -2,6 +2,7 @@
 config.resolved.json given back to ``--config`` reruns that run, and each job lists and takes by name
 only its own presets."""
 
+import dataclasses
 import importlib
 import json
 import re
@@ -85,10 +86,21 @@ def test_the_job_cli_says_which_preset_value_is_wrong_in_one_line(tmp_path):
 # ---------------------------------------------------------------- config.resolved.json given back
 
 
+def _settings_of(cfg) -> dict:
+    """A config's fields, and those of the options it holds (PrepareConfig.options), in one flat dict."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        out.update(_settings_of(value) if dataclasses.is_dataclass(value) else {f.name: value})
+    return out
+
+
 def _stage_configs():
     return [
-        ("prepare", PrepareConfig(source="idx", input="in", out="o", limit=5, test_fraction=0.25, overwrite=True,
-                                  sets=("train=Train400",), preview=3), {"host": "laptop", "seconds": 1.5}),
+        # a source's own options (PrepareConfig.options) are settings at the top level too
+        ("prepare", PrepareConfig.from_flat(source="natural", input="in", out="o", limit=5, test_fraction=0.25,
+                                            overwrite=True, sets=("train=Train400",), preview=3, files_per_task=8),
+         {"host": "laptop", "seconds": 1.5}),
         ("train", check_config(TrainConfig(data="shards", model="dncnn", model_kwargs={"depth": 5, "width": 16},
                                            noise="gaussian:0.05-0.6", lr=1e-5, weight_decay=1e-4, epochs=3,
                                            augment=False, crop=16, run_name="r", torch_threads=0)),
@@ -110,8 +122,7 @@ def test_a_resolved_config_given_back_reruns_the_same_config(tmp_path, job, cfg,
     path = save_resolved_config(cfg, str(tmp_path), **extra)
     saved = json.loads(open(path).read())
     # the fields at the top level (readers take them there), the run's record under one key
-    assert {k: v for k, v in saved.items() if k != RUN_KEY} == json.loads(json.dumps(
-        {f: getattr(cfg, f) for f in cfg.__dataclass_fields__}))
+    assert {k: v for k, v in saved.items() if k != RUN_KEY} == json.loads(json.dumps(_settings_of(cfg)))
     assert saved.get(RUN_KEY, {}) == json.loads(json.dumps(extra))
     assert build_config(type(cfg), preset=path) == cfg
     # and through the job's own --config, with a flag over it

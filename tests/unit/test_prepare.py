@@ -16,8 +16,20 @@ from PIL import Image
 from dae import shards
 from dae.config import build_config, command_line, resolve_config
 from dae.sources import cifar, is_test
-from helpers import (REPO, file_digests, job_env, make_image_folder, needs_mnist5k, rows_of, run_job, small_idx, tail,
-                     write_cifar_dir, write_idx_dir, write_svhn_mat)
+from helpers import (
+    REPO,
+    file_digests,
+    job_env,
+    make_image_folder,
+    needs_mnist5k,
+    rows_of,
+    run_job,
+    small_idx,
+    tail,
+    write_cifar_dir,
+    write_idx_dir,
+    write_svhn_mat,
+)
 from jobs import prepare
 
 
@@ -164,8 +176,8 @@ def test_bad_arguments_list_valid_choices(tmp_path, capsys):
 
 
 def _configs():
-    from dae.demo import DemoConfig
     from dae.bench.quality_natural import QualityNaturalConfig
+    from dae.demo import DemoConfig
     from dae.denoise import DenoiseConfig
     from dae.evaluation import EvaluateConfig
     from dae.prepare import PrepareConfig
@@ -174,9 +186,15 @@ def _configs():
 
     return [
         # bools True (default False), an Optional int, a value with a space, one starting with "-"
-        ("jobs.prepare", PrepareConfig(source="folder", input="/tmp/my pictures", out="o", name="-odd", limit=7,
-                                       overwrite=True, labels_from_subdirs=True, test_fraction=0.25,
-                                       split_dir=("train=a b", "test=c"))),
+        ("jobs.prepare", PrepareConfig.from_flat(source="folder", input="/tmp/my pictures", out="o", name="-odd",
+                                                 limit=7, overwrite=True, labels_from_subdirs=True, test_fraction=0.25,
+                                                 split_dir=("train=a b", "test=c"))),
+        # a source's options: words, choices, a shared Ray Data setting, a bool
+        ("jobs.prepare", PrepareConfig.from_flat(source="natural", out="o", sets=("train=Train400", "test=BSD68"),
+                                                 files_per_task=8)),
+        ("jobs.prepare", PrepareConfig.from_flat(source="photos", out="o", photos="camera,coffee", color="gray",
+                                                 patch_mode="random", seed=3, split_by="patch")),
+        ("jobs.prepare", PrepareConfig.from_flat(source="torchvision", out="o", tv_name="SVHN", download=True)),
         # bools False (default True) and True (default False)
         ("jobs.denoise", DenoiseConfig(input="i", model="m", output="o", bf16=False, deterministic=False,
                                        convert_channels=True, max_error_fraction=0.5)),
@@ -219,6 +237,104 @@ def test_command_line_spells_bools_and_leaves_defaults_out():
     assert command_line("jobs.denoise", DenoiseConfig(bf16=False)) == "python -m jobs.denoise --no-bf16"
     assert "--bf16 --" in command_line("jobs.denoise", DenoiseConfig(), full=True)
     assert "--limit" not in command_line("jobs.prepare", PrepareConfig(), full=True)  # None: the flag's absence
+
+
+# ---------------------------------------------------------------- each source's options (PrepareConfig.options)
+
+# The flags of jobs.prepare, in order: the common settings, then each source's options (dae.sources).
+PREPARE_FLAGS = ["--source", "--out", "--input", "--name", "--rows-per-shard", "--limit", "--test-fraction",
+                 "--overwrite", "--preview", "--noisy",
+                 "--labels-from-subdirs", "--parallel-min-files", "--files-per-task", "--split-dir",  # folder
+                 "--sets",  # natural (and folder's --parallel-min-files, --files-per-task)
+                 "--tv-name", "--download",  # torchvision
+                 "--photos", "--patch-size", "--color", "--patch-mode", "--patch-stride", "--patches-per-photo",
+                 "--split-by", "--seed"]  # photos
+
+
+def test_the_flags_are_the_common_settings_then_each_sources_options():
+    actions = [a for a in prepare.get_args_parser()._actions if a.option_strings]
+    flags = [a.option_strings[0] for a in actions]
+    assert flags[flags.index("--config") + 1:][:len(PREPARE_FLAGS)] == PREPARE_FLAGS
+    assert flags[flags.index("--config") + 1 + len(PREPARE_FLAGS)] == "--s3-endpoint"
+    by_flag = {a.option_strings[0]: a for a in actions}
+    assert by_flag["--tv-name"].choices == ["MNIST", "FashionMNIST", "SVHN", "CIFAR10"]
+    assert (by_flag["--color"].choices, by_flag["--patch-mode"].choices, by_flag["--split-by"].choices) == (
+        ["rgb", "gray"], ["grid", "random"], ["photo", "patch"])
+    assert by_flag["--split-dir"].nargs == by_flag["--sets"].nargs == "*"
+    assert "--no-download" in by_flag["--download"].option_strings
+    for flag, default in (("--parallel-min-files", 2000), ("--files-per-task", 256), ("--patch-size", 32),
+                          ("--patches-per-photo", 100), ("--tv-name", "MNIST"), ("--split-by", "photo")):
+        assert by_flag[flag].help.endswith(f"(default: {default!r})"), (flag, by_flag[flag].help)
+
+
+def test_each_source_holds_its_own_options():
+    from dae.prepare import PrepareConfig
+    from dae.sources import FolderOptions, NaturalOptions, PhotosOptions, TorchvisionOptions
+
+    args = prepare.get_args_parser().parse_args(["--source", "folder", "--out", "o", "--split-dir", "train=a",
+                                                 "--files-per-task", "8", "--test-fraction", "0.5"])
+    cfg = resolve_config(PrepareConfig, args)
+    assert cfg.options == FolderOptions(split_dir=("train=a",), files_per_task=8) and cfg.test_fraction == 0.5
+    assert PrepareConfig(source="natural").options == NaturalOptions()  # the source's defaults
+    assert PrepareConfig(source="idx").options is None and PrepareConfig().options is None  # none of its own
+    assert PrepareConfig.from_flat(source="torchvision", tv_name="SVHN").options == TorchvisionOptions("SVHN")
+    with pytest.raises(TypeError, match="source 'photos' takes PhotosOptions, got FolderOptions"):
+        PrepareConfig(source="photos", options=FolderOptions())
+    assert PrepareConfig(source="photos", options=PhotosOptions(seed=2)).options.seed == 2
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--source", "folder", "--sets", "train=Train400"],
+     "--sets: not an option of --source folder (its options: --labels-from-subdirs, --parallel-min-files, "
+     "--files-per-task, --split-dir)"),
+    (["--source", "idx", "--input", "i", "--color", "gray", "--download"],
+     "--download, --color: not options of --source idx (its options: none)"),
+    (["--config", "prepare-bsd68", "--source", "photos"], "--sets: not an option of --source photos"),
+])
+def test_another_sources_option_is_refused_in_one_line(argv, says):
+    from dae.prepare import PrepareConfig
+
+    with pytest.raises(ValueError) as e:
+        resolve_config(PrepareConfig, prepare.get_args_parser().parse_args(["--out", "o", *argv]))
+    assert str(e.value).startswith(says) and "\n" not in str(e.value), e.value
+    # at its default it sets nothing, and passes (a config.resolved.json of before the options held them all)
+    resolve_config(PrepareConfig, prepare.get_args_parser().parse_args(["--out", "o", "--source", "idx",
+                                                                        "--no-download", "--color", "rgb"]))
+
+
+def test_the_prepare_presets_fill_their_sources_options():
+    from dae.prepare import PrepareConfig
+    from dae.sources import NaturalOptions, PhotosOptions
+
+    cfg = build_config(PrepareConfig, preset="prepare-photos-gray", presets="prepare")
+    assert cfg.options == PhotosOptions(color="gray", patch_size=64, patch_mode="grid", patch_stride=32,
+                                        split_by="photo")
+    assert (cfg.test_fraction, cfg.rows_per_shard, cfg.preview) == (0.15, 2000, 32)
+    for name, sets in (("set12", ("train=Train400", "test=Set12")), ("bsd68", ("train=Train400", "test=BSD68")),
+                       ("cbsd68", ("train=CBSD432", "test=CBSD68")), ("kodak24", ("train=CBSD432", "test=Kodak24"))):
+        cfg = build_config(PrepareConfig, preset=f"prepare-{name}", presets="prepare")
+        assert cfg.source == "natural" and cfg.options == NaturalOptions(sets=sets) and cfg.rows_per_shard == 100
+    cfg = build_config(PrepareConfig, preset="prepare-fashion-mnist", presets="prepare")
+    assert cfg == PrepareConfig(source="fashion-mnist", rows_per_shard=10000, preview=32)
+
+
+def test_a_resolved_config_of_before_the_source_options_reruns(tmp_path):
+    """config.resolved.json once held every source's option at the top level: at their defaults, the
+    other sources' ones set nothing."""
+    from dae.prepare import PrepareConfig
+    from dae.sources import PhotosOptions
+
+    old = {"source": "photos", "out": "o", "input": "", "name": "", "rows_per_shard": 16, "limit": 40,
+           "test_fraction": 0.1, "overwrite": False, "preview": 0, "noisy": False, "labels_from_subdirs": False,
+           "parallel_min_files": 2000, "files_per_task": 256, "split_dir": [], "sets": [], "tv_name": "MNIST",
+           "download": False, "photos": "camera", "patch_size": 16, "color": "gray", "patch_mode": "grid",
+           "patch_stride": 0, "patches_per_photo": 100, "split_by": "photo", "seed": 0,
+           "_run": {"seconds": 1.0}}
+    (tmp_path / "config.resolved.json").write_text(json.dumps(old))
+    args = prepare.get_args_parser().parse_args(["--config", str(tmp_path / "config.resolved.json")])
+    assert resolve_config(PrepareConfig, args) == PrepareConfig(
+        source="photos", out="o", rows_per_shard=16, limit=40,
+        options=PhotosOptions(photos="camera", patch_size=16, color="gray"))
 
 
 def test_noisy_flag_marks_the_shards_noisy_only(tmp_path, capsys):
@@ -297,7 +413,8 @@ def test_input_dirs_of_the_sources():
     from dae.prepare import PrepareConfig
     from dae.sources import input_dirs, offline
 
-    assert input_dirs(PrepareConfig(source="folder", input="a", split_dir=("train=b", "test=c"))) == ["a", "b", "c"]
+    assert input_dirs(PrepareConfig.from_flat(source="folder", input="a", split_dir=("train=b", "test=c"))) == [
+        "a", "b", "c"]
     assert input_dirs(PrepareConfig(source="fashion-mnist")) == [offline.FASHION_MNIST_DIR]
     assert input_dirs(PrepareConfig(source="torchvision")) == ["data/torchvision"]
     assert input_dirs(PrepareConfig(source="idx", input="x")) == ["x"]

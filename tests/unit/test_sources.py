@@ -11,8 +11,17 @@ from PIL import Image
 
 from dae import shards
 from dae.sources import SourceError, cifar, folder, get_source, hash_unit, idx, is_test, list_sources, offline, svhn, tv
-from helpers import (RNG, idx_bytes, make_image_folder, needs_mnist5k, needs_natural, small_idx, write_cifar_dir,
-                     write_idx_dir, write_svhn_mat)  # writers of the real formats, shared with test_prepare.py
+from helpers import (  # writers of the real formats, shared with test_prepare.py
+    RNG,
+    idx_bytes,
+    make_image_folder,
+    needs_mnist5k,
+    needs_natural,
+    small_idx,
+    write_cifar_dir,
+    write_idx_dir,
+    write_svhn_mat,
+)
 
 
 def consume(prepared):
@@ -373,8 +382,8 @@ def test_split_dirs_read_each_split_from_its_folder(tmp_path):
         for i in range(n):
             (tmp_path / split / "sub").mkdir(parents=True, exist_ok=True)
             Image.fromarray(np.full((4 + i, 5, 3), 40 * i, np.uint8)).save(tmp_path / split / "sub" / f"{i}.png")
-    p = folder.prepare("", dataset="mine", split_dirs={"train": str(tmp_path / "train"), "test": str(tmp_path / "test")},
-                       labels_from_subdirs=True)
+    p = folder.prepare("", dataset="mine", labels_from_subdirs=True,
+                       split_dirs={"train": str(tmp_path / "train"), "test": str(tmp_path / "test")})
     rows = {s: list(r) for s, r in p.splits.items()}
     assert [r[0] for r in rows["train"]] == ["train/sub/0.png", "train/sub/1.png", "train/sub/2.png"]
     assert [r[0] for r in rows["test"]] == ["test/sub/0.png", "test/sub/1.png"]
