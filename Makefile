@@ -24,11 +24,14 @@ data:
 demo: $(STAMP)
 	$(BIN)/python -m jobs.demo --out demo_out
 
+# Lint first (ruff, configured in pyproject.toml), then both tiers of tests.
 test: $(STAMP) data
+	$(BIN)/ruff check dae jobs tests
 	$(BIN)/python -m pytest -q --durations=40 tests
 
 # The unit tier only: no Ray, no cluster, no S3 server (under a minute on 2 cores). `make test` runs both tiers.
 test-unit: $(STAMP)
+	$(BIN)/ruff check dae jobs tests
 	$(BIN)/python -m pytest -q tests/unit
 
 # Benchmarks and quality checks: they print figures (never timed tests). Fashion-MNIST from `make data`.

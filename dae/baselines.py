@@ -36,7 +36,6 @@ import numpy as np
 
 from .noise import NoiseSpec
 
-
 # ---------------------------------------------------------------- helpers
 
 

@@ -20,8 +20,7 @@ import time
 from typing import Any
 
 import torch
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
+from safetensors.torch import load as st_load, save as st_save
 
 from . import storage
 from .models import AnySize, create_model

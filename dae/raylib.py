@@ -21,7 +21,8 @@ log = logging.getLogger("dae")
 # fails. The State API is served by the dashboard, which a private local Ray runs without, so every
 # query fails: a 2-minute training run printed ~84 such lines. Starting the dashboard answers them
 # but costs more than filtering the line out in every worker process of a local job
-# (worker_process_setup_hook), which only training runs set. Measured on 2 shared CPUs, Ray 2.58, a 2-epoch run of jobs.train:
+# (worker_process_setup_hook), which only training runs set. Measured on 2 shared CPUs, Ray 2.58, a 2-epoch
+# run of jobs.train:
 # ray.init 3-4 s plain or with the hook, 7-9 s with the dashboard; the whole run 26-29 s plain,
 # 30-31 s with the hook (its workers start slower), 32-34 s with the dashboard. What the cleaner
 # guards against, a placement group left behind by a dead controller, cannot outlive a private Ray

@@ -403,4 +403,5 @@ def is_prepared(root: str) -> bool:
     markers existed, its summary.json without a started marker), so that a sweep may reuse it."""
     if storage.exists(storage.join(root, PREPARED)):
         return True
-    return storage.exists(storage.join(root, "summary.json")) and not storage.exists(storage.join(root, PREPARE_STARTED))
+    return (storage.exists(storage.join(root, "summary.json"))
+            and not storage.exists(storage.join(root, PREPARE_STARTED)))
