@@ -1,4 +1,4 @@
-"""The inference stage of ``jobs.denoise``: pure batch functions, the model actor, tiling.
+"""The Ray Data batch stages of ``jobs.denoise``: prepare, the model actor, finish.
 
 Pipeline (one streaming Ray Data pipeline over all pending input files)::
 
@@ -8,37 +8,61 @@ Pipeline (one streaming Ray Data pipeline over all pending input files)::
       -> finish_batch    PNG encode, per-image PSNR/SSIM                         CPU tasks
       -> driver          rows grouped by input file, one output file per input
 
-Every batch function maps ``dict[str, np.ndarray] -> dict[str, np.ndarray]``. A row that fails at
-any stage is never dropped: it keeps flowing with its reason in ``error`` (``""`` when fine) and the
-stage in ``error_stage``, and the driver writes it to the errors dataset.
+Rules:
+- Every batch function maps ``dict[str, np.ndarray] -> dict[str, np.ndarray]``. A row that fails at
+  any stage is never dropped: it keeps flowing with its reason in ``error`` (``""`` when fine) and
+  the stage in ``error_stage``, and the driver writes it to the errors dataset.
+- The actor runs the model only through :func:`dae.forward.denoise_images`, with the
+  :class:`dae.inference_spec.InferenceSpec` it is given: how a model runs is decided in one place.
 
-Numerics that do not depend on batching. CPU convolutions (oneDNN) pick their algorithm from the
-batch size, so the same image can differ in the last float bit between a batch of 7 and one of 64,
-enough to flip a rounded pixel now and then. The model therefore only ever sees forward batches of
-one fixed size per input shape (``chunk_size``); partial chunks are zero-padded up to it
-(``deterministic=True``). With a fixed batch size, an image's output does not depend on its position or
-its companions (checked bitwise on CPU), so results are the same whatever the actor count, Ray
-batch size or block layout.
-
-Big images are cut into overlapping ``tile`` x ``tile`` pieces, denoised, and blended back with
-weights that ramp linearly over the overlap, so memory is bounded by the tile, not the photo.
+Also here, for the code that imports them from ``dae.inference``: the forward passes
+(:mod:`dae.forward`), the spec (:mod:`dae.inference_spec`) and the actor pool plan (:mod:`dae.actors`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 from collections import defaultdict
-from contextlib import nullcontext
 from typing import Sequence
 
 import numpy as np
 import torch
 
 from . import metrics as M
-from .noise import NoiseSpec, estimate_sigma, image_rng, noise_sigmas
-from .shards import (DEFAULT_MAX_PIXELS, ImageDecodeError, decode_png, encode_png, from_float, png_header,
-                     stack_or_ragged, to_float)
+from .actors import plan_actors
+from .forward import (
+    DIHEDRAL,
+    check_ensemble,
+    chunk_size,
+    denoise_images,
+    dihedral,
+    image_sigmas,
+    is_conditioned,
+    pick_device,
+    ramp,
+    tile_starts,
+)
+from .inference_spec import ENSEMBLES, FORWARD_PIXELS, InferenceSpec
+from .noise import NoiseSpec, image_rng, noise_sigmas
+from .shards import (
+    DEFAULT_MAX_PIXELS,
+    ImageDecodeError,
+    decode_png,
+    encode_png,
+    from_float,
+    png_header,
+    stack_or_ragged,
+    to_float,
+)
+
+__all__ = [  # the batch stages, and what dae.inference has always offered from the modules it uses
+    "CLEAN", "DENOISED", "DEPTH", "DIHEDRAL", "ENSEMBLES", "ERROR", "ERROR_STAGE", "FORWARD_PIXELS", "INPUT",
+    "InferenceSpec", "METRIC_COLUMNS", "PATH", "SIGMA", "Denoiser", "channel_mismatch_message", "check_ensemble",
+    "check_header", "chunk_size", "convert_channels", "denoise_images", "dihedral", "export_name", "finish_batch",
+    "image_sigmas", "is_conditioned", "pick_device", "plan_actors", "prepare_batch", "quantize", "ramp",
+    "tile_starts"]
 
 ERROR = "error"
 ERROR_STAGE = "error_stage"
@@ -210,185 +234,34 @@ def prepare_batch(batch: dict, model_channels: int, noise: str | None = None, se
 # ---------------------------------------------------------------- stage 2: the model (actor)
 
 
-def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
-    """Start offsets of tiles of size ``tile`` covering [0, length) with at least ``overlap`` shared
-    pixels between neighbours; the last tile is flush with the end."""
-    if length <= tile:
-        return [0]
-    stride = tile - overlap
-    starts = list(range(0, length - tile, stride))
-    return starts + [length - tile]
-
-
-def ramp(n: int, overlap: int) -> np.ndarray:
-    """1-D blend weights: linear from 1/(overlap+1) up to 1 over ``overlap`` pixels at both ends.
-    Never 0, so a pixel covered by a single tile (image borders) keeps that tile's value exactly."""
-    i = np.arange(n, dtype=np.float32)
-    return np.minimum(1.0, np.minimum(i + 1, n - i) / np.float32(overlap + 1)).astype(np.float32)
-
-
-# Default cap on pixels per forward pass: 64 images of 28x28 go together, a photo goes alone. On CPU
-# a 481x321 photo through a 16-wide U-Net takes 0.20 s alone and 0.31-0.36 s each in passes of 4-8
-# (measured, 1 thread), and a chunk of 1 never pads: mixed sizes in a batch cost nothing extra.
-FORWARD_PIXELS = 256 * 256
-
-
-def chunk_size(h: int, w: int, forward_batch: int, forward_pixels: int) -> int:
-    """Images per forward pass for pieces of h x w: ``forward_batch``, fewer for big pieces so one
-    pass holds at most ~``forward_pixels`` pixels. A function of the shape only (determinism)."""
-    return max(1, min(forward_batch, forward_pixels // max(1, h * w)))
-
-
-# Self-ensemble sizes: an ensemble of N averages the model's outputs over the first N of these
-# flips/rotations (the dihedral group of the square, as (quarter turns, mirrored)), each undone
-# before averaging. Ordered so that 2 and 4 are already balanced (a mirror, then a half turn).
-DIHEDRAL = ((0, False), (0, True), (2, False), (2, True), (1, False), (1, True), (3, False), (3, True))
-ENSEMBLES = (1, 2, 4, 8)
-
-
-def dihedral(x: np.ndarray, k: int, inverse: bool = False) -> np.ndarray:
-    """(H, W, C) image under the k-th of :data:`DIHEDRAL` (or its inverse)."""
-    turns, mirror = DIHEDRAL[k]
-    if inverse:
-        return np.rot90(x, -turns, axes=(0, 1))[:, ::-1] if mirror else np.rot90(x, -turns, axes=(0, 1))
-    return np.rot90(x[:, ::-1] if mirror else x, turns, axes=(0, 1))
-
-
-def check_ensemble(n: int) -> int:
-    if n not in ENSEMBLES:
-        raise ValueError(f"self-ensemble size must be one of {', '.join(map(str, ENSEMBLES))}, got {n}")
-    return n
-
-
-def denoise_images(model: torch.nn.Module, images: Sequence[np.ndarray], device: str | torch.device = "cpu",
-                   tile: int = 512, overlap: int = 32, forward_batch: int = 64,
-                   forward_pixels: int = FORWARD_PIXELS, deterministic: bool = True,
-                   bf16: bool = True, sigmas: Sequence[float] | None = None, ensemble: int = 1) -> list[np.ndarray]:
-    """Denoise float32 (H, W, C) images of any sizes; returns float32 (H, W, C) arrays.
-
-    Every image becomes pieces: itself when it fits in ``tile`` x ``tile``, else overlapping tiles.
-    Pieces are pooled by shape across the images (the tiles of several photos share one pass) and
-    run ``chunk_size`` at a time, zero-padded up to it when ``deterministic``.
-
-    ``sigmas``: each image's noise sigma (0-1 scale) for a noise-level-conditioned model; a missing
-    or NaN level is estimated from the whole image (:func:`image_sigmas`), so all its tiles get one
-    level. Other models ignore it.
-
-    ``ensemble``: 1, or the self-ensemble of 2, 4 or 8 flips/rotations (:data:`DIHEDRAL`): N passes,
-    their outputs turned back and averaged; about +0.1-0.2 dB for N x the time (the "x8" of the
-    literature's tables).
-    """
-    if overlap < 0 or overlap >= tile:
-        raise ValueError(f"tile overlap must be in [0, tile={tile}), got {overlap}")
-    device = torch.device(device)
-    levels = image_sigmas(images, sigmas) if is_conditioned(model) else [0.0] * len(images)
-    if check_ensemble(ensemble) > 1:
-        kw = dict(device=device, tile=tile, overlap=overlap, forward_batch=forward_batch,
-                  forward_pixels=forward_pixels, deterministic=deterministic, bf16=bf16, sigmas=levels)
-        total = [np.zeros(img.shape, np.float32) for img in images]
-        for k in range(ensemble):
-            views = [np.ascontiguousarray(dihedral(img, k)) for img in images]
-            for acc, out in zip(total, denoise_images(model, views, **kw)):
-                acc += dihedral(out, k, inverse=True)
-        return [acc / ensemble for acc in total]
-    amp = (torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and device.type == "cuda"
-           else nullcontext())  # bf16 on GPU only: CPU bf16 is slow and changes numerics
-    results: list[np.ndarray | None] = [None] * len(images)
-    acc: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # tiled image -> (weighted sum, weight sum)
-    groups: dict[tuple[int, int], list[tuple[int, int, int]]] = defaultdict(list)  # (h, w) -> [(image, y, x)]
-    for idx, img in enumerate(images):
-        h, w = img.shape[:2]
-        if h <= tile and w <= tile:
-            groups[(h, w)].append((idx, -1, -1))
-            continue
-        th, tw = min(tile, h), min(tile, w)
-        acc[idx] = (np.zeros(img.shape, np.float32), np.zeros((h, w, 1), np.float32))
-        for y in tile_starts(h, th, overlap):
-            for x in tile_starts(w, tw, overlap):
-                groups[(th, tw)].append((idx, y, x))
-    weights = {}
-    for (h, w), pieces in sorted(groups.items()):
-        n = chunk_size(h, w, forward_batch, forward_pixels)
-        c = images[pieces[0][0]].shape[2]
-        for start in range(0, len(pieces), n):
-            chunk = pieces[start:start + n]
-            # (N, H, W, C) numpy -> (N, C, H, W) tensor; padded rows stay zero.
-            x = np.zeros((n if deterministic else len(chunk), h, w, c), np.float32)
-            level = np.zeros(len(x), np.float32)
-            for j, (idx, y0, x0) in enumerate(chunk):
-                x[j] = images[idx] if y0 < 0 else images[idx][y0:y0 + h, x0:x0 + w]
-                level[j] = levels[idx]
-            t = torch.from_numpy(x).permute(0, 3, 1, 2).to(device)
-            with torch.inference_mode(), amp:
-                out = model(t, torch.from_numpy(level).to(device))
-            out = out.float().permute(0, 2, 3, 1).cpu().numpy()  # (N, H, W, C)
-            for j, (idx, y0, x0) in enumerate(chunk):
-                if y0 < 0:
-                    results[idx] = np.ascontiguousarray(out[j])
-                    continue
-                if (h, w) not in weights:
-                    weights[(h, w)] = np.outer(ramp(h, overlap), ramp(w, overlap))[:, :, None]
-                wsum_img, wsum = acc[idx]
-                wgt = weights[(h, w)]
-                wsum_img[y0:y0 + h, x0:x0 + w] += out[j] * wgt
-                wsum[y0:y0 + h, x0:x0 + w] += wgt
-    for idx, (num, den) in acc.items():
-        results[idx] = num / den
-    return results  # type: ignore[return-value]
-
-
-def is_conditioned(model: torch.nn.Module) -> bool:
-    """Whether a model (maybe DDP- or compile-wrapped) takes the noise level as an input."""
-    while not hasattr(model, "conditioned") and (hasattr(model, "module") or hasattr(model, "_orig_mod")):
-        model = getattr(model, "module", None) or model._orig_mod
-    return bool(getattr(model, "conditioned", False))
-
-
-def image_sigmas(images: Sequence[np.ndarray], sigmas: Sequence[float] | None = None) -> list[float]:
-    """Each image's noise sigma (0-1 scale): the given one, or estimated from the image
-    (:func:`dae.noise.estimate_sigma`) where none is given (None, NaN)."""
-    given = list(sigmas) if sigmas is not None else [None] * len(images)
-    if len(given) != len(images):
-        raise ValueError(f"{len(given)} noise sigmas for {len(images)} images")
-    return [float(s) if s is not None and np.isfinite(s) else estimate_sigma(img) for img, s in zip(images, given)]
-
-
-def pick_device(device: str = "auto") -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' requested but this worker has no CUDA GPU (use --device cpu or auto)")
-    return device
-
-
 class Denoiser:
-    """Ray Data actor: loads the model once, then maps batches ``input`` -> ``denoised``.
+    """Ray Data actor: loads the model once, then maps batches ``input`` -> ``denoised``, run as ``spec`` says
+    (its device "auto": cuda when this worker has one; its torch_threads pinned when above 0).
 
     A failing forward pass (e.g. out of memory on one odd image) is retried image by image so only the
     images that really fail become error rows.
     """
 
-    def __init__(self, model_dir: str, device: str = "auto", tile: int = 512, overlap: int = 32,
-                 forward_batch: int = 64, forward_pixels: int = FORWARD_PIXELS, deterministic: bool = True,
-                 bf16: bool = True, torch_threads: int = 0, keep_input: bool = False, ensemble: int = 1):
+    def __init__(self, model_dir: str, spec: InferenceSpec | None = None, keep_input: bool = False):
         from .checkpoint import load_model
 
-        if torch_threads > 0:
+        spec = spec or InferenceSpec()
+        if spec.torch_threads > 0:
             # Fixed thread count: results (and speed) must not depend on how Ray sized OMP for this actor.
-            torch.set_num_threads(torch_threads)
-        self.device = pick_device(device)
+            torch.set_num_threads(spec.torch_threads)
+        check_ensemble(spec.ensemble)
+        self.spec = spec.placed(pick_device(spec.device))
+        self.device = self.spec.device
         self.model, self.config = load_model(model_dir, self.device)
         self.channels = int(self.config["channels"])
         self.conditioned = is_conditioned(self.model)
-        self.kw = dict(tile=tile, overlap=overlap, forward_batch=forward_batch, forward_pixels=forward_pixels,
-                       deterministic=deterministic, bf16=bf16, ensemble=check_ensemble(ensemble))
         self.keep_input = keep_input
 
     def run(self, images: list[np.ndarray], sigmas: Sequence[float] | None = None,
             ensemble: int | None = None) -> list[np.ndarray]:
-        """``ensemble``: this call's self-ensemble size instead of the actor's."""
-        kw = self.kw if ensemble is None else {**self.kw, "ensemble": ensemble}
-        return denoise_images(self.model, images, self.device, sigmas=sigmas, **kw)
+        """``ensemble``: this call's self-ensemble size instead of the spec's."""
+        spec = self.spec if ensemble is None else dataclasses.replace(self.spec, ensemble=ensemble)
+        return denoise_images(self.model, images, spec, sigmas=sigmas)
 
     def __call__(self, batch: dict) -> dict:
         errors = list(batch[ERROR])
@@ -470,60 +343,3 @@ def finish_batch(batch: dict, with_noise: bool = False) -> dict:
     out[ERROR] = _column(errors)
     out[ERROR_STAGE] = _column(stages)
     return out
-
-
-# ---------------------------------------------------------------- sizing the actor pool
-
-
-def plan_actors(cpus: float, gpus: float, device: str = "auto", min_actors: int = 0, max_actors: int = 0,
-                cpus_per_actor: float = 0.0, gpus_per_actor: float = 1.0) -> dict:
-    """Actor pool bounds and per-actor resources that fit the cluster. 0 means automatic for
-    ``min_actors`` (= the upper bound: a fixed pool), ``max_actors`` and ``cpus_per_actor``.
-
-    The read, prepare and finish stages are Ray tasks that need CPUs too: a pool holding every CPU
-    starves them and the pipeline hangs without an error (2 one-CPU actors on 2 CPUs never finish).
-    So at least one CPU (half the cluster on a 1-CPU machine) stays free for them, and requests above
-    what fits are lowered, with a note saying so.
-
-    Automatic CPU pools get half the cluster's CPUs as 1-CPU, single-thread actors; the other half
-    runs the read, decode, encode and write tasks (measured fastest on 2 cores: jobs.bench_denoise).
-    Half, not all but one: a pool that loses a node restarts its actors on the others, and the tasks
-    must still find a free CPU there. With GPUs: one actor per GPU (``gpus_per_actor`` 1), 1 CPU each.
-    """
-    notes = []
-    if device not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"invalid device {device!r}; valid: auto, cpu, cuda")
-    if device == "cuda" and gpus <= 0:
-        raise ValueError("--device cuda but the Ray cluster has no GPU; valid here: auto, cpu")
-    use_gpu = device == "cuda" or (device == "auto" and gpus > 0)
-    if cpus <= 0:
-        raise ValueError("the Ray cluster reports no CPUs")
-    reserve = 1.0 if cpus >= 2 else cpus / 2
-    auto = cpus_per_actor <= 0
-    actor_cpus = min(1.0, cpus - reserve) if auto else float(cpus_per_actor)
-    if actor_cpus > cpus - reserve:
-        if not auto:
-            notes.append(f"cpus_per_actor {actor_cpus:g} lowered to {cpus - reserve:g} to leave {reserve:g} CPU "
-                         f"for reads on a {cpus:g}-CPU cluster")
-        actor_cpus = cpus - reserve
-    budget = cpus - reserve if use_gpu or not auto else max(actor_cpus, min(cpus - reserve, cpus // 2))
-    cap = max(1, int(budget / actor_cpus + 1e-9))
-    actor_gpus = 0.0
-    if use_gpu:
-        actor_gpus = float(gpus_per_actor)
-        if actor_gpus <= 0 or actor_gpus > gpus:
-            raise ValueError(f"gpus_per_actor must be in (0, {gpus:g}] on this cluster, got {gpus_per_actor:g}")
-        cap = min(cap, max(1, int(gpus / actor_gpus + 1e-9)))
-    hi = cap if max_actors <= 0 else min(max_actors, cap)
-    if max_actors > cap:
-        notes.append(f"max_actors {max_actors} lowered to {cap}: more would not fit the cluster "
-                     f"({cpus:g} CPU, {gpus:g} GPU) next to the read tasks")
-    lo = hi if min_actors <= 0 else min(min_actors, hi)
-    if min_actors > hi:
-        notes.append(f"min_actors {min_actors} lowered to {hi}")
-    # CPU tasks (read, decode, encode, write) take at most what a CPU actor takes: with half-CPU
-    # actors, a 1-CPU task may find no node with a whole CPU free once the actors of a lost node
-    # restart on the others (seen: a hang after a node kill with 1-CPU tasks and half-CPU actors).
-    task_cpus = 1.0 if use_gpu else min(1.0, actor_cpus)
-    return {"min_actors": lo, "max_actors": hi, "actor_cpus": actor_cpus, "actor_gpus": actor_gpus,
-            "task_cpus": task_cpus, "device": "cuda" if use_gpu else "cpu", "notes": notes}

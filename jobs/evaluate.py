@@ -15,7 +15,9 @@ std of per-image PSNR and SSIM, images scored, seconds per image, the parameters
 input as its own row; the command, package versions, tuning set, and a check that every method got
 the identical noisy pixels), comparison.png (+ comparison_<spec>.png: one row per method on the
 same fixed images), per_image.parquet (one row per image, noise and method) and
-config.resolved.json. See dae/evaluation.py for the pipeline and dae/baselines.py for the methods.
+config.resolved.json. See dae/evaluate/ for the pipeline and dae/baselines.py for the methods. Models
+run as jobs.denoise runs them, with the same forward flags and defaults (--tile, --tile-overlap,
+--forward-batch, --forward-pixels, --deterministic, --bf16).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dae.evaluation import EvaluateConfig, report_command, run
+from dae.evaluate import EvaluateConfig, report_command, run
 from dae.jobutil import cli, config_parser, stage_config
 
 

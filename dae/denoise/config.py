@@ -1,11 +1,18 @@
-"""The denoise stage's config: every field is a ``jobs.denoise`` flag (defaults <- preset <- flags)."""
+"""The denoise stage's config: every field is a ``jobs.denoise`` flag (defaults <- preset <- flags).
+
+Rules: the forward settings (tile, tile_overlap, forward_batch, forward_pixels, deterministic, bf16,
+ensemble, device, torch_threads) are flags here but are owned by :mod:`dae.inference_spec`: their
+defaults and help come from :func:`~dae.inference_spec.flag`, their checks from
+:meth:`~dae.inference_spec.InferenceSpec.check`, and the stage uses them only as
+:meth:`DenoiseConfig.inference_spec`.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 from .. import shards
-from ..inference import ENSEMBLES, FORWARD_PIXELS
+from ..inference_spec import InferenceSpec, flag
 from ..noise import NoiseSpec
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -37,16 +44,13 @@ class DenoiseConfig:
     torch_threads: int = field(default=0, metadata={"help": "torch threads per actor; 0: 2 per CPU of a CPU "
                                                             "actor, 1 with GPUs"})
     device: str = field(default="auto", metadata={"help": "auto: cuda when the cluster has GPUs", "choices": DEVICES})
-    bf16: bool = field(default=True, metadata={"help": "bf16 autocast on GPU (never used on CPU)"})
-    tile: int = field(default=512, metadata={"help": "images larger than TILE x TILE are denoised in tiles"})
-    tile_overlap: int = field(default=32, metadata={"help": "pixels shared by neighbouring tiles (blended)"})
-    ensemble: int = field(default=1, metadata={"help": "self-ensemble: average the model's outputs over 1, 2, 4 or 8 "
-                                                       "flips/rotations (+0.1-0.2 dB for N x the model time)"})
-    forward_batch: int = field(default=64, metadata={"help": "images (or tiles) per forward pass"})
-    forward_pixels: int = field(default=FORWARD_PIXELS, metadata={"help": "cap on pixels per forward pass "
-                                                                          "(a bigger image goes alone)"})
-    deterministic: bool = field(default=True, metadata={"help": "pad partial forward passes to a fixed size so "
-                                                                "results never depend on batching"})
+    bf16: bool = flag("bf16")
+    tile: int = flag("tile")
+    tile_overlap: int = flag("tile_overlap")
+    ensemble: int = flag("ensemble")
+    forward_batch: int = flag("forward_batch")
+    forward_pixels: int = flag("forward_pixels")
+    deterministic: bool = flag("deterministic")
     convert_channels: bool = field(default=False, metadata={"help": "convert images to the model's channels "
                                                                     "(RGB->gray: BT.601 luma; gray->RGB: copy)"})
     allow_duplicate_ids: bool = field(default=False, metadata={
@@ -66,6 +70,10 @@ class DenoiseConfig:
     samples: int = field(default=8, metadata={"help": "images in samples.png"})
     progress_every: float = field(default=10.0, metadata={"help": "seconds between progress lines"})
 
+    def inference_spec(self) -> InferenceSpec:
+        """How the model actors run the model (device and threads still to be placed by the pool's plan)."""
+        return InferenceSpec.from_config(self)
+
 
 def validate(cfg: DenoiseConfig) -> None:
     for name in ("input", "model", "output"):
@@ -75,16 +83,10 @@ def validate(cfg: DenoiseConfig) -> None:
         NoiseSpec.parse(cfg.add_noise)  # lists the valid kinds on error
     if cfg.sigma != -1.0 and not 0.0 <= cfg.sigma <= 255.0:
         raise ValueError(f"--sigma is on the 0-255 scale (or -1: estimated), got {cfg.sigma:g}")
-    for name in ("forward_batch", "tile", "forward_pixels"):
-        if getattr(cfg, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
-    for name in ("batch_size", "min_actors", "max_actors", "torch_threads"):
+    cfg.inference_spec().check()
+    for name in ("batch_size", "min_actors", "max_actors"):
         if getattr(cfg, name) < 0:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
-    if cfg.ensemble not in ENSEMBLES:
-        raise ValueError(f"--ensemble must be one of {', '.join(map(str, ENSEMBLES))}, got {cfg.ensemble}")
-    if not 0 <= cfg.tile_overlap < cfg.tile:
-        raise ValueError(f"--tile-overlap must be in [0, tile={cfg.tile}), got {cfg.tile_overlap}")
     if not 0.0 <= cfg.max_error_fraction <= 1.0:
         raise ValueError(f"--max-error-fraction must be in [0, 1], got {cfg.max_error_fraction}")
     if cfg.cpus_per_actor < 0:

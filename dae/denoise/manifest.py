@@ -4,9 +4,11 @@
 
 Rules:
 - ``settings`` names everything that changes the output pixels (model weights and config, noise,
-  seed, sigma, tiling, forward sizes, determinism, precision, device class, ensemble, channel
-  conversion, the bomb guard) and the input root and split (the marker names are paths under that
-  root). ``fingerprint`` is their hash; every marker carries it too.
+  seed, sigma, channel conversion, the bomb guard, and the forward settings: the inference spec's
+  ``fingerprint_fields``, i.e. tiling, forward sizes, determinism, device class, precision,
+  ensemble) and the input root and split (the marker names are paths under that root).
+  ``fingerprint`` is their hash; every marker carries it too. A key added or renamed here (or in
+  ``fingerprint_fields``) makes every existing output refuse its next run.
 - A run whose settings differ from the manifest's is refused before it writes anything, naming
   every differing field, whichever input files it covers: one output is one run's result. The way
   out is a new --output, or --overwrite.
@@ -28,6 +30,7 @@ import time
 import uuid
 
 from .. import checkpoint, storage
+from ..inference_spec import InferenceSpec
 from ..noise import NoiseSpec
 from .config import DenoiseConfig
 
@@ -39,14 +42,10 @@ def path(out: str) -> str:
     return storage.join(out, NAME)
 
 
-def precision(cfg: DenoiseConfig, device: str) -> str:
-    """The arithmetic the model runs in (bf16 autocast is used on CUDA only, see dae.inference)."""
-    return "bf16" if cfg.bf16 and device == "cuda" else "fp32"
-
-
-def settings(cfg: DenoiseConfig, model_cfg: dict, device: str) -> dict:
+def settings(cfg: DenoiseConfig, model_cfg: dict, spec: InferenceSpec) -> dict:
     """Everything the output values depend on, by name (not batch sizes or actor counts: with
-    deterministic forward passes the outputs do not depend on them)."""
+    deterministic forward passes the outputs do not depend on them). ``spec``: the forward settings
+    as the actors run them, placed on the plan's device."""
     weights = storage.read_bytes(storage.join(checkpoint.model_dir(cfg.model), checkpoint.WEIGHTS))
     noisy = bool(cfg.add_noise)
     return {
@@ -55,9 +54,7 @@ def settings(cfg: DenoiseConfig, model_cfg: dict, device: str) -> dict:
         "model_weights": hashlib.blake2b(weights, digest_size=12).hexdigest(),
         "add_noise": str(NoiseSpec.parse(cfg.add_noise)) if noisy else "",
         "seed": cfg.seed if noisy else None, "sigma": cfg.sigma,
-        "tile": cfg.tile, "tile_overlap": cfg.tile_overlap, "forward_batch": cfg.forward_batch,
-        "forward_pixels": cfg.forward_pixels, "deterministic": cfg.deterministic,
-        "device": device, "precision": precision(cfg, device), "ensemble": cfg.ensemble,
+        **spec.fingerprint_fields(),
         "convert_channels": cfg.convert_channels, "max_pixels": cfg.max_pixels, "layout": LAYOUT,
     }
 

@@ -53,6 +53,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from .. import checkpoint, inference, shards, storage
 from ..config import config_dict
+from ..inference_spec import InferenceSpec
 from ..jobutil import Progress, save_resolved_config
 from ..noise import NoiseSpec
 from . import manifest, outputs, rerun
@@ -78,14 +79,14 @@ BATCH_BYTES = 64 * 1024 * 1024
 MAX_BATCH = 1024
 
 
-def batch_size(cfg: DenoiseConfig, files: list[InputFile]) -> int:
+def batch_size(cfg: DenoiseConfig, files: list[InputFile], spec: InferenceSpec) -> int:
     """``--batch-size``, else rows of about BATCH_BYTES for the largest image, and never fewer than
     one forward pass of it (a partial pass is padded: a batch below it would waste the padding)."""
     if cfg.batch_size:
         return cfg.batch_size
     largest = max(1, max((f.max_pixels for f in files), default=1))
     by_bytes = BATCH_BYTES // (36 * largest)
-    one_pass = inference.chunk_size(largest, 1, cfg.forward_batch, cfg.forward_pixels)
+    one_pass = inference.chunk_size(largest, 1, spec.forward_batch, spec.forward_pixels)
     return max(1, min(MAX_BATCH, max(by_bytes, one_pass)))
 
 
@@ -104,7 +105,9 @@ def plan_actors(cfg: DenoiseConfig, cpus: float, gpus: float) -> dict:
     return plan
 
 
-def build_dataset(cfg: DenoiseConfig, files: list[InputFile], model_channels: int, plan: dict, fp: str):
+def build_dataset(cfg: DenoiseConfig, files: list[InputFile], model_channels: int, plan: dict, spec: InferenceSpec,
+                  fp: str):
+    """The pipeline of the module docstring; ``spec``: how the actors run the model (placed by ``plan``)."""
     import ray.data
 
     from .. import data
@@ -120,11 +123,7 @@ def build_dataset(cfg: DenoiseConfig, files: list[InputFile], model_channels: in
         inference.Denoiser, batch_size=rows,
         compute=ray.data.ActorPoolStrategy(min_size=plan["min_actors"], max_size=plan["max_actors"]),
         num_cpus=plan["actor_cpus"], num_gpus=plan["actor_gpus"],
-        fn_constructor_kwargs=dict(model_dir=cfg.model, device=plan["device"], tile=cfg.tile,
-                                   overlap=cfg.tile_overlap, forward_batch=cfg.forward_batch,
-                                   forward_pixels=cfg.forward_pixels, deterministic=cfg.deterministic,
-                                   bf16=cfg.bf16, torch_threads=plan["torch_threads"], ensemble=cfg.ensemble,
-                                   keep_input=bool(noise)))
+        fn_constructor_kwargs=dict(model_dir=cfg.model, spec=spec, keep_input=bool(noise)))
     _, root_inner = storage.resolve(input_root(cfg.input, cfg.split))
     return ds.map_batches(outputs.finish_and_write, batch_size=rows, num_cpus=task_cpus,
                           fn_kwargs=dict(out=storage.absolute(cfg.output), root_inner=root_inner,
@@ -132,7 +131,7 @@ def build_dataset(cfg: DenoiseConfig, files: list[InputFile], model_channels: in
 
 
 def run_pipeline(cfg: DenoiseConfig, files: list[InputFile], model_channels: int, fp: str, plan: dict,
-                 books: outputs.Books, generation: str, lease: Lease) -> dict[str, dict]:
+                 spec: InferenceSpec, books: outputs.Books, generation: str, lease: Lease) -> dict[str, dict]:
     """Streams every pending file through the pipeline and commits each input when its last part is
     reported. Returns {stem: marker}."""
     out = storage.absolute(cfg.output)
@@ -146,7 +145,7 @@ def run_pipeline(cfg: DenoiseConfig, files: list[InputFile], model_channels: int
     if not todo:
         return markers
     progress = Progress("denoise", total=sum(f.rows for f in todo), every=cfg.progress_every)
-    ds = build_dataset(cfg, todo, model_channels, plan, fp)
+    ds = build_dataset(cfg, todo, model_channels, plan, spec, fp)
     pending: list[tuple[str, Future]] = []
     # Commits (a small JSON, and on S3 a LIST for orphans) overlap with the stream.
     with ThreadPoolExecutor(max_workers=4, thread_name_prefix="dae-commit") as pool:
@@ -293,13 +292,15 @@ def run(cfg: DenoiseConfig) -> dict:
     dups = scan(listing.files, raylib.cluster_cpus())
     _check_duplicates(cfg, dups)
     plan = plan_actors(cfg, raylib.cluster_cpus(), raylib.cluster_gpus())
-    settings = manifest.settings(cfg, model_cfg, plan["device"])
+    # One spec, placed once: the manifest records what the actors are given.
+    spec = cfg.inference_spec().placed(plan["device"], plan["torch_threads"])
+    settings = manifest.settings(cfg, model_cfg, spec)
     with Lease(storage.absolute(cfg.output)) as lease:
-        return _run_held(cfg, listing, model_cfg, settings, plan, dups, lease, t0)
+        return _run_held(cfg, listing, model_cfg, settings, plan, spec, dups, lease, t0)
 
 
-def _run_held(cfg: DenoiseConfig, listing: Listing, model_cfg: dict, settings: dict, plan: dict, dups,
-              lease: Lease, t0: float) -> dict:
+def _run_held(cfg: DenoiseConfig, listing: Listing, model_cfg: dict, settings: dict, plan: dict,
+              spec: InferenceSpec, dups, lease: Lease, t0: float) -> dict:
     out, files = storage.absolute(cfg.output), listing.files
     cpu0 = _cpu_s()
     fp = manifest.fingerprint(settings)
@@ -320,10 +321,10 @@ def _run_held(cfg: DenoiseConfig, listing: Listing, model_cfg: dict, settings: d
     markers = dict(p.markers)
     cpu1, t1 = _cpu_s(), time.perf_counter()
     if pending:
-        plan["batch_size"] = batch_size(cfg, pending)
+        plan["batch_size"] = batch_size(cfg, pending, spec)
         log.info("denoise: %d files, %d rows, model %s (%d ch), actors %s", len(pending),
                  sum(f.rows for f in pending), model_cfg["model"], model_channels, plan)
-        markers.update(run_pipeline(cfg, pending, model_channels, fp, plan, books, p.generation, lease))
+        markers.update(run_pipeline(cfg, pending, model_channels, fp, plan, spec, books, p.generation, lease))
     pipeline_s, pipeline_cpu = time.perf_counter() - t1, _cpu_s() - cpu1
     exported = export_pngs(cfg, markers) if cfg.export_png else 0
     write_samples(cfg)

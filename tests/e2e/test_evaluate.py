@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from dae import baselines, evaluation, metrics, shards
+from dae import baselines, evaluate, metrics, shards
 from dae.checkpoint import load_model
 from dae.jobutil import slug
 from dae.noise import add_noise_batch
@@ -98,7 +98,7 @@ def test_every_method_gets_identical_noisy_pixels(report, camera_shards):
         assert r["same_input"][spec]["identical"] is True
         assert r["picture_same_input"][spec] is True
         # The hash each stage recorded of what it received == the hash of the noise computed here.
-        want = {i: evaluation.array_hash(x) for i, x in zip(ids, add_noise_batch(clean, ids, spec, seed=0))}
+        want = {i: evaluate.array_hash(x) for i, x in zip(ids, add_noise_batch(clean, ids, spec, seed=0))}
         rows = [x for x in t if x["noise"] == spec]
         methods = {x["method"] for x in rows}
         assert {"noisy", "median", "tv", "tiny-gray"} <= methods
@@ -106,7 +106,7 @@ def test_every_method_gets_identical_noisy_pixels(report, camera_shards):
             assert x["input_hash"] == want[x["id"]], (x["method"], x["id"])
     # A different seed gives different pixels (the check above can fail).
     other = add_noise_batch(clean[:1], ids[:1], NOISE[0], seed=1)[0]
-    assert evaluation.array_hash(other) != want[ids[0]]
+    assert evaluate.array_hash(other) != want[ids[0]]
 
 
 def test_missing_optional_baseline_is_skipped_not_zero(report):

@@ -11,6 +11,7 @@ import torch
 
 from dae import inference, shards
 from dae.denoise.scan import bucket_of, find_duplicates, scan_files
+from dae.inference_spec import InferenceSpec
 from dae.models import create_model
 from helpers import HOSTILE, fashion
 from jobs import denoise
@@ -68,15 +69,15 @@ def test_tiles_match_whole_image_within_tolerance():
     img = (data.camera()[100:260, 80:228].astype(np.float32) / 255)[:, :, None]  # 160 x 148
     torch.manual_seed(0)
     model = create_model("unet", channels=1, width=8).eval()
-    whole = inference.denoise_images(model, [img], tile=4096)[0]
+    whole = inference.denoise_images(model, [img], InferenceSpec(tile=4096))[0]
     assert inference.tile_starts(160, 96, 24) == [0, 64] and inference.tile_starts(148, 96, 24) == [0, 52]
     # small forward_pixels: tiles go through several fixed-size passes
-    tiled = inference.denoise_images(model, [img, img[:50, :40]], tile=96, overlap=24,
-                                     forward_pixels=96 * 96 * 3)
+    tiled = inference.denoise_images(model, [img, img[:50, :40]],
+                                     InferenceSpec(tile=96, tile_overlap=24, forward_pixels=96 * 96 * 3))
     d = np.abs(tiled[0] - whole)
     assert tiled[0].shape == img.shape and d.max() < 0.01 and d.mean() < 2e-4, (d.max(), d.mean())
     np.testing.assert_array_equal(tiled[1], inference.denoise_images(model, [img[:50, :40]])[0])
-    seams = np.abs(inference.denoise_images(model, [img], tile=96, overlap=0)[0] - whole)
+    seams = np.abs(inference.denoise_images(model, [img], InferenceSpec(tile=96, tile_overlap=0))[0] - whole)
     assert seams.max() > 0.01 and seams.mean() > 3 * d.mean()
 
 
@@ -91,19 +92,19 @@ def test_self_ensemble_is_the_mean_of_the_views_turned_back():
     outs = [inference.dihedral(inference.denoise_images(model, [np.ascontiguousarray(v)])[0], k, inverse=True)
             for k, v in enumerate(views)]
     for n in (2, 4, 8):
-        np.testing.assert_allclose(inference.denoise_images(model, [img], ensemble=n)[0], np.mean(outs[:n], 0),
-                                   atol=1e-6)
+        np.testing.assert_allclose(inference.denoise_images(model, [img], InferenceSpec(ensemble=n))[0],
+                                   np.mean(outs[:n], 0), atol=1e-6)
     assert np.abs(outs[1] - outs[0]).max() > 1e-3  # a U-Net is not flip-invariant: the views do differ
     with pytest.raises(ValueError, match="self-ensemble size must be one of 1, 2, 4, 8, got 3"):
-        inference.denoise_images(model, [img], ensemble=3)
+        inference.denoise_images(model, [img], InferenceSpec(ensemble=3))
 
 
 def test_forward_results_do_not_depend_on_batching():
     torch.manual_seed(0)
     model = create_model("conv28k", channels=1).eval()
     imgs = [np.random.default_rng(i).random((28, 28, 1), dtype=np.float32) for i in range(40)]
-    alone = [inference.denoise_images(model, [im], forward_batch=16)[0] for im in imgs[:5]]
-    together = inference.denoise_images(model, imgs, forward_batch=16)
+    alone = [inference.denoise_images(model, [im], InferenceSpec(forward_batch=16))[0] for im in imgs[:5]]
+    together = inference.denoise_images(model, imgs, InferenceSpec(forward_batch=16))
     for a, b in zip(alone, together):
         np.testing.assert_array_equal(a, b)
 
@@ -152,12 +153,13 @@ def test_the_denoiser_tells_a_conditioned_model_its_level_and_says_which(tmp_pat
     batch = {"id": np.array(["a", "b"], dtype=object), "image": [shards.encode_png(cam)] * 2}
     for name in ("cunet", "unet"):
         save_model(create_model(name, channels=1, width=4), str(tmp_path / name))
-    den = inference.Denoiser(str(tmp_path / "cunet"), device="cpu")
+    den = inference.Denoiser(str(tmp_path / "cunet"), InferenceSpec(device="cpu"))
     given = den(inference.prepare_batch(batch, 1, sigma=30 / 255))[inference.SIGMA]
     drawn = den(inference.prepare_batch(batch, 1, noise="awgn:10-50", seed=0))[inference.SIGMA]
     estimated = den(inference.prepare_batch(batch, 1))[inference.SIGMA]
     assert np.allclose(given, 30 / 255)
     assert 10 / 255 <= drawn.min() and drawn.max() <= 50 / 255 and drawn[0] != drawn[1]  # per image
     assert np.isfinite(estimated).all() and estimated[0] == estimated[1]  # the same photo: the same estimate
-    other = inference.Denoiser(str(tmp_path / "unet"), device="cpu")(inference.prepare_batch(batch, 1, sigma=0.1))
+    other = inference.Denoiser(str(tmp_path / "unet"), InferenceSpec(device="cpu"))(
+        inference.prepare_batch(batch, 1, sigma=0.1))
     assert np.isnan(other[inference.SIGMA]).all()

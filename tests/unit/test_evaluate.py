@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from dae import baselines, evaluation, metrics, shards
+from dae import baselines, evaluate, metrics, shards
 from dae.checkpoint import load_model, save_model
+from dae.evaluate.methods import _model_entries
+from dae.inference_spec import InferenceSpec
 from dae.models import create_model
 from dae.noise import add_noise_batch
 from helpers import camera_crops, run_job
@@ -33,7 +35,7 @@ def test_model_scorer_runs_models_as_the_denoise_job(camera_models):
     noisy = list(add_noise_batch(clean, [str(i) for i in range(6)], "gaussian:0.2", seed=0))
     threads = torch.get_num_threads()
     try:
-        out = evaluation.ModelScorer([("m", camera_models["gray"], 1)], device="cpu")(
+        out = evaluate.ModelScorer([("m", camera_models["gray"], 1)], InferenceSpec(device="cpu", torch_threads=1))(
             {"noisy": shards.stack_or_ragged(noisy), "clean": shards.stack_or_ragged(clean),
              "sigma": np.full(6, 0.2, np.float32)})
         model, _ = load_model(camera_models["gray"])
@@ -43,28 +45,28 @@ def test_model_scorer_runs_models_as_the_denoise_job(camera_models):
     finally:
         torch.set_num_threads(threads)  # the actor pins its threads; the rest of the session keeps its own
     assert not np.array_equal(whole, tiled[5])  # tiling shows: the check below can tell the two apart
-    want = evaluation.score_images(tiled, clean)
+    want = evaluate.score_images(tiled, clean)
     assert np.array_equal(out["m__psnr"], want[0]) and np.array_equal(out["m__ssim"], want[1])
-    assert out["m__hash"].tolist() == [evaluation.array_hash(x) for x in noisy]
+    assert out["m__hash"].tolist() == [evaluate.array_hash(x) for x in noisy]
 
 
 def test_model_actors_sized_like_denoise():
-    cfg = evaluation.EvaluateConfig
+    cfg = evaluate.EvaluateConfig
     # 2 CPUs: one 1-CPU actor, one CPU left to the read, noise and classical tasks.
-    p = evaluation.plan_model_actors(cfg(), 2, 0)
+    p = evaluate.plan_model_actors(cfg(), 2, 0)
     assert (p["min_actors"], p["max_actors"], p["actor_cpus"], p["task_cpus"], p["device"]) == (1, 1, 1.0, 1.0, "cpu")
     # Automatic CPU pools: a quarter of the CPUs, at most 4; an explicit count is kept when it fits.
-    assert evaluation.plan_model_actors(cfg(), 8, 0)["max_actors"] == 2
-    assert evaluation.plan_model_actors(cfg(), 64, 0)["max_actors"] == 4
-    assert evaluation.plan_model_actors(cfg(model_actors=3), 8, 0)["max_actors"] == 3
+    assert evaluate.plan_model_actors(cfg(), 8, 0)["max_actors"] == 2
+    assert evaluate.plan_model_actors(cfg(), 64, 0)["max_actors"] == 4
+    assert evaluate.plan_model_actors(cfg(model_actors=3), 8, 0)["max_actors"] == 3
     # 1 CPU: a half-CPU actor, and tasks that fit next to it (1-CPU tasks would never be placed).
-    p = evaluation.plan_model_actors(cfg(), 1, 0)
+    p = evaluate.plan_model_actors(cfg(), 1, 0)
     assert p["actor_cpus"] == 0.5 and p["task_cpus"] == 0.5 and p["max_actors"] == 1
-    p = evaluation.plan_model_actors(cfg(), 8, 2)
+    p = evaluate.plan_model_actors(cfg(), 8, 2)
     assert (p["max_actors"], p["actor_gpus"], p["device"]) == (2, 1.0, "cuda")
-    assert evaluation.plan_model_actors(cfg(device="cpu"), 8, 2)["device"] == "cpu"
+    assert evaluate.plan_model_actors(cfg(device="cpu"), 8, 2)["device"] == "cpu"
     with pytest.raises(ValueError, match="no GPU"):
-        evaluation.plan_model_actors(cfg(device="cuda"), 8, 0)
+        evaluate.plan_model_actors(cfg(device="cuda"), 8, 0)
 
 
 def test_unknown_baseline_fails_listing_valid(tmp_path, camera_shards):
@@ -79,22 +81,23 @@ def test_self_ensemble_rows_score_the_averaged_views_with_the_model_loaded_once(
     rotations, turned back and averaged), from one loaded copy of the model."""
     from dae import inference
 
-    entries = evaluation._model_entries([camera_models["gray"]], {"noisy"}, (1, 8))
+    entries = _model_entries([camera_models["gray"]], {"noisy"}, (1, 8))
     assert [(e["key"], e["name"], e["ensemble"]) for e in entries] == [("model0", "tiny-gray", 1),
                                                                         ("model0x8", "tiny-gray x8", 8)]
     clean = [x.astype(np.float32)[:, :, None] / 255 for x in camera_crops(4, 96)]
     noisy = list(add_noise_batch(clean, [str(i) for i in range(4)], "gaussian:0.2", seed=0))
     threads = torch.get_num_threads()
     try:
-        scorer = evaluation.ModelScorer([(e["key"], e["dir"], e["ensemble"]) for e in entries], device="cpu")
+        scorer = evaluate.ModelScorer([(e["key"], e["dir"], e["ensemble"]) for e in entries],
+                                      InferenceSpec(device="cpu", torch_threads=1))
         out = scorer({"noisy": shards.stack_or_ragged(noisy), "clean": shards.stack_or_ragged(clean),
                       "sigma": np.full(4, 0.2, np.float32)})
     finally:
         torch.set_num_threads(threads)
     assert scorer.models[0][1] is scorer.models[1][1]
     model, _ = load_model(camera_models["gray"])
-    ens = [np.clip(y, 0, 1) for y in inference.denoise_images(model, noisy, ensemble=8)]
-    assert np.array_equal(out["model0x8__psnr"], evaluation.score_images(ens, clean)[0])
+    ens = [np.clip(y, 0, 1) for y in inference.denoise_images(model, noisy, InferenceSpec(ensemble=8))]
+    assert np.array_equal(out["model0x8__psnr"], evaluate.score_images(ens, clean)[0])
     # the trained model's errors differ from view to view, so their mean is closer to the clean image
     assert out["model0x8__psnr"].mean() > out["model0__psnr"].mean()
 
@@ -154,14 +157,14 @@ def test_model_names_from_run_dirs(tmp_path):
     m = create_model("conv28k", channels=1, filters=4)
     dirs = [save_model(m, str(tmp_path / run / "best_model")) for run in ("unet-g05", "conv-g05")]
     dup = save_model(m, str(tmp_path / "x" / "unet-g05"))
-    names = [e["name"] for e in evaluation._model_entries([*dirs, dup], {"noisy"})]
+    names = [e["name"] for e in _model_entries([*dirs, dup], {"noisy"})]
     assert names == ["unet-g05", "conv-g05", "unet-g05-conv28k"]
 
 
 def test_bm3d_note_only_for_a_real_subset():
     from types import SimpleNamespace
 
-    from dae.evaluation import bm3d_note
+    from dae.evaluate import bm3d_note
 
     assert bm3d_note(SimpleNamespace(bm3d_n=3, bm3d_subset={"a", "b", "c"})) == {
         "images": 3, "subset": "first 3 scored images (file order)"}
@@ -169,7 +172,7 @@ def test_bm3d_note_only_for_a_real_subset():
 
 
 def test_scoring_blocks_spread_few_photos_over_every_cpu():
-    from dae.evaluation import block_rows
+    from dae.evaluate import block_rows
 
     assert block_rows(64, 10_000, cpus=2) == 64  # many small images: batch-sized blocks
     assert block_rows(64, 68, cpus=2) == 17  # 68 photos on 2 CPUs: 4 blocks, not 64 + 4
