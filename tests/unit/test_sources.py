@@ -38,6 +38,47 @@ def test_registry_lists_valid_sources():
         get_source("imagenet")
 
 
+def test_a_new_source_is_one_registration_with_its_own_options(monkeypatch, tmp_path):
+    """A source declares its reader, options and input folders in one place (@register_source): its
+    options become settings of PrepareConfig (flags, preset keys) beside the common ones."""
+    from dataclasses import dataclass, field
+
+    from dae.config import command_line, settings
+    from dae.prepare import PrepareConfig
+    from dae.sources import Prepared, input_dirs, open_source, registry
+
+    monkeypatch.setattr(registry, "SOURCES", dict(registry.SOURCES))  # registrations below are undone
+
+    @dataclass(frozen=True)
+    class ToyOptions:
+        count: int = field(default=2, metadata={"help": "toy: images per split"})
+
+    @registry.register_source("toy", "a few black images", options=ToyOptions,
+                              inputs=lambda cfg, opts: [cfg.input or "toys"])
+    def open_toy(cfg, opts):
+        records = {s: [(f"toy/{s}/{i}", np.zeros((2, 2), np.uint8), None) for i in range(opts.count)]
+                   for s in ("train", "test")}
+        return Prepared(dataset=cfg.name or "toy", source="toy", splits=records)
+
+    assert list(settings(PrepareConfig))[-1] == "count" and registry.list_sources()[-1] == "toy"
+    cfg = PrepareConfig(source="toy", out="o", options=ToyOptions(count=3))
+    assert PrepareConfig(source="toy").options == ToyOptions()
+    assert [len(v) for v in consume(open_source(cfg)).values()] == [3, 3]
+    assert input_dirs(cfg) == ["toys"] and command_line("jobs.prepare", cfg).endswith("--count 3")
+    with pytest.raises(ValueError, match="'toy' is registered twice"):
+        registry.register_source("toy", "again")
+    with pytest.raises(TypeError, match="options must be a frozen dataclass"):
+        registry.register_source("toy2", "mutable options", options=dataclass(type("Opts", (), {})))
+
+    @dataclass(frozen=True)
+    class ClashingOptions:
+        count: int = 5  # another default for the same setting
+
+    registry.register_source("toy3", "a clash", options=ClashingOptions)(open_toy)
+    with pytest.raises(TypeError, match="ClashingOptions.count clashes with another setting of PrepareConfig"):
+        settings(PrepareConfig)
+
+
 def test_hash_split_is_stable_and_close_to_fraction():
     # A fixed value guards against an accidental change of the hash (it would reshuffle splits).
     assert hash_unit("a/b.png") == pytest.approx(0.49470497835342325, abs=1e-15)  # blake2b-64, pinned
