@@ -3,13 +3,16 @@
     python -m jobs.train --data /tmp/dae-fashion-shards --model conv28k --noise gaussian:0.5 \
         --epochs 10 --batch-size 128 --workers 2 --storage runs --run-name fashion-conv28k
     python -m jobs.train --config train-fashion --workers 2          # a preset from jobs/presets/
+    python -m jobs.train --data data/noisy --noise none --objective nb2nb --objective-kwargs '{gamma: 1.0}'
     ray job submit --working-dir . -- python -m jobs.train --config train-fashion --storage s3://bucket/runs
 
 Every field of :class:`dae.train.TrainConfig` is a flag (``--model-kwargs '{width: 32}'``); values
-come from defaults <- ``--config`` preset <- flags. ``--batch-size`` is the GLOBAL batch. Rerunning
-with the same ``--run-name`` and ``--storage`` resumes that run from its latest checkpoint (give a
-larger ``--epochs`` to train further); the run's settings must stay (see ``dae.train.RESUME_SAME``:
-another --noise, data, loss, seed, ... is an error naming them), epochs, workers and resources may change.
+come from defaults <- ``--config`` preset <- flags. ``--objective`` names an objective of the registry in
+dae/objectives/ (supervised, n2n, nb2nb, n2v); ``--objective-kwargs`` sets its options. ``--batch-size``
+is the GLOBAL batch. Rerunning with the same ``--run-name`` and ``--storage`` resumes that run from its
+latest checkpoint (give a larger ``--epochs`` to train further); the run's settings must stay (see
+``dae.train.RESUME_SAME``: another --noise, data, loss, seed, ... is an error naming them), epochs,
+workers and resources may change.
 ``--config`` also takes a run's config.resolved.json, which reruns that run.
 
 Outputs, in ``--out`` (default: the run directory STORAGE/RUN_NAME, next to Ray Train's

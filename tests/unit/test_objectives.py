@@ -3,8 +3,24 @@ import pytest
 import torch
 from torch import nn
 
-from dae.objectives import (OBJECTIVES, n2n_loss, n2v_apply, n2v_loss, n2v_masks, nb2nb_choices, nb2nb_gamma,
-                            nb2nb_loss, nb2nb_subsample, supervised_loss)
+from dae.objectives import (
+    LOSSES,
+    N2V_FRACTION,
+    OBJECTIVES,
+    Objective,
+    get_objective,
+    list_objectives,
+    n2n_loss,
+    n2v_apply,
+    n2v_loss,
+    n2v_masks,
+    nb2nb_choices,
+    nb2nb_gamma,
+    nb2nb_loss,
+    nb2nb_subsample,
+    register_objective,
+    supervised_loss,
+)
 
 
 class Half(nn.Module):
@@ -195,3 +211,104 @@ def test_n2v_loss_by_hand_and_only_masked_pixels_count():
 
     assert n2v_loss(Scrambled(2), noisy, _sigma(1), torch.as_tensor(mask), torch.as_tensor(source)).item() \
         == pytest.approx(12.625)
+
+
+# ---------------------------------------------------------------- the registry: what each objective declares
+
+
+def test_the_registry_lists_the_builtins_first_and_names_unknown_ones():
+    assert list_objectives()[:4] == list(OBJECTIVES)
+    assert [get_objective(n).name for n in OBJECTIVES] == list(OBJECTIVES)
+    with pytest.raises(ValueError, match="unknown objective 'byol'; valid: supervised, n2n, nb2nb, n2v"):
+        get_objective("byol")
+
+
+def test_register_objective_refuses_a_taken_name_and_a_nameless_class(monkeypatch):
+    from dae.objectives import registry
+
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))  # the real one stays as it is
+
+    class Again(Objective):
+        name = "n2v"
+
+    class Nameless(Objective):
+        pass
+
+    with pytest.raises(ValueError, match="objective 'n2v' registered twice"):
+        register_objective(Again)
+    with pytest.raises(ValueError, match="has no name"):
+        register_objective(Nameless)
+
+
+def test_each_objective_declares_what_a_sample_needs_and_its_losses():
+    assert {n: get_objective(n).needs for n in OBJECTIVES} == {"supervised": "clean", "n2n": "pairs",
+                                                              "nb2nb": "noisy", "n2v": "noisy"}
+    assert get_objective("supervised").losses == get_objective("n2n").losses == LOSSES
+    assert get_objective("nb2nb").losses == get_objective("n2v").losses == ("mse",)
+    assert {n: {k: o.flag for k, o in get_objective(n).options.items()} for n in OBJECTIVES} == {
+        "supervised": {}, "n2n": {}, "nb2nb": {"gamma": "nb2nb_gamma"},
+        "n2v": {"fraction": "n2v_fraction", "channels": "n2v_channels"}}
+
+
+def test_options_take_their_defaults_are_cast_and_fail_in_one_line():
+    assert get_objective("n2v")().kwargs == {"fraction": N2V_FRACTION, "channels": "independent"}
+    gamma = get_objective("nb2nb")(gamma=1).kwargs["gamma"]
+    assert gamma == 1.0 and isinstance(gamma, float)  # YAML's 1 is the float option's 1.0
+    for make, says in (
+            (lambda: get_objective("nb2nb")(gama=1.0), r"unknown argument\(s\) \['gama'\] for objective 'nb2nb'; "
+                                                       r"valid: gamma$"),
+            (lambda: get_objective("supervised")(gamma=1.0), r"for objective 'supervised'; valid: none$"),
+            (lambda: get_objective("n2v")(fraction=1.5), r"^--objective-kwargs fraction must be in \(0, 1\), got 1.5$"),
+            (lambda: get_objective("n2v")(channels="both"), r"^unknown --objective-kwargs channels 'both'; valid: "
+                                                            r"independent, joint$"),
+            (lambda: get_objective("nb2nb")(gamma="big"), r"^--objective-kwargs gamma must be a float, got 'big'$"),
+            (lambda: get_objective("nb2nb")(gamma=-1), r"^--objective-kwargs gamma must be >= 0, got -1$"),
+            (lambda: get_objective("n2v")(loss="l1"),
+             r"^--objective n2v is defined with the MSE loss, got --loss l1$")):
+        with pytest.raises(ValueError, match=says):
+            make()
+
+
+def test_each_objective_checks_a_training_setup():
+    get_objective("n2n").check_training("l1", "none", pair_data=True)  # real pairs, on the images as they are
+    for name, noise in (("nb2nb", "none"), ("n2n", "awgn:25")):
+        with pytest.raises(ValueError, match=f"^--pair-data gives Noise2Noise its second noisy images: use it with "
+                                             f"--objective n2n and --noise none, got --objective {name} --noise "
+                                             f"{noise}$"):
+            get_objective(name).check_training("mse", noise, pair_data=True)
+    # data with no clean version: the objectives that learn from single noisy images are named
+    get_objective("nb2nb").check_noisy_only("D", pair_data=False)
+    get_objective("n2n").check_noisy_only("D", pair_data=True)
+    with pytest.raises(ValueError, match="^D holds noisy images with no clean version .*--objective supervised "
+                                         "needs clean targets; train with --objective nb2nb or n2v"):
+        get_objective("supervised").check_noisy_only("D", pair_data=False)
+    with pytest.raises(ValueError, match="^D holds single noisy images .*n2n needs two noisy images of each scene"):
+        get_objective("n2n").check_noisy_only("D", pair_data=False)
+
+
+def test_each_objective_draws_from_seed_id_epoch_and_computes_the_module_arithmetic():
+    ids = ["a", "b"]
+    clean = np.random.default_rng(0).random((2, 6, 8, 3), dtype=np.float32)
+    x = torch.from_numpy(clean.transpose(0, 3, 1, 2).copy())
+    model, sigma = Half(3), _sigma(2)
+    assert get_objective("supervised")().draw(clean, ids, 3, 4) == {}
+    nb2nb = get_objective("nb2nb")(epochs=10, gamma=2.0)
+    choices = nb2nb.draw(clean, ids, 3, 4)["choices"]
+    assert np.array_equal(choices.numpy(), nb2nb_choices(ids, 3, 4, 6, 8))
+    assert nb2nb.train_loss(model, x, x, sigma, {"choices": choices}, 5).item() == pytest.approx(
+        nb2nb_loss(model, x, sigma, choices, nb2nb_gamma(5, 10, 2.0))[0].item())
+    # the held-out loss is epoch 0's, whose regularizer weight is 0: the reconstruction term alone
+    rec = nb2nb_loss(model, x, sigma, choices, 1.0)[1]["rec"].item()
+    assert nb2nb.held_out_loss(model, x, sigma, {"choices": choices}).item() == pytest.approx(rec)
+    n2v = get_objective("n2v")(fraction=0.2, channels="joint").draw(clean, ids, 3, 4)
+    mask, source = n2v_masks(ids, 3, 4, 6, 8, 0.2, channels=3, joint=True)
+    assert np.array_equal(n2v["mask"].numpy(), mask) and np.array_equal(n2v["source"].numpy(), source)
+    assert get_objective("n2v")().train_loss(model, x, x, sigma, n2v, 0).item() == pytest.approx(
+        n2v_loss(model, x, sigma, mask, source).item())
+    pair = clean[::-1].copy()  # real second shots are taken as they are
+    assert torch.equal(get_objective("n2n")().draw(clean, ids, 3, 4, target=pair)["target"],
+                       torch.from_numpy(pair.transpose(0, 3, 1, 2).copy()))
+    # supervised and n2n compute the --loss they are given
+    l1 = get_objective("supervised")(loss="l1")
+    assert l1.train_loss(model, x, x * 0.1, sigma, {}, 0).item() == pytest.approx(float((0.05 * x - x).abs().mean()))
+

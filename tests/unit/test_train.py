@@ -128,6 +128,17 @@ def test_a_run_stored_before_a_setting_existed_had_its_default():
         check_resume(stored, _resume_cfg(crop=16))
 
 
+def test_objective_kwargs_are_kept_on_a_rerun_and_an_older_run_had_none():
+    from dae.config import config_dict
+    from dae.train import check_resume
+
+    stored = config_dict(_resume_cfg(objective="nb2nb"))
+    del stored["objective_kwargs"]  # a run made before the setting existed
+    check_resume(stored, _resume_cfg(objective="nb2nb"))
+    with pytest.raises(ValueError, match=r"objective_kwargs: \{\} -> \{'gamma': 1.0\}"):
+        check_resume(stored, _resume_cfg(objective="nb2nb", objective_kwargs={"gamma": 1.0}))
+
+
 def test_the_stored_run_is_the_latest_checkpoints_else_the_resolved_config(tmp_path):
     from dae.config import config_dict
     from dae.jobutil import save_resolved_config

@@ -15,8 +15,21 @@ from dae.inference import denoise_images
 from dae.models import create_model
 from dae.noise import add_noise_batch
 from dae.shards import stack_or_ragged
-from dae.train import (LoopConfig, TrainConfig, batches, load_train, load_validation, make_objective, make_optimizer,
-                       make_scheduler, random_crop, random_crops, samples_per_epoch, train_one_epoch, validate)
+from dae.train import (
+    LoopConfig,
+    TrainConfig,
+    batches,
+    load_train,
+    load_validation,
+    make_objective,
+    make_optimizer,
+    make_scheduler,
+    random_crop,
+    random_crops,
+    samples_per_epoch,
+    train_one_epoch,
+    validate,
+)
 from helpers import needs_natural
 
 CFG = TrainConfig(data="unused", model="dncnn", model_kwargs={"depth": 3, "width": 8}, noise="awgn:25",
@@ -92,7 +105,8 @@ def test_cache_crops_are_the_same_with_one_and_two_workers():
     want = random_crops([images[3]], [ids[3]], 16, 3, CFG.seed, 0, CFG.augment)
     noisy = add_noise_batch(want[0], want[1], CFG.noise, CFG.seed, 0)
     for c, n in zip(want[0], noisy):
-        key = (np.ascontiguousarray(c.transpose(2, 0, 1)).tobytes(), np.ascontiguousarray(n.transpose(2, 0, 1)).tobytes())
+        key = (np.ascontiguousarray(c.transpose(2, 0, 1)).tobytes(),
+               np.ascontiguousarray(n.transpose(2, 0, 1)).tobytes())
         assert key in set(one)
 
 
@@ -145,7 +159,8 @@ def test_crops_of_real_train400_photos_beat_the_noisy_input():
     train, train_ids = load(os.path.join(root, "train", "Train400"), 24)
     test, test_ids = load(os.path.join(root, "test", "BSD68"), 4)
     assert len({t.shape for t in test}) == 2  # both orientations: a mixed-size validation
-    cfg = dataclasses.replace(CFG, crop=40, crops_per_image=4, batch_size=16, lr=3e-3, model_kwargs={"depth": 5, "width": 16})
+    cfg = dataclasses.replace(CFG, crop=40, crops_per_image=4, batch_size=16, lr=3e-3,
+                              model_kwargs={"depth": 5, "width": 16})
     torch.set_num_threads(1)
     torch.manual_seed(0)
     model = create_model("dncnn", channels=1, **cfg.model_kwargs)

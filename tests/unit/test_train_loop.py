@@ -14,9 +14,22 @@ from dae import metrics
 from dae.checkpoint import load_model
 from dae.models import create_model
 from dae.noise import add_noise_batch
-from dae.train import (LoopConfig, TrainConfig, TrainState, batches, collapsed, load_train,
-                       load_validation, make_objective, make_optimizer, make_scheduler, restore, save_checkpoint,
-                       train_one_epoch, validate)
+from dae.train import (
+    LoopConfig,
+    TrainConfig,
+    TrainState,
+    batches,
+    collapsed,
+    load_train,
+    load_validation,
+    make_objective,
+    make_optimizer,
+    make_scheduler,
+    restore,
+    save_checkpoint,
+    train_one_epoch,
+    validate,
+)
 from helpers import REPO, mnist5k_digits
 
 CFG = TrainConfig(data="unused", model="dncnn", model_kwargs={"depth": 3, "width": 8}, noise="gaussian:0.5",

@@ -9,9 +9,22 @@ import numpy as np
 import pytest
 import torch
 
-from dae.train import (TrainConfig, batches, check_config, load_train, load_validation, make_objective,
-                       objective_inputs, train_one_epoch, validate)
-from .test_train_loop import FakeIterator, digits, loop_config, setup  # noqa: F401  (digits: a fixture)
+from dae.train import (
+    TrainConfig,
+    batches,
+    check_config,
+    load_train,
+    load_validation,
+    make_objective,
+    objective_inputs,
+    train_one_epoch,
+    validate,
+)
+
+from . import test_train_loop
+from .test_train_loop import FakeIterator, loop_config, setup
+
+digits = test_train_loop.digits  # that module's fixture: 64 real MNIST digits
 
 CFG = TrainConfig(data="unused", model="dncnn", model_kwargs={"depth": 4, "width": 16}, noise="awgn:60", lr=3e-3,
                   batch_size=16, epochs=8, schedule="constant", seed=0, run_name="unit", n2v_fraction=0.05)
@@ -55,10 +68,76 @@ def test_objective_inputs_come_from_seed_id_and_epoch(digits):
     ({"objective": "n2v", "n2v_fraction": 0.0}, "n2v-fraction must be in"),
     ({"objective": "n2v", "n2v_channels": "some"}, "valid: independent, joint"),
     ({"objective": "byol"}, "valid"),
+    ({"objective": "nb2nb", "objective_kwargs": {"gamma": -1}}, "--objective-kwargs gamma must be >= 0"),
+    ({"objective": "n2v", "objective_kwargs": {"gama": 1}},
+     r"\['gama'\] for objective 'n2v'; valid: fraction, channels"),
+    ({"objective": "supervised", "objective_kwargs": {"gamma": 1}}, "for objective 'supervised'; valid: none"),
+    # the older flags are checked whatever the objective, as they always were
+    ({"objective": "supervised", "nb2nb_gamma": -1.0}, "--nb2nb-gamma must be >= 0, got -1"),
 ])
 def test_bad_objective_settings_fail_clearly(changes, says):
     with pytest.raises(ValueError, match=says):
         check_config(dataclasses.replace(CFG, **changes))
+
+
+def test_objective_kwargs_override_the_older_flags(digits):
+    """--nb2nb-gamma, --n2v-fraction and --n2v-channels give the objective's options their defaults;
+    --objective-kwargs overrides them, key by key: the same objective either way."""
+    from dae.train import objective_of
+
+    images, ids = digits
+    flags = dataclasses.replace(CFG, objective="n2v", n2v_fraction=0.1, n2v_channels="joint")
+    kwargs = dataclasses.replace(CFG, objective="n2v", objective_kwargs={"fraction": 0.1, "channels": "joint"})
+    assert objective_of(flags).kwargs == objective_of(kwargs).kwargs == {"fraction": 0.1, "channels": "joint"}
+    for key in ("mask", "source"):
+        assert torch.equal(objective_inputs(flags, images[:4], ids[:4], 2)[key],
+                           objective_inputs(kwargs, images[:4], ids[:4], 2)[key])
+    both = dataclasses.replace(flags, objective_kwargs={"fraction": 0.2})
+    assert objective_of(check_config(both)).kwargs == {"fraction": 0.2, "channels": "joint"}
+    assert objective_of(dataclasses.replace(CFG, objective="nb2nb")).kwargs == {"gamma": 2.0}
+    gamma = dataclasses.replace(CFG, objective="nb2nb", objective_kwargs={"gamma": 0.5})
+    assert objective_of(gamma).kwargs == {"gamma": 0.5}
+    assert objective_of(dataclasses.replace(CFG, objective="nb2nb", nb2nb_gamma=0.5)).kwargs == {"gamma": 0.5}
+
+
+def test_a_new_objective_is_one_class_the_train_pieces_take(digits, monkeypatch):
+    """A plug-in objective (here: supervised on a random half of the pixels of each image): once
+    registered, check_config takes it with its options and its checks, the batches carry what it
+    draws from (seed, id, epoch) and the loop minimises its loss. No file of dae.train knows it."""
+    from dae.noise import image_rng
+    from dae.objectives import Objective, Option, registry
+    from dae.train import check_noisy_only
+
+    class Masked(Objective):
+        name, title, needs, losses = "masked", "masked supervision", "clean", ("mse", "l1")
+        options = {"keep": Option(0.5, "the pixels each step learns from", valid=lambda v: 0 < v <= 1,
+                                  rule="must be in (0, 1]")}
+
+        def draw(self, clean, ids, seed, epoch, target=None):
+            keep = [image_rng(seed, f"masked:{i}", epoch).random(clean.shape[1:3]) < self.kwargs["keep"] for i in ids]
+            return {"keep": torch.from_numpy(np.stack(keep)[:, None])}
+
+        def train_loss(self, run, clean, noisy, sigma, extra, epoch):
+            m = extra["keep"].to(clean.dtype)
+            return ((run(noisy, sigma) - clean) ** 2 * m).sum() / m.sum().clamp_min(1)
+
+    monkeypatch.setitem(registry._REGISTRY, "masked", Masked)
+    images, ids = digits
+    cfg = check_config(dataclasses.replace(CFG, objective="masked", objective_kwargs={"keep": 0.7}, epochs=3))
+    with pytest.raises(ValueError, match="--objective masked is defined with the MSE or L1 loss, got --loss bce"):
+        check_config(dataclasses.replace(cfg, loss="bce"))
+    with pytest.raises(ValueError, match=r"--objective-kwargs keep must be in \(0, 1\], got 0"):
+        check_config(dataclasses.replace(cfg, objective_kwargs={"keep": 0}))
+    with pytest.raises(ValueError, match="--objective masked needs clean targets"):
+        check_noisy_only(dataclasses.replace(cfg, noise="none"), True, True)
+    data = load_train(FakeIterator(images, ids), loop_config(cfg))
+    *_, extra = next(batches(data, cfg, 0, 0, 16))
+    assert extra["keep"].shape == (16, 1, 28, 28) and 0.6 < float(extra["keep"].float().mean()) < 0.8
+    torch.set_num_threads(1)
+    model, opt, sched = setup(cfg)
+    losses = [train_one_epoch(model, batches(data, cfg, e, 0, 16), opt, sched, make_objective(cfg, e))["train_loss"]
+              for e in range(cfg.epochs)]
+    assert losses[-1] < losses[0], losses
 
 
 # ---------------------------------------------------------------- noisy-only data (prepare --noisy)
@@ -123,7 +202,8 @@ def test_n2n_with_real_pairs_learns_from_two_noisy_copies(digits):
     noisy input against the clean digits, which only this test knows."""
     from dae.metrics import psnr
     from dae.noise import add_noise_batch
-    from dae.train import _collect_pairs, check_config
+    from dae.train import check_config
+    from dae.train.data import _collect_pairs
 
     images, ids = digits
     first, second = (add_noise_batch(images, ids, "awgn:60", s, 0) for s in (1, 2))
