@@ -20,23 +20,25 @@ For each set it prints:
     and N;
   - with --cluster: the same job on a 3-node local cluster (head + 2 worker nodes, 2 CPUs each), the
     rows written by each node, and the exactly-once check on the committed outputs.
-Not a test: figures vary with the machine and its load. Inputs are written once to WORK and reused.
+Not a test: figures vary with the machine and its load. Inputs are written once to WORK and reused. The plain
+script is :func:`dae.experiments.reference.plain_denoise`; every field of
+:class:`dae.experiments.bench.denoise.BenchDenoiseConfig` is a flag.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from dae.bench import denoise as bench
-from dae.jobutil import cli
+from dae.experiments.bench.denoise import BenchDenoiseConfig, run
+from dae.jobutil import cli, config_parser, stage_config
 
 
-def get_args_parser() -> argparse.ArgumentParser:
-    return bench.get_args_parser(__doc__)
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    return config_parser(__doc__, BenchDenoiseConfig, add_help, s3=False, presets="bench-denoise")
 
 
 def main(args: argparse.Namespace) -> dict:
-    return bench.run(args)
+    return run(stage_config(args, BenchDenoiseConfig))
 
 
 if __name__ == "__main__":

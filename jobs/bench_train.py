@@ -13,23 +13,24 @@ batch and noise measures:
 and where the job's time goes: driver-side data preparation (read + decode + materialize),
 Ray Train start-up (worker group, dataset hand-off, model setup), per epoch the batch
 creation with noise, forward/backward, validation, and report/checkpoint. The goal is the job's
-1-worker epoch >= 0.8x the plain loop's images/s.
+1-worker epoch >= 0.8x the plain loop's images/s. The plain loop is :func:`dae.experiments.reference.plain_train`;
+every field of :class:`dae.experiments.bench.train.BenchTrainConfig` is a flag.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from dae.bench import train as bench
-from dae.jobutil import cli
+from dae.experiments.bench.train import BenchTrainConfig, run
+from dae.jobutil import cli, config_parser, stage_config
 
 
-def get_args_parser() -> argparse.ArgumentParser:
-    return bench.get_args_parser(__doc__)
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    return config_parser(__doc__, BenchTrainConfig, add_help, s3=False, presets="bench-train")
 
 
 def main(args: argparse.Namespace) -> dict:
-    return bench.run(args)
+    return run(stage_config(args, BenchTrainConfig))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ cut short by the timeout still brings back what it measured):
 
 (``make gpu-check`` needs the project's .venv, which that machine cannot build: it has no registry.)
 
-What it does, step by step: :mod:`dae.bench.gpu_check`.
+What it does, step by step: :mod:`dae.experiments.gpu_check`; every field of its ``GpuCheckConfig`` is a flag.
 """
 
 from __future__ import annotations
@@ -22,16 +22,16 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dae.bench import gpu_check as bench
-from dae.jobutil import cli
+from dae.experiments.gpu_check import GpuCheckConfig, run
+from dae.jobutil import cli, config_parser, stage_config
 
 
-def get_args_parser() -> argparse.ArgumentParser:
-    return bench.get_args_parser(__doc__)
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    return config_parser(__doc__, GpuCheckConfig, add_help, s3=False, presets="gpu-check")
 
 
 def main(args: argparse.Namespace) -> int:
-    return bench.run(args)
+    return run(stage_config(args, GpuCheckConfig))
 
 
 if __name__ == "__main__":

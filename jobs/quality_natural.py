@@ -5,16 +5,16 @@ DnCNN, FFDNet and DRUNet figures.
     python -m jobs.quality_natural --out bench_out/quality-natural       # make quality-natural
     python -m jobs.quality_natural --train '{}' --models gray=pretrained:gray-blind color=pretrained:color-blind
 
-Every field of :class:`dae.bench.quality_natural.QualityNaturalConfig` is a flag (``--train`` takes
-YAML). Prepares the sets, trains the blind models (a finished run is reused), evaluates every set and
-writes ``OUT/quality_natural.md`` and ``.json``; see :mod:`dae.bench.quality_natural`.
+Every field of :class:`dae.experiments.quality_natural.QualityNaturalConfig` is a flag (``--train`` takes
+YAML; its default is ``dae/experiments/recipes/quality-natural.yaml``). Prepares the sets, trains the blind models (a finished run is reused), evaluates every set and
+writes ``OUT/quality_natural.md`` and ``.json``; see :mod:`dae.experiments.quality_natural`.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from dae.bench.quality_natural import QualityNaturalConfig, run
+from dae.experiments.quality_natural import QualityNaturalConfig, run
 from dae.jobutil import cli, config_parser, stage_config
 
 

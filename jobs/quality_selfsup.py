@@ -5,15 +5,16 @@ the Neighbor2Neighbor paper's figures.
     python -m jobs.quality_selfsup --out bench_out/quality-selfsup       # make quality-selfsup
     python -m jobs.quality_selfsup --recipe '{epochs: 40}'               # continue every run to 40 epochs
 
-Every field of :class:`dae.bench.quality_selfsup.QualitySelfSupConfig` is a flag (``--recipe`` takes
-YAML). Writes ``OUT/quality_selfsup.md`` and ``.json``; see :mod:`dae.bench.quality_selfsup`.
+Every field of :class:`dae.experiments.quality_selfsup.QualitySelfSupConfig` is a flag (``--recipe`` takes
+YAML, merged over ``dae/experiments/recipes/quality-selfsup.yaml``). Writes ``OUT/quality_selfsup.md`` and
+``.json``; see :mod:`dae.experiments.quality_selfsup`.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from dae.bench.quality_selfsup import QualitySelfSupConfig, run
+from dae.experiments.quality_selfsup import QualitySelfSupConfig, run
 from dae.jobutil import cli, config_parser, stage_config
 
 

@@ -8,10 +8,10 @@ denoisers on the same noisy images, over datasets and noise levels, with the qua
 On a Ray cluster: ``ray job submit --working-dir . -- python -m jobs.quality_sweep --config
 quality-sweep --out s3://bucket/quality --gpus-per-worker 1``.
 
-Every field of :class:`dae.sweep.SweepConfig` is a flag (``--datasets``, ``--models`` and ``--grid``
+Every field of :class:`dae.experiments.sweep.SweepConfig` is a flag (``--datasets``, ``--models`` and ``--grid``
 take YAML). Prepares the data, trains every cell, evaluates every dataset (each step reused when its
 output is there) and writes ``OUT/quality.md``, ``quality.json``, ``psnr_<dataset>.png`` and the
-evaluate reports ``OUT/eval/<dataset>/``; see :mod:`dae.sweep`.
+evaluate reports ``OUT/eval/<dataset>/``; see :mod:`dae.experiments.sweep`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 
 from dae.jobutil import cli, config_parser, stage_config
-from dae.sweep import SweepConfig, run
+from dae.experiments.sweep import SweepConfig, run
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:

@@ -12,23 +12,24 @@ test PSNR/SSIM of each:
 
 The target: job1 and job2 within 0.2 dB of plain. When ``--data`` has no shards yet, Fashion-MNIST
 shards are written there by the prepare stage from the Debian package's directory (``--fashion-dir``).
-Results go to ``--out``/quality.json. The plain loop is :func:`dae.reference.plain_train`.
+Results go to ``--out``/quality.json. The plain loop is :func:`dae.experiments.reference.plain_train`;
+every field of :class:`dae.experiments.quality_train.QualityTrainConfig` is a flag.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from dae.bench import quality_train as bench
-from dae.jobutil import cli
+from dae.experiments.quality_train import QualityTrainConfig, run
+from dae.jobutil import cli, config_parser, stage_config
 
 
-def get_args_parser() -> argparse.ArgumentParser:
-    return bench.get_args_parser(__doc__)
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    return config_parser(__doc__, QualityTrainConfig, add_help, s3=False, presets="quality-train")
 
 
 def main(args: argparse.Namespace) -> dict:
-    return bench.run(args)
+    return run(stage_config(args, QualityTrainConfig))
 
 
 if __name__ == "__main__":

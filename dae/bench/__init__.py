@@ -1,2 +1,1 @@
-"""Benchmarks and checks that print figures; their jobs are ``jobs/bench_*.py``, ``jobs/quality_train.py``
-and ``jobs/gpu_check.py`` (``make bench-denoise``, ``make bench-train``, ``make quality-train``, ``make gpu-check``)."""
+"""The old home of the benchmarks and checks, now :mod:`dae.experiments`; kept until no caller names it."""

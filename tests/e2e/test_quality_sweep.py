@@ -1,4 +1,4 @@
-"""The quality sweep (dae.sweep, run by jobs.quality_sweep) end to end on a tiny grid (real Ray, real
+"""The quality sweep (dae.experiments.sweep, run by jobs.quality_sweep) end to end on a tiny grid (real Ray, real
 shards, the real prepare, train and evaluate stages): the table's numbers are the evaluate stage's,
 each model appears at its own level and the blind one across its range, targets report margins, the
 recorded command reruns the same config, a rerun reuses every step, a retrained model is scored again
@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from dae import sweep as qs
+from dae.experiments import sweep as qs
 from dae.config import resolve_config
 from dae.jobutil import slug
 from helpers import needs_mnist5k, tiny_sweep

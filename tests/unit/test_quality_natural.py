@@ -1,10 +1,11 @@
-"""The natural-photo table (dae.bench.quality_natural) from evaluate reports, without Ray: its rows,
+"""The natural-photo table (dae.experiments.quality_natural) from evaluate reports, without Ray: its rows,
 the published figures beside ours, BM3D's subset and the config checks. The real run is
 ``make quality-natural`` (a benchmark, not a test)."""
 
 import pytest
 
-from dae.bench.quality_natural import PUBLISHED, QualityNaturalConfig, check_config, collect, markdown
+from dae.experiments.natural import collect
+from dae.experiments.quality_natural import PUBLISHED, QualityNaturalConfig, check_config, markdown
 
 
 def _report(name, scores, images=68, bm3d_images=8):
@@ -24,7 +25,7 @@ def test_table_has_our_rows_the_published_rows_and_bm3ds_subset():
     cfg = QualityNaturalConfig(sigmas=(25,), gray_sets=("BSD68",), color_sets=())
     reports = {"BSD68": _report("BSD68", {("awgn:25", "noisy"): 20.17, ("awgn:25", "nlm"): 27.73,
                                           ("awgn:25", "bm3d"): 28.61, ("awgn:25", "gray-blind"): 28.88})}
-    table = collect(cfg, reports)
+    table = collect(reports)
     assert table["BSD68"]["awgn:25"]["gray-blind"]["psnr"] == 28.88
     md = markdown(cfg, table, {"gray-blind": {"recipe": "model cunet", "seconds": 1500.0, "reused": False}}, reports)
     rows = {line.split(" | ")[0].strip("| "): line for line in md.splitlines() if line.startswith("| ")}
@@ -39,7 +40,7 @@ def test_bm3d_on_every_image_has_no_star_and_no_subset_table():
     cfg = QualityNaturalConfig(sigmas=(15,), gray_sets=("Set12",), color_sets=())
     reports = {"Set12": _report("Set12", {("awgn:15", "bm3d"): 32.3, ("awgn:15", "m"): 32.5}, images=12,
                                 bm3d_images=12)}
-    md = markdown(cfg, collect(cfg, reports), {}, reports)
+    md = markdown(cfg, collect(reports), {}, reports)
     assert "32.30 |" in md and "32.30*" not in md and "first" not in md
 
 
@@ -61,7 +62,7 @@ def test_bad_settings_fail_before_any_work(changes, says):
 
 def test_ship_writes_a_weights_only_model_dir_with_its_card(tmp_path, monkeypatch):
     from dae import checkpoint
-    from dae.bench.quality_natural import TRAIN, ship
+    from dae.experiments.quality_natural import TRAIN, ship
     from dae.models import create_model
 
     monkeypatch.setattr(checkpoint, "MODELS_ROOT", str(tmp_path / "models"))

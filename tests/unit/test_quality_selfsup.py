@@ -1,11 +1,11 @@
-"""The self-supervised table (dae.bench.quality_selfsup) from evaluate reports, without Ray: the gaps
+"""The self-supervised table (dae.experiments.quality_selfsup) from evaluate reports, without Ray: the gaps
 to supervised, the targets met or missed, CBM3D on its subset, the config checks. The real run is
 ``make quality-selfsup`` (a benchmark, not a test)."""
 
 import pytest
 
-from dae.bench.quality_natural import collect
-from dae.bench.quality_selfsup import PUBLISHED, QualitySelfSupConfig, check_config, markdown, summarize, train_config
+from dae.experiments.natural import collect
+from dae.experiments.quality_selfsup import PUBLISHED, QualitySelfSupConfig, check_config, markdown, summarize, train_config
 from .test_quality_natural import _report
 
 SCORES = {"supervised": 31.0, "n2n": 30.8, "nb2nb": 29.9, "n2v": 28.8}
@@ -15,7 +15,7 @@ def test_gaps_targets_and_cbm3d_subset():
     cfg = QualitySelfSupConfig(sets=("Kodak24",))
     reports = {"Kodak24": _report("Kodak24", {("awgn:25", "noisy"): 20.18, ("awgn:25", "bm3d"): 30.2,
                                               **{("awgn:25", o): p for o, p in SCORES.items()}}, images=24)}
-    table = collect(cfg, reports)
+    table = collect(reports)
     trained = {o: {"seconds": 600.0, "last": {"epoch": 12}, "command": f"python -m jobs.train --objective {o}"}
                for o in SCORES}
     rows = summarize(cfg, table, trained)

@@ -1,11 +1,11 @@
-"""The quality sweep's plan (dae.sweep.plan) on the tiny grid and the presets, and its chart, without
+"""The quality sweep's plan (dae.experiments.sweep.plan) on the tiny grid and the presets, and its chart, without
 Ray. The sweep end to end is in tests/e2e/test_quality_sweep.py."""
 
 import dataclasses
 
 import pytest
 
-from dae import sweep as qs
+from dae.experiments import sweep as qs
 from dae.config import build_config
 from helpers import tiny_sweep
 

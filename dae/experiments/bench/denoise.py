@@ -1,8 +1,9 @@
-"""The logic of ``python -m jobs.bench_denoise`` (its docstring says what it measures and how to run it)."""
+"""The logic of ``python -m jobs.bench_denoise`` (its docstring says what it measures and how to run it):
+its config (every field a flag), the inputs, the job with a CPU sampler, and a 3-node cluster run. The
+plain script it is compared with is :func:`dae.experiments.reference.plain_denoise`."""
 
 from __future__ import annotations
 
-import argparse
 import glob
 import gzip
 import json
@@ -13,40 +14,43 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass, field
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
-from dae import inference, metrics, shards
+from dae import shards
 from dae.checkpoint import save_model
 from dae.models import create_model
-from dae.noise import NoiseSpec, image_rng
 from dae.sources.offline import FASHION_MNIST_DIR
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from ..reference import plain_denoise
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 CBSD432 = os.path.join(os.path.dirname(REPO), "shared", "datasets", "natural", "train", "CBSD432")
 SETS = {
     "fashion": {"model": "conv28k", "kwargs": {}, "channels": 1, "rows_per_shard": 2500},
     "photos": {"model": "unet", "kwargs": {"width": 16}, "channels": 3, "rows_per_shard": 32},
 }
+# The plain script's forward passes: the job's sizes (64 small images, a photo alone; best on CPU for
+# both sets), not padded.
+PLAIN_FORWARD = {"forward_batch": 64, "deterministic": False}
 
 
-def get_args_parser(doc: str = "") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sets", default="fashion,photos", help="comma list of: fashion, photos")
-    p.add_argument("--fashion-n", type=int, default=70_000)
-    p.add_argument("--photos-n", type=int, default=1_728)
-    p.add_argument("--work", default="bench_out/denoise", help="scratch directory (shards, models, outputs)")
-    p.add_argument("--noise", default="", help="synthetic noise and metrics in the job (--add-noise) and the "
-                                               "script, e.g. gaussian:0.2; default: none (decode, forward, "
-                                               "encode, write)")
-    p.add_argument("--job-args", default="", help="extra jobs.denoise flags for every job run")
-    p.add_argument("--skip", default="", help="comma list of parts to skip: plain, quarter, job")
-    p.add_argument("--cluster", action="store_true", help="also run on a 3-node local cluster")
-    return p
+@dataclass(frozen=True)
+class BenchDenoiseConfig:
+    sets: str = field(default="fashion,photos", metadata={"help": "comma list of: fashion, photos"})
+    fashion_n: int = field(default=70_000, metadata={"help": "small images: Fashion-MNIST's 70,000 cycled up to N"})
+    photos_n: int = field(default=1_728, metadata={"help": "photos: CBSD432's 432 cycled up to N"})
+    work: str = field(default="bench_out/denoise", metadata={"help": "scratch directory (shards, models, outputs)"})
+    noise: str = field(default="", metadata={
+        "help": "synthetic noise and metrics in the job (--add-noise) and the script, e.g. gaussian:0.2; "
+                "default: none (decode, forward, encode, write)"})
+    job_args: str = field(default="", metadata={"help": "extra jobs.denoise flags for every job run"})
+    skip: str = field(default="", metadata={"help": "comma list of parts to skip: plain, quarter, job"})
+    cluster: bool = field(default=False, metadata={"help": "also run on a 3-node local cluster"})
 
 
 # ---------------------------------------------------------------- inputs
@@ -104,74 +108,6 @@ def quarter(root: str) -> str:
 
 def rows_of(root: str) -> int:
     return sum(pq.read_metadata(f).num_rows for f in shards.list_shards(root, "bench"))
-
-
-# ---------------------------------------------------------------- the plain script
-
-
-def plain_script(root: str, model, noise: str, seed: int, out_dir: str, forward_batch: int = 64) -> dict:
-    """The same steps as the job, one process, no Ray: the baseline the job is compared with."""
-    spec = NoiseSpec.parse(noise) if noise else None
-    times = dict.fromkeys(["read", "decode", "noise", "forward", "encode", "metrics", "write"], 0.0)
-    os.makedirs(out_dir, exist_ok=True)
-    n = 0
-    t0 = time.perf_counter()
-    for path in shards.list_shards(root, "bench"):
-        t = time.perf_counter()
-        table = pq.read_table(path)
-        ids = table.column("id").to_pylist()
-        pngs = table.column("image").to_pylist()
-        times["read"] += time.perf_counter() - t
-        t = time.perf_counter()
-        clean = [shards.to_float(shards.decode_png(b)) for b in pngs]
-        times["decode"] += time.perf_counter() - t
-        t = time.perf_counter()
-        noisy = [shards.to_float(shards.from_float(spec.apply(c, image_rng(seed, i)))) for c, i in zip(clean, ids)] \
-            if spec else clean
-        times["noise"] += time.perf_counter() - t
-        t = time.perf_counter()
-        den: list = [None] * len(noisy)
-        by_shape: dict[tuple, list[int]] = {}
-        for j, x in enumerate(noisy):
-            by_shape.setdefault(x.shape, []).append(j)
-        with torch.inference_mode():
-            for (h, w, _), idx in by_shape.items():
-                # the job's pass size (64 small images, a photo alone), best on CPU for both sets
-                n_pass = inference.chunk_size(h, w, forward_batch, inference.FORWARD_PIXELS)
-                for s in range(0, len(idx), n_pass):
-                    part = idx[s:s + n_pass]
-                    y = model(torch.from_numpy(np.stack([noisy[j] for j in part])).permute(0, 3, 1, 2))
-                    for k, j in enumerate(part):
-                        den[j] = y[k].permute(1, 2, 0).numpy()
-        times["forward"] += time.perf_counter() - t
-        t = time.perf_counter()
-        den_q = [shards.from_float(d) for d in den]
-        den_png = [shards.encode_png(d) for d in den_q]
-        noisy_png = [shards.encode_png(shards.from_float(x)) for x in noisy] if spec else []
-        times["encode"] += time.perf_counter() - t
-        t = time.perf_counter()
-        m = {k: np.zeros(len(ids)) for k in ("psnr_noisy", "psnr_denoised", "ssim_denoised")} if spec else {}
-        by_shape: dict[tuple, list[int]] = {}
-        for j, c in enumerate(clean if spec else []):
-            by_shape.setdefault(c.shape, []).append(j)
-        for idx in by_shape.values():  # one call per image shape, as the job does; metrics stay per image
-            c = np.stack([clean[j] for j in idx])
-            dq = np.stack([shards.to_float(den_q[j]) for j in idx])
-            m["psnr_noisy"][idx] = metrics.psnr(np.stack([noisy[j] for j in idx]), c).numpy()
-            m["psnr_denoised"][idx] = metrics.psnr(dq, c).numpy()
-            m["ssim_denoised"][idx] = metrics.ssim(dq, c).numpy()
-        times["metrics"] += time.perf_counter() - t
-        t = time.perf_counter()
-        out_t = table.append_column("denoised", pa.array(den_png, pa.binary()))
-        if spec:
-            out_t = out_t.append_column("noisy", pa.array(noisy_png, pa.binary()))
-        for k, v in m.items():
-            out_t = out_t.append_column(k, pa.array(v))
-        pq.write_table(out_t, os.path.join(out_dir, os.path.basename(path)), compression="zstd")
-        times["write"] += time.perf_counter() - t
-        n += len(ids)
-    wall = time.perf_counter() - t0
-    return {"images": n, "wall_s": wall, "images_per_s": n / wall, "stage_s": times}
 
 
 # ---------------------------------------------------------------- the job, with a CPU sampler
@@ -237,10 +173,11 @@ def job_env(extra: dict | None = None) -> dict:
     return env
 
 
-def run_job(root: str, model_dir: str, out: str, args, env: dict | None = None, marker: str = "") -> dict:
+def run_job(root: str, model_dir: str, out: str, cfg: BenchDenoiseConfig, env: dict | None = None,
+            marker: str = "") -> dict:
     """``python -m jobs.denoise`` in a process of its own (its own local Ray unless env joins a cluster)."""
     cmd = [sys.executable, "-m", "jobs.denoise", "--input", root, "--split", "bench", "--model", model_dir,
-           "--output", out, "--overwrite", *(["--add-noise", args.noise] if args.noise else []), *args.job_args.split()]
+           "--output", out, "--overwrite", *(["--add-noise", cfg.noise] if cfg.noise else []), *cfg.job_args.split()]
     t = time.perf_counter()
     with open(f"{out}.log", "w") as log:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env or job_env(), stdout=log, stderr=subprocess.STDOUT)
@@ -272,52 +209,62 @@ def report_job(tag: str, r: dict) -> None:
           f"{r['driver_peak_rss_mb']:.0f} MiB, driver received {r['driver_received_bytes']} bytes", flush=True)
 
 
-def bench_set(name: str, n: int, args) -> dict:
-    cfg = SETS[name]
-    work = os.path.abspath(args.work)
+def plain_run(root: str, model, out: str, cfg: BenchDenoiseConfig) -> dict:
+    """The plain script: one process, one core (the script a user would write)."""
+    torch.set_num_threads(1)
+    p = plain_denoise(root, "bench", model, out, "cpu", forward=PLAIN_FORWARD, noise=cfg.noise, seed=0)
+    torch.set_num_threads(os.cpu_count() or 1)
+    print(f"  plain script: {p['images_per_s']:8.1f} images/s ({p['wall_s']:.1f}s); "
+          + ", ".join(f"{k} {100 * v / p['wall_s']:.0f}%" for k, v in p["stage_s"].items()), flush=True)
+    return p
+
+
+def report_driver(res: dict) -> None:
+    """The job against the script, the driver's share of the CPU, and its cost at the margin (N - N/4)."""
+    r = res["job"]
+    if "plain" in res:
+        print(f"  job / plain script: {r['images_per_s'] / res['plain']['images_per_s']:.2f}x", flush=True)
+    print(f"  driver: {100 * r['driver_cpu_s'] / r['all_cpu_s']:.1f}% of all CPU, Amdahl ceiling "
+          f"{r['all_cpu_s'] / r['driver_cpu_s']:.0f}x", flush=True)
+    if "quarter" in res:
+        q = res["quarter"]
+        dn = r["images"] - q["images"]
+        marginal = (r["driver_cpu_s"] - q["driver_cpu_s"]) / dn if dn else float("nan")
+        print(f"  driver at the margin (N - N/4 = {dn} images): {1000 * marginal:.3f} ms/image; peak RSS N/4 -> N: "
+              f"{q['driver_peak_rss_mb']:.0f} -> {r['driver_peak_rss_mb']:.0f} MiB "
+              f"({r['driver_peak_rss_mb'] / q['driver_peak_rss_mb']:.2f}x)", flush=True)
+        res["driver_marginal_ms_per_image"] = 1000 * marginal
+
+
+def bench_set(name: str, n: int, cfg: BenchDenoiseConfig) -> dict:
+    spec = SETS[name]
+    work = os.path.abspath(cfg.work)
     root = make_shards(work, name, n)
     torch.manual_seed(0)
-    model = create_model(cfg["model"], channels=cfg["channels"], **cfg["kwargs"]).eval()
+    model = create_model(spec["model"], channels=spec["channels"], **spec["kwargs"]).eval()
     model_dir = save_model(model, os.path.join(work, f"model-{name}"))
-    skip = set(filter(None, args.skip.split(",")))
-    res: dict = {"set": name, "n": n, "model": cfg["model"], "model_kwargs": cfg["kwargs"]}
-    print(f"\n== {name}: {n} images, {cfg['model']} {cfg['kwargs']} ({sum(p.numel() for p in model.parameters())} "
+    skip = set(filter(None, cfg.skip.split(",")))
+    res: dict = {"set": name, "n": n, "model": spec["model"], "model_kwargs": spec["kwargs"]}
+    print(f"\n== {name}: {n} images, {spec['model']} {spec['kwargs']} ({sum(p.numel() for p in model.parameters())} "
           f"parameters), {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}", flush=True)
     if "plain" not in skip:
-        torch.set_num_threads(1)  # one process, one core: the script a user would write
-        p = plain_script(root, model, args.noise, 0, os.path.join(work, f"plain-{name}"))
-        torch.set_num_threads(os.cpu_count() or 1)
-        res["plain"] = p
-        print(f"  plain script: {p['images_per_s']:8.1f} images/s ({p['wall_s']:.1f}s); "
-              + ", ".join(f"{k} {100 * v / p['wall_s']:.0f}%" for k, v in p["stage_s"].items()), flush=True)
+        res["plain"] = plain_run(root, model, os.path.join(work, f"plain-{name}"), cfg)
     if "quarter" not in skip:
-        q = quarter(root)
-        res["quarter"] = run_job(q, model_dir, os.path.join(work, f"job-{name}-quarter"), args)
+        res["quarter"] = run_job(quarter(root), model_dir, os.path.join(work, f"job-{name}-quarter"), cfg)
         report_job("N/4", res["quarter"])
     if "job" not in skip:
-        res["job"] = r = run_job(root, model_dir, os.path.join(work, f"job-{name}"), args)
-        report_job("N", r)
-        if "plain" in res:
-            print(f"  job / plain script: {r['images_per_s'] / res['plain']['images_per_s']:.2f}x", flush=True)
-        print(f"  driver: {100 * r['driver_cpu_s'] / r['all_cpu_s']:.1f}% of all CPU, Amdahl ceiling "
-              f"{r['all_cpu_s'] / r['driver_cpu_s']:.0f}x", flush=True)
-        if "quarter" in res:
-            q = res["quarter"]
-            dn = r["images"] - q["images"]
-            marginal = (r["driver_cpu_s"] - q["driver_cpu_s"]) / dn if dn else float("nan")
-            print(f"  driver at the margin (N - N/4 = {dn} images): {1000 * marginal:.3f} ms/image; peak RSS N/4 -> N: "
-                  f"{q['driver_peak_rss_mb']:.0f} -> {r['driver_peak_rss_mb']:.0f} MiB "
-                  f"({r['driver_peak_rss_mb'] / q['driver_peak_rss_mb']:.2f}x)", flush=True)
-            res["driver_marginal_ms_per_image"] = 1000 * marginal
-    if args.cluster:
-        res["cluster"] = cluster_run(root, model_dir, os.path.join(work, f"job-{name}-cluster"), args)
+        res["job"] = run_job(root, model_dir, os.path.join(work, f"job-{name}"), cfg)
+        report_job("N", res["job"])
+        report_driver(res)
+    if cfg.cluster:
+        res["cluster"] = cluster_run(root, model_dir, os.path.join(work, f"job-{name}-cluster"), cfg)
     return res
 
 
 # ---------------------------------------------------------------- on a 3-node local cluster
 
 
-def cluster_run(root: str, model_dir: str, out: str, args) -> dict:
+def cluster_run(root: str, model_dir: str, out: str, cfg: BenchDenoiseConfig) -> dict:
     """The job against a head + 2 worker nodes (cluster/local/start.sh), all on this machine."""
     from dae.denoise import read_outputs
 
@@ -332,7 +279,7 @@ def cluster_run(root: str, model_dir: str, out: str, args) -> dict:
         # The driver runs here and joins the cluster (as `ray job submit` would run it on the head).
         jenv = job_env({"RAY_ADDRESS": f"127.0.0.1:{port}", "RAY_AUTH_MODE": "token",
                         "RAY_AUTH_TOKEN_PATH": os.path.join(cdir, "auth_token"), "DAE_RAY_CLUSTER": cdir})
-        r = run_job(root, model_dir, out, args, env=jenv, marker=f"DAE_RAY_CLUSTER={cdir}")
+        r = run_job(root, model_dir, out, cfg, env=jenv, marker=f"DAE_RAY_CLUSTER={cdir}")
     finally:
         subprocess.run(["bash", f"{local}/stop.sh", "--dir", cdir, "--clean"], env=env, capture_output=True,
                        timeout=300)
@@ -345,14 +292,14 @@ def cluster_run(root: str, model_dir: str, out: str, args) -> dict:
     return r
 
 
-def run(args: argparse.Namespace) -> dict:
-    os.makedirs(args.work, exist_ok=True)
+def run(cfg: BenchDenoiseConfig) -> dict:
+    os.makedirs(cfg.work, exist_ok=True)
     results = {}
-    for name in filter(None, args.sets.split(",")):
+    for name in filter(None, cfg.sets.split(",")):
         if name not in SETS:
             raise SystemExit(f"error: unknown set {name!r}; valid: {', '.join(SETS)}")
-        results[name] = bench_set(name, args.fashion_n if name == "fashion" else args.photos_n, args)
-    path = os.path.join(args.work, "bench-denoise.json")
+        results[name] = bench_set(name, cfg.fashion_n if name == "fashion" else cfg.photos_n, cfg)
+    path = os.path.join(cfg.work, "bench-denoise.json")
     with open(path, "w") as fh:
         json.dump(results, fh, indent=2, default=str)
     print(f"\nfigures in {path}", flush=True)

@@ -6,7 +6,7 @@ figures of the Neighbor2Neighbor paper (CVPR 2021, Table 1: Kodak, sigma 25, col
     python -m jobs.quality_selfsup --out bench_out/quality-selfsup          # make quality-selfsup
     python -m jobs.quality_selfsup --recipe '{epochs: 40}'                  # longer: resumes the runs
 
-Steps (the library stages, each skipped when its output is there; see :mod:`dae.bench.quality_natural`):
+Steps (the library stages, each skipped when its output is there; see :mod:`dae.experiments.quality_natural`):
 
 1. prepare every set with CBSD432 as its train split -> ``OUT/data/SET``;
 2. train ``--recipe`` once per objective on the first set's data -> ``OUT/runs/OBJECTIVE``: the same
@@ -17,6 +17,8 @@ Steps (the library stages, each skipped when its output is there; see :mod:`dae.
 3. score every run's last-epoch model (``final_model``: no checkpoint is picked with clean images)
    on every set, with CBM3D on the first ``--bm3d-limit`` images -> ``OUT/eval/SET``;
 4. write ``OUT/quality_selfsup.md`` / ``.json`` with the gaps to supervised and the targets.
+
+The default of ``--recipe`` is ``recipes/quality-selfsup.yaml``.
 """
 
 from __future__ import annotations
@@ -25,12 +27,14 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from .. import storage
-from ..config import build_config, command_line
-from ..jobutil import save_resolved_config
-from ..objectives import OBJECTIVES
-from ..sweep import SAME_RUN, evaluate_or_reuse, train_or_reuse
-from .quality_natural import QualityNaturalConfig, collect, prepare_set
+from dae import storage
+from dae.config import build_config, command_line
+from dae.jobutil import save_resolved_config
+from dae.objectives import OBJECTIVES
+
+from . import recipes
+from .natural import collect, fmt, prepare_set
+from .reuse import SAME_RUN, evaluate_or_reuse, train_or_reuse
 
 log = logging.getLogger("dae")
 
@@ -40,8 +44,16 @@ PUBLISHED = {"supervised": 32.43, "n2n": 32.41, "nb2nb": 32.08, "n2v": 30.32}
 # The issue's targets: dB below supervised at most, with the same network and training time.
 WITHIN = {"n2n": 0.3, "nb2nb": 1.0, "n2v": 2.5}
 CLEAN = {"supervised": "yes", "n2n": "no (noisy pairs)", "nb2nb": "no", "n2v": "no"}
-RECIPE = {"model": "unet", "model_kwargs": {"width": 20}, "crop": 64, "crops_per_image": 8, "batch_size": 32,
-          "schedule": "cosine", "lr": 1e-3, "epochs": 16, "val_limit": 4}
+
+
+def _load_recipe() -> dict:
+    from dae.train import TrainConfig
+
+    return recipes.check(TrainConfig, recipes.load("quality-selfsup")["recipe"], "quality-selfsup recipe")
+
+
+# The TrainConfig fields every objective trains with: recipes/quality-selfsup.yaml.
+RECIPE = _load_recipe()
 # Epochs per objective relative to the recipe's, so that each trains for about the supervised run's time
 # (the issue compares at equal training time): an nb2nb step runs the network on half-size sub-images
 # plus a no-grad full pass, measured 261 s against 404 s for supervised over 5 epochs on 2 CPUs.
@@ -83,10 +95,15 @@ def check_config(cfg: QualitySelfSupConfig) -> None:
     bad = {k: v for k, v in cfg.epochs_factor.items() if k not in OBJECTIVES or not v > 0}
     if bad:
         raise ValueError(f"--epochs-factor {bad}: keys must be objectives ({', '.join(OBJECTIVES)}), values > 0")
+    for obj in cfg.objectives:  # a typo in --recipe fails here, listing the valid keys, before any work
+        try:
+            train_config(cfg, obj, "")
+        except ValueError as e:
+            raise ValueError(f"--recipe: {e}") from None
 
 
 def train_config(cfg: QualitySelfSupConfig, objective: str, data: str):
-    from ..train import TrainConfig
+    from dae.train import TrainConfig
 
     recipe = {**RECIPE, **cfg.recipe}
     epochs = max(1, round(recipe["epochs"] * cfg.epochs_factor.get(objective, 1.0)))
@@ -97,17 +114,13 @@ def train_config(cfg: QualitySelfSupConfig, objective: str, data: str):
 
 
 def evaluate_set(cfg: QualitySelfSupConfig, name: str, data: str, model_dirs: list[str]) -> dict:
-    from ..evaluation import EvaluateConfig
+    from dae.evaluation import EvaluateConfig
 
     ecfg = EvaluateConfig(data=data, split="test", out=storage.join(cfg.out, "eval", name),
                           noise=(f"awgn:{cfg.sigma:g}",), models=tuple(model_dirs), baselines=tuple(cfg.baselines),
                           limit=cfg.limit, seed=cfg.seed, bm3d_limit=cfg.bm3d_limit, tune_images=0,
                           picture_images=4)
     return evaluate_or_reuse(ecfg, name)
-
-
-def _fmt(x) -> str:
-    return "" if x is None else f"{x:.2f}"
 
 
 def summarize(cfg: QualitySelfSupConfig, table: dict, trained: dict) -> dict:
@@ -137,16 +150,16 @@ def markdown(cfg: QualitySelfSupConfig, table: dict, rows: dict, trained: dict) 
     lines = ["| method | clean images | " + " | ".join(heads) + " | vs supervised | training | published (Kodak) |",
              "|---|---|" + "---|" * len(heads) + "---|---|---|"]
     noisy = [table[s][level].get("noisy", {}) for s in cfg.sets]
-    lines.append("| noisy input | | " + " | ".join(_fmt(n.get("psnr")) for n in noisy) + " | "
-                 + " | ".join(_fmt((n.get("bm3d_subset") or {}).get("psnr_mean")) for n in noisy) + " | | | |")
+    lines.append("| noisy input | | " + " | ".join(fmt(n.get("psnr")) for n in noisy) + " | "
+                 + " | ".join(fmt((n.get("bm3d_subset") or {}).get("psnr_mean")) for n in noisy) + " | | | |")
     for obj, r in rows.items():
         gaps = ", ".join(f"{r[s]['gap']:+.2f}" for s in cfg.sets if "gap" in r[s])
-        lines.append(f"| **{obj}** | {CLEAN[obj]} | " + " | ".join(_fmt(r[s]["psnr"]) for s in cfg.sets) + " | "
-                     + " | ".join(_fmt(r[s]["subset_psnr"]) for s in cfg.sets)
+        lines.append(f"| **{obj}** | {CLEAN[obj]} | " + " | ".join(fmt(r[s]["psnr"]) for s in cfg.sets) + " | "
+                     + " | ".join(fmt(r[s]["subset_psnr"]) for s in cfg.sets)
                      + f" | {gaps} | {r['epochs']} epochs, {r['seconds']:.0f} s | {PUBLISHED[obj]:.2f} |")
     if any("bm3d" in table[s][level] for s in cfg.sets):
         lines.append("| CBM3D (ours) | | " + " | ".join("" for _ in cfg.sets) + " | " + " | ".join(
-            _fmt(table[s][level].get("bm3d", {}).get("psnr")) for s in cfg.sets) + " | | | |")
+            fmt(table[s][level].get("bm3d", {}).get("psnr")) for s in cfg.sets) + " | | | |")
     lines += ["", f"Mean PSNR (dB), AWGN sigma {cfg.sigma:g} on the 0-255 scale, unclipped; every method saw the "
                   f"same noisy pixels. \"first {sub_n}\": the images CBM3D scored (`--bm3d-limit`). The "
                   "published column is the Neighbor2Neighbor paper's Table 1 (its own U-Net and ImageNet "
@@ -173,8 +186,7 @@ def run(cfg: QualitySelfSupConfig) -> dict:
     t0 = time.perf_counter()
     check_config(cfg)
     save_resolved_config(cfg, cfg.out)
-    qn = QualityNaturalConfig(out=cfg.out, input=cfg.input, gray_sets=(), color_sets=tuple(cfg.sets))
-    data = {name: prepare_set(qn, name, "color") for name in cfg.sets}
+    data = {name: prepare_set(cfg.out, cfg.input, name, "color") for name in cfg.sets}
     trained = {}
     for obj in cfg.objectives:
         tcfg = train_config(cfg, obj, data[cfg.sets[0]])
@@ -184,7 +196,7 @@ def run(cfg: QualitySelfSupConfig) -> dict:
         trained[obj] = t
     reports = {name: evaluate_set(cfg, name, data[name], [trained[o]["model_dir"] for o in cfg.objectives])
                for name in cfg.sets}
-    table = collect(qn, reports)
+    table = collect(reports)
     rows = summarize(cfg, table, trained)
     md = markdown(cfg, table, rows, trained)
     storage.write_bytes(storage.join(cfg.out, "quality_selfsup.md"), md.encode())

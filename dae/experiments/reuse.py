@@ -1,0 +1,99 @@
+"""A step of an experiment, run or reused: the prepare, train and evaluate stages called with their
+config objects, each skipped when its output is already there. A stopped experiment picks up where
+it stopped; a result made with other settings is an error, never a result to reuse.
+
+    from dae.experiments.reuse import prepare_or_reuse, train_or_reuse, evaluate_or_reuse
+    trained = train_or_reuse(TrainConfig(...), "fashion-mnist/conv28k")   # {model_dir, seconds, reused, last}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+from dae import shards, storage
+from dae.config import command_line, config_dict
+
+log = logging.getLogger("dae")
+
+# The fields of the train job's config that make two runs the same experiment (a run found under
+# the same name with other values is an error, not a result to reuse).
+SAME_RUN = ("data", "train_split", "model", "model_kwargs", "init", "noise", "loss", "optimizer", "schedule", "lr",
+            "weight_decay", "epochs", "batch_size", "seed")
+
+
+def prepare_or_reuse(pcfg, name: str) -> str:
+    """pcfg.out from the prepare stage, unless a finished one is there (shards.is_prepared)."""
+    from dae.prepare import format_summary, run as prepare_run
+
+    if shards.is_prepared(pcfg.out):
+        log.info("sweep: data %s: reusing %s", name, pcfg.out)
+        return pcfg.out
+    log.info("sweep: data %s: %s", name, command_line("jobs.prepare", pcfg))
+    log.info("%s", format_summary(prepare_run(pcfg)))
+    return pcfg.out
+
+
+def _check_same_run(tcfg, run_dir: str, same_run: tuple) -> None:
+    """A run in run_dir made with other ``same_run`` settings is an error naming them."""
+    resolved_path = storage.join(run_dir, "config.resolved.json")
+    if not storage.exists(resolved_path):
+        return
+    want, have = config_dict(tcfg), storage.read_json(resolved_path)
+    # A setting missing from an older run's config is one added since: that run had its default.
+    defaults = {f.name: f.default for f in dataclasses.fields(tcfg) if f.default is not dataclasses.MISSING}
+    diff = {k: (have.get(k, defaults.get(k)), want[k]) for k in same_run if have.get(k, defaults.get(k)) != want[k]}
+    if diff:
+        raise ValueError(f"{run_dir} holds a run with other settings {diff} (found, wanted): give another "
+                         f"--out, or delete that run to retrain it")
+
+
+def train_or_reuse(tcfg, what: str, same_run: tuple = SAME_RUN) -> dict:
+    """Train ``tcfg`` or reuse its finished run (a run there with other ``same_run`` settings is an
+    error, not a result). Returns {model_dir, seconds, reused, last}."""
+    from dae.train import check_config, run as train_run
+
+    tcfg = check_config(tcfg)
+    run_dir = storage.join(tcfg.storage, tcfg.run_name)
+    final = storage.join(run_dir, "final_model")
+    _check_same_run(tcfg, run_dir, same_run)
+    done, before = 0, 0.0
+    if storage.exists(storage.join(final, "config.json")) and storage.exists(storage.join(run_dir, "summary.json")):
+        s = storage.read_json(storage.join(run_dir, "summary.json"))
+        done, before = (s.get("last") or {}).get("epoch", 0), s.get("total_s") or 0.0
+        if done >= tcfg.epochs:
+            log.info("sweep: %s: reusing the finished run", what)
+            return {"model_dir": final, "seconds": before, "reused": True, "last": s.get("last")}
+    # (with epochs not among same_run, a finished shorter run is continued: resumed by its name)
+    log.info("sweep: train %s (%s, %d epochs%s)", what, tcfg.model, tcfg.epochs,
+             f", continuing after epoch {done}" if done else "")
+    s = train_run(tcfg)
+    if before:  # seconds of the whole lineage (the summary written now counts this attempt only)
+        storage.write_json(storage.join(run_dir, "summary.json"), {
+            **storage.read_json(storage.join(run_dir, "summary.json")), "total_s": before + s["total_s"]})
+    return {"model_dir": s["final_model"], "seconds": before + s["total_s"], "reused": False, "last": s["last"]}
+
+
+def _plain(d: dict) -> dict:
+    """Tuples as lists, as a report's JSON holds them."""
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
+
+
+def evaluate_or_reuse(ecfg, name: str) -> dict:
+    """The evaluate stage's report for ``ecfg``, reused when one made with exactly these settings
+    and these very weights is there (a retrained model keeps its dir, not its weights)."""
+    from dae.checkpoint import weights_digest
+    from dae.evaluation import run as eval_run
+
+    model_dirs, levels = list(ecfg.models), list(ecfg.noise)
+    report_path = storage.join(ecfg.out, "report.json")
+    if storage.exists(report_path):
+        old = storage.read_json(report_path)
+        # a setting added since the report was made: it was made with the default
+        have = {**_plain(config_dict(type(ecfg)())), **old.get("config", {})}
+        if have == _plain(config_dict(ecfg)) and {m["dir"]: m.get("weights") for m in old.get("models", [])} == {
+                d: weights_digest(d) for d in model_dirs}:
+            log.info("sweep: eval %s: reusing %s", name, report_path)
+            return old
+    log.info("sweep: evaluate %s: %d models, %d levels", name, len(model_dirs), len(levels))
+    return eval_run(ecfg, command_line("jobs.evaluate", ecfg, full=True))
