@@ -13,7 +13,7 @@ import pytest
 
 from dae.config import RUN_KEY, build_config, list_presets, resolve_config
 from dae.denoise.config import DenoiseConfig
-from dae.evaluation import EvaluateConfig
+from dae.evaluate import EvaluateConfig
 from dae.jobutil import save_resolved_config
 from dae.prepare import PrepareConfig
 from dae.train import TrainConfig, check_config

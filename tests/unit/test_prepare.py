@@ -176,12 +176,12 @@ def test_bad_arguments_list_valid_choices(tmp_path, capsys):
 
 
 def _configs():
-    from dae.bench.quality_natural import QualityNaturalConfig
     from dae.demo import DemoConfig
     from dae.denoise import DenoiseConfig
-    from dae.evaluation import EvaluateConfig
+    from dae.evaluate import EvaluateConfig
+    from dae.experiments.quality_natural import QualityNaturalConfig
+    from dae.experiments.sweep import SweepConfig
     from dae.prepare import PrepareConfig
-    from dae.sweep import SweepConfig
     from dae.train import TrainConfig
 
     return [
@@ -535,7 +535,7 @@ def _refused(root) -> str:
 
 
 def test_a_prepare_killed_half_way_is_refused_until_rerun(tmp_path):
-    from dae.evaluation import EvaluateConfig, check_config
+    from dae.evaluate import EvaluateConfig, check_config
 
     _pngs(tmp_path / "imgs", 6, 0)
     out = tmp_path / "out"
