@@ -10,7 +10,9 @@ registry; build the wheels first with ``../shared/gpu/device-wheels.sh .whl`` an
 starts included, then leave room for a rerun; gpu_check.json is rewritten after every step, so a run
 cut short by the timeout still brings back what it measured):
 
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD RAY_USAGE_STATS_ENABLED=0 || exit 1; timeout 330 python3 -m jobs.gpu_check --out $OUT/gpu
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl \
+        && export PYTHONPATH=/tmp/site:$PWD RAY_USAGE_STATS_ENABLED=0 || exit 1; \
+        timeout 330 python3 -m jobs.gpu_check --out $OUT/gpu
 
 (``make gpu-check`` needs the project's .venv, which that machine cannot build: it has no registry.)
 

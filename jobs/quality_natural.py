@@ -3,11 +3,13 @@ sigma 15, 25 and 50; our models, our BM3D/CBM3D and NLM on the same noisy pixels
 DnCNN, FFDNet and DRUNet figures.
 
     python -m jobs.quality_natural --out bench_out/quality-natural       # make quality-natural
-    python -m jobs.quality_natural --train '{}' --models gray=pretrained:gray-blind color=pretrained:color-blind
+    python -m jobs.quality_natural --train '{}' \
+        --models gray=pretrained:gray-blind color=pretrained:color-blind
 
 Every field of :class:`dae.experiments.quality_natural.QualityNaturalConfig` is a flag (``--train`` takes
-YAML; its default is ``dae/experiments/recipes/quality-natural.yaml``). Prepares the sets, trains the blind models (a finished run is reused), evaluates every set and
-writes ``OUT/quality_natural.md`` and ``.json``; see :mod:`dae.experiments.quality_natural`.
+YAML; its default is ``dae/experiments/recipes/quality-natural.yaml``). Prepares the sets, trains the
+blind models (a finished run is reused), evaluates every set and writes ``OUT/quality_natural.md`` and
+``.json``; see :mod:`dae.experiments.quality_natural`.
 """
 
 from __future__ import annotations

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import argparse
 
-from dae.jobutil import cli, config_parser, stage_config
 from dae.experiments.sweep import SweepConfig, run
+from dae.jobutil import cli, config_parser, stage_config
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:

@@ -50,14 +50,15 @@ def _score_lines(name: str, run: str, table: dict, levels: list, ensemble: tuple
         return [table[s].get(lv, {}).get(method, {}).get("psnr") for s, lv, _ in levels]
 
     return [
-        f"- **Scores**: mean PSNR (dB) over each set, the true sigma given (`python -m jobs.quality_natural --ship {name}` "
-        "wrote this card):",
+        "- **Scores**: mean PSNR (dB) over each set, the true sigma given "
+        f"(`python -m jobs.quality_natural --ship {name}` wrote this card):",
         "",
         "| | " + " | ".join(f"{s} σ{sig}" for s, _, sig in levels) + " |",
         "|---|" + "---|" * len(levels),
         _row("noisy input", scores("noisy")),
         _row(f"**{name}**", scores(run)),
-        *[_row(f"{name} x{n} (self-ensemble: the mean over {n} flips/rotations, `--ensemble {n}`)", scores(f"{run} x{n}"))
+        *[_row(f"{name} x{n} (self-ensemble: the mean over {n} flips/rotations, `--ensemble {n}`)",
+               scores(f"{run} x{n}"))
           for n in ensemble if n > 1 and any(f"{run} x{n}" in table[s].get(lv, {}) for s, lv, _ in levels)],
         *[_row(f"{p} (published)", [dict(zip(SIGMAS, PUBLISHED[p][s])).get(sig) for s, _, sig in levels])
           for p in ("BM3D / CBM3D", "DnCNN")],
@@ -86,7 +87,8 @@ def ship(cfg, name: str, trained: dict, table: dict, sets: list[str], first_stag
         "weights: a residual U-Net told the noise level by a sigma map as an extra input channel (FFDNet, "
         "DRUNet), one model for sigma 0-55 on the 0-255 scale.",
         "",
-        f"    python -m jobs.denoise --input PHOTOS --model pretrained:{name} --output OUT             # sigma estimated",
+        f"    python -m jobs.denoise --input PHOTOS --model pretrained:{name} --output OUT"
+        "             # sigma estimated",
         f"    python -m jobs.denoise --input PHOTOS --model pretrained:{name} --sigma 25 --output OUT  # sigma given",
         "",
         *_training_lines(trained, mcfg, kind, sets, first_stage),

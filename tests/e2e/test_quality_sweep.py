@@ -13,8 +13,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from dae.experiments import sweep as qs
 from dae.config import resolve_config
+from dae.experiments import sweep as qs
 from dae.jobutil import slug
 from helpers import needs_mnist5k, tiny_sweep
 

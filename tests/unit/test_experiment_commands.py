@@ -116,7 +116,10 @@ def test_the_readme_and_the_docstrings_commands_parse():
     found = documented_commands()
     assert {argv[0] for _, argv in found} == set(JOBS)
     for where, argv in found:
-        parse(argv[0], argv[1:])  # a bad flag exits (SystemExit), a bad value raises, naming it
+        try:
+            parse(argv[0], argv[1:])  # a bad flag exits (SystemExit), a bad value raises
+        except (SystemExit, ValueError) as e:
+            raise AssertionError(f"{where}: does not parse ({e!r})") from None
 
 
 # What the benchmark jobs' flags were as plain argparse flags: the same names, defaults and meaning.

@@ -69,7 +69,8 @@ def test_ship_writes_a_weights_only_model_dir_with_its_card(tmp_path, monkeypatc
     run = tmp_path / "runs" / "gray-blind" / "final_model"
     checkpoint.save_model(create_model("cunet", channels=1, width=4), str(run), noise="awgn:0-55", epoch=30,
                           data={"root": "/somewhere/private"})
-    cfg = QualityNaturalConfig(sigmas=(25,), gray_sets=("BSD68",), color_sets=(), train={"gray-blind": TRAIN["gray-blind"]})
+    cfg = QualityNaturalConfig(sigmas=(25,), gray_sets=("BSD68",), color_sets=(),
+                               train={"gray-blind": TRAIN["gray-blind"]})
     table = {"BSD68": {"awgn:25": {"noisy": {"psnr": 20.17}, "gray-blind": {"psnr": 28.8}}}}
     trained = {"model_dir": str(run), "seconds": 1500.0, "command": "python -m jobs.train --model cunet"}
     dest = ship(cfg, "gray-blind", trained, table, ["BSD68"])

@@ -5,7 +5,15 @@ to supervised, the targets met or missed, CBM3D on its subset, the config checks
 import pytest
 
 from dae.experiments.natural import collect
-from dae.experiments.quality_selfsup import PUBLISHED, QualitySelfSupConfig, check_config, markdown, summarize, train_config
+from dae.experiments.quality_selfsup import (
+    PUBLISHED,
+    QualitySelfSupConfig,
+    check_config,
+    markdown,
+    summarize,
+    train_config,
+)
+
 from .test_quality_natural import _report
 
 SCORES = {"supervised": 31.0, "n2n": 30.8, "nb2nb": 29.9, "n2v": 28.8}
@@ -50,4 +58,5 @@ def test_every_objective_trains_the_same_recipe():
     # epochs scaled per objective for equal time; everything else is the same
     assert (b.epochs, c.epochs) == (45, 30)
     differ = ("objective", "run_name", "epochs")
-    assert {k: v for k, v in vars(a).items() if k not in differ} == {k: v for k, v in vars(b).items() if k not in differ}
+    assert ({k: v for k, v in vars(a).items() if k not in differ}
+            == {k: v for k, v in vars(b).items() if k not in differ})

@@ -5,14 +5,16 @@ import dataclasses
 
 import pytest
 
-from dae.experiments import sweep as qs
 from dae.config import build_config
+from dae.experiments import sweep as qs
 from helpers import tiny_sweep
 
 
 @pytest.mark.parametrize("over, msg", [
-    ({"grid": [{"data": "nope", "models": ["conv28k"], "noise": ["gaussian:0.3"]}]}, "unknown dataset 'nope'; datasets: mnist5k"),
-    ({"grid": [{"data": "mnist5k", "models": ["vit"], "noise": ["gaussian:0.3"]}]}, "unknown model tag 'vit'; models: keras_blog, conv28k"),
+    ({"grid": [{"data": "nope", "models": ["conv28k"], "noise": ["gaussian:0.3"]}]},
+     "unknown dataset 'nope'; datasets: mnist5k"),
+    ({"grid": [{"data": "mnist5k", "models": ["vit"], "noise": ["gaussian:0.3"]}]},
+     "unknown model tag 'vit'; models: keras_blog, conv28k"),
     ({"blind": "gaussian:0.3"}, "must be a range"),
     ({"best": "unet"}, "not in models: keras_blog, conv28k"),
     ({"models": {"conv28k": {"model": "nope"}, "keras_blog": {"model": "keras_blog"}}}, "model one of"),

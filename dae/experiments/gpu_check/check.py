@@ -22,11 +22,33 @@ from dae.denoise import read_outputs
 from dae.jobutil import setup_logging
 from dae.models import create_model
 
-from .config import (DENOISE_TARGET, FULL, GPU_BUSY_TARGET, NO_GPU, SEED, SMALL, SMALL_HW, TILE_MAX, TILE_MEAN,
-                     TRAIN_TARGET, GpuCheckConfig)
+from .config import (
+    DENOISE_TARGET,
+    FULL,
+    GPU_BUSY_TARGET,
+    NO_GPU,
+    SEED,
+    SMALL,
+    SMALL_HW,
+    TILE_MAX,
+    TILE_MEAN,
+    TRAIN_TARGET,
+    GpuCheckConfig,
+)
 from .data import photo, subset, write_sets
-from .measure import (denoised_pngs, bound, compare, cpu_stages, denoise_config, denoise_job, forward_kwargs, plain_denoise,
-                      plain_train, tile_check, train_job)
+from .measure import (
+    bound,
+    compare,
+    cpu_stages,
+    denoise_config,
+    denoise_job,
+    denoised_pngs,
+    forward_kwargs,
+    plain_denoise,
+    plain_train,
+    tile_check,
+    train_job,
+)
 from .probes import cuda_visible, versions
 
 
@@ -129,8 +151,8 @@ def check_training(chk: Check, work: str, sz: dict, device: str, small_root: str
         j, p = tr["job"], tr["plain"]
         tr["ratio"] = round(j["steady_images_per_s"] / p["steady_images_per_s"], 3)
         say(f"   train, steady epoch {j['steady_epoch']}: job {_rate(j['steady_images_per_s'])} images/s, plain loop "
-            f"{_rate(p['steady_images_per_s'])} images/s -> {tr['ratio']:.2f}x (target >= {TRAIN_TARGET}); val PSNR job "
-            f"{j['val_psnr']:.2f} dB, plain {p['val_psnr']:.2f} dB (noisy {j['noisy_psnr']:.2f} dB)")
+            f"{_rate(p['steady_images_per_s'])} images/s -> {tr['ratio']:.2f}x (target >= {TRAIN_TARGET}); "
+            f"val PSNR job {j['val_psnr']:.2f} dB, plain {p['val_psnr']:.2f} dB (noisy {j['noisy_psnr']:.2f} dB)")
         chk.target("train: job steady epoch / plain loop, images/s", tr["ratio"], TRAIN_TARGET,
                    tr["ratio"] >= TRAIN_TARGET if gpu else None)
     model_dir = tr["job"]["best_model"] if tr["job"] else None
@@ -202,8 +224,9 @@ def check_agreement(chk: Check, work: str, sz: dict, device: str, model_dir: str
         j2 = chk.step(f"agreement {name}: the job, 2 actors", denoise_job, cfg2, gpu)
         if not (j1 and j2):
             continue
-        ag["actors"][name] = comp = compare(denoised_pngs(read_outputs(j1["output"], columns=["id", "denoised"])),
-                                            denoised_pngs(read_outputs(j2["output"], columns=["id", "denoised"])), j2["images"])
+        ag["actors"][name] = comp = compare(
+            denoised_pngs(read_outputs(j1["output"], columns=["id", "denoised"])),
+            denoised_pngs(read_outputs(j2["output"], columns=["id", "denoised"])), j2["images"])
         comp.update(job_2_actors=j2)
         say(f"   1 vs 2 actors ({name}, {comp['rows']} images): {comp['identical_png']} identical PNGs, max difference "
             f"{comp['max_level_diff']} level(s) -> {'agree' if comp['agree'] else 'DISAGREE'}; 2 actors "
@@ -220,9 +243,11 @@ def check_agreement(chk: Check, work: str, sz: dict, device: str, model_dir: str
 
     ag["tiles"] = chk.step("agreement: tiled vs whole-image inference", tiles) or {}
     for k, t in ag["tiles"].items():
-        say(f"   tiles {t['tile']}/{t['overlap']} vs whole ({k}, {t['image'][0]}x{t['image'][1]}): max {t['max_abs']:.5f} "
-            f"(< {TILE_MAX}), mean {t['mean_abs']:.2e} (< {TILE_MEAN:g}) -> {'agree' if t['agree'] else 'DISAGREE'}")
-    ag["actors_agree"] = bool(ag["actors"]) and len(ag["actors"]) == 2 and all(c["agree"] for c in ag["actors"].values())
+        say(f"   tiles {t['tile']}/{t['overlap']} vs whole ({k}, {t['image'][0]}x{t['image'][1]}): "
+            f"max {t['max_abs']:.5f} (< {TILE_MAX}), mean {t['mean_abs']:.2e} (< {TILE_MEAN:g}) -> "
+            f"{'agree' if t['agree'] else 'DISAGREE'}")
+    ag["actors_agree"] = (bool(ag["actors"]) and len(ag["actors"]) == 2
+                          and all(c["agree"] for c in ag["actors"].values()))
     ag["tiles_agree"] = bool(ag["tiles"]) and all(t["agree"] for t in ag["tiles"].values())
     return ag
 

@@ -84,7 +84,7 @@ def write_sets(work: str, sz: dict) -> dict:
     with ThreadPoolExecutor(threads) as pool:
         for split, n, seed in (("train", sz["train_images"], 1), ("test", sz["test_images"], 2)):
             imgs = small_images(n, seed)
-            chunks = pool.map(lambda s: [shards.encode_png(a) for a in imgs[s:s + 500]], range(0, n, 500))
+            chunks = pool.map(lambda s, imgs=imgs: [shards.encode_png(a) for a in imgs[s:s + 500]], range(0, n, 500))
             pngs = [png for chunk in chunks for png in chunk]
             with shards.ShardWriter(small_root, split, dataset="gpu-check-small", source="synthetic (jobs.gpu_check)",
                                     rows_per_shard=sz["small_rows_per_shard"]) as w:

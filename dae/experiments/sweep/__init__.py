@@ -35,8 +35,20 @@ Modules: :mod:`.config` (the config, the plan of cells, the stages' configs), :m
 """
 
 from ..reuse import SAME_RUN, evaluate_or_reuse, prepare_or_reuse, train_or_reuse
-from .config import (DATASETS, LEVELS, MODELS, Cell, SweepConfig, epochs_of, in_range, loss_of, losses_text, plan,
-                   prepare_config, train_config)
+from .config import (
+                   DATASETS,
+                   LEVELS,
+                   MODELS,
+                   Cell,
+                   SweepConfig,
+                   epochs_of,
+                   in_range,
+                   loss_of,
+                   losses_text,
+                   plan,
+                   prepare_config,
+                   train_config,
+)
 from .steps import evaluate_dataset, prepare_dataset, run, train_cell
 from .table import check_targets, collect, column, render, save_charts
 

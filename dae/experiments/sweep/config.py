@@ -47,7 +47,8 @@ class SweepConfig:
                                                       for d in DATASETS), metadata={
         "help": "blocks {data, models, noise}: each trains every model at every noise level on that data"})
     best: str = field(default="unet32", metadata={"help": "tag of the project's best model (the targets use it)"})
-    reference: str = field(default="conv28k", metadata={"help": "tag of the seed model the +1.5 dB target compares with"})
+    reference: str = field(default="conv28k", metadata={
+        "help": "tag of the seed model the +1.5 dB target compares with"})
     blind: str = field(default="gaussian:0.1-0.7", metadata={
         "help": "range the best model is also trained on blind, per dataset ('' = no blind model)"})
     epochs: int = field(default=10, metadata={"help": "training epochs where a dataset gives none"})

@@ -81,7 +81,8 @@ def _fashion_targets(cfg: SweepConfig, fm: dict, out: _Targets) -> None:
     # BM3D scores a subset only (--bm3d-limit): its mean is not over the same images.
     top = max(classical, key=classical.get) if classical else None
     out.add(f"{best} >= best classical + 3 dB", "fashion-mnist gaussian:0.1", _psnr(row, best),
-            None if top is None else classical[top] + 3.0, f"best classical: {top} {classical[top]:.2f} dB" if top else "")
+            None if top is None else classical[top] + 3.0,
+            f"best classical: {top} {classical[top]:.2f} dB" if top else "")
 
 
 def check_targets(cfg: SweepConfig, table: dict) -> list[dict]:
@@ -104,7 +105,8 @@ def check_targets(cfg: SweepConfig, table: dict) -> list[dict]:
                     continue
                 per = _psnr(row, best)
                 out.add(f"{blind_col} within 0.5 dB of {best}", f"{name} {level}", _psnr(row, blind_col),
-                        None if per is None else per - 0.5, f"{best} at this level {per:.2f} dB" if per is not None else "")
+                        None if per is None else per - 0.5,
+                        f"{best} at this level {per:.2f} dB" if per is not None else "")
     return list(out)
 
 
