@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from dae import inference, metrics, shards
+from dae.inference_spec import InferenceSpec
 from dae.models import create_model
 from dae.noise import NoiseSpec, add_noise_batch, image_rng
 from dae.sources.offline import FASHION_MNIST_DIR
@@ -191,15 +192,15 @@ def _image_metrics(clean: list, noisy: list, den_q: list) -> dict:
     return m
 
 
-def plain_denoise(root: str, split: str, model, out_dir: str, device: str = "cpu", forward: dict | None = None,
-                  noise: str = "", seed: int = 0, keep_input: bool = True) -> dict:
+def plain_denoise(root: str, split: str, model, out_dir: str, spec: InferenceSpec, noise: str = "",
+                  seed: int = 0, keep_input: bool = True) -> dict:
     """The denoise job's steps in one process, no Ray: read a shard, decode, (``noise``: add the
-    job's synthetic noise,) forward (:func:`dae.inference.denoise_images` with ``forward``, the
-    stage's settings: tile, forward batch and pixels, determinism, bf16), encode, (``noise``: the
+    job's synthetic noise,) forward (:func:`dae.inference.denoise_images` with ``spec``, the stage's
+    forward settings: device, tile, forward batch and pixels, determinism, bf16), encode, (``noise``: the
     per-image metrics,) write Parquet to OUT_DIR, one file per shard: the input's columns
     (``keep_input``; else the id alone), ``denoised`` and, with noise, ``noisy`` and the metrics.
     Returns {images, wall_s, images_per_s, stage_s}: seconds of each step."""
-    spec = NoiseSpec.parse(noise) if noise else None
+    noise_spec = NoiseSpec.parse(noise) if noise else None
     times = dict.fromkeys(["read", "decode", "noise", "forward", "encode", "metrics", "write"], 0.0)
     os.makedirs(out_dir, exist_ok=True)
     n = 0
@@ -211,16 +212,16 @@ def plain_denoise(root: str, split: str, model, out_dir: str, device: str = "cpu
         times["read"] += (t1 := time.perf_counter()) - t
         clean = [shards.to_float(shards.decode_png(b)) for b in pngs]
         times["decode"] += (t2 := time.perf_counter()) - t1
-        noisy = _add_noise(clean, ids, spec, seed)
+        noisy = _add_noise(clean, ids, noise_spec, seed)
         times["noise"] += (t3 := time.perf_counter()) - t2
-        den = inference.denoise_images(model, noisy, device, **(forward or {}))  # host arrays: synced
+        den = inference.denoise_images(model, noisy, spec)  # host arrays: synced
         times["forward"] += (t4 := time.perf_counter()) - t3
         den_q = [shards.from_float(d) for d in den]
         cols = {"denoised": [shards.encode_png(d) for d in den_q]}
-        if spec:
+        if noise_spec:
             cols["noisy"] = [shards.encode_png(shards.from_float(x)) for x in noisy]
         times["encode"] += (t5 := time.perf_counter()) - t4
-        m = _image_metrics(clean, noisy, den_q) if spec else {}
+        m = _image_metrics(clean, noisy, den_q) if noise_spec else {}
         times["metrics"] += (t6 := time.perf_counter()) - t5
         out_t = table if keep_input else pa.table({"id": pa.array(ids, pa.string())})
         for k, v in cols.items():

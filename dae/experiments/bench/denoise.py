@@ -23,6 +23,7 @@ from PIL import Image
 
 from dae import shards
 from dae.checkpoint import save_model
+from dae.inference_spec import InferenceSpec
 from dae.models import create_model
 from dae.sources.offline import FASHION_MNIST_DIR
 
@@ -34,9 +35,9 @@ SETS = {
     "fashion": {"model": "conv28k", "kwargs": {}, "channels": 1, "rows_per_shard": 2500},
     "photos": {"model": "unet", "kwargs": {"width": 16}, "channels": 3, "rows_per_shard": 32},
 }
-# The plain script's forward passes: the job's sizes (64 small images, a photo alone; best on CPU for
-# both sets), not padded.
-PLAIN_FORWARD = {"forward_batch": 64, "deterministic": False}
+# The plain script's forward passes: on CPU, the job's sizes (64 small images, a photo alone; best on
+# CPU for both sets), not padded.
+PLAIN_FORWARD = InferenceSpec(device="cpu", forward_batch=64, deterministic=False)
 
 
 @dataclass(frozen=True)
@@ -212,7 +213,7 @@ def report_job(tag: str, r: dict) -> None:
 def plain_run(root: str, model, out: str, cfg: BenchDenoiseConfig) -> dict:
     """The plain script: one process, one core (the script a user would write)."""
     torch.set_num_threads(1)
-    p = plain_denoise(root, "bench", model, out, "cpu", forward=PLAIN_FORWARD, noise=cfg.noise, seed=0)
+    p = plain_denoise(root, "bench", model, out, PLAIN_FORWARD, noise=cfg.noise, seed=0)
     torch.set_num_threads(os.cpu_count() or 1)
     print(f"  plain script: {p['images_per_s']:8.1f} images/s ({p['wall_s']:.1f}s); "
           + ", ".join(f"{k} {100 * v / p['wall_s']:.0f}%" for k, v in p["stage_s"].items()), flush=True)

@@ -43,7 +43,7 @@ from .measure import (
     denoise_config,
     denoise_job,
     denoised_pngs,
-    forward_kwargs,
+    forward_spec,
     plain_denoise,
     plain_train,
     tile_check,
@@ -174,13 +174,13 @@ def check_denoise(chk: Check, work: str, device: str, model_dir: str, name: str,
     chk.r["denoise"][name] = d
     cfg1 = denoise_config(device, 1, input=root, split=split, model=model_dir,
                           output=os.path.join(work, f"denoise-{name}-1"))
-    kw = forward_kwargs(cfg1)
+    spec = forward_spec(cfg1, device)
     d["job"] = chk.step(f"denoise {name}: the job, 1 actor", denoise_job, cfg1, gpu)
     d["plain"] = chk.step(f"denoise {name}: the plain script", plain_denoise, root, split, model_dir,
-                          os.path.join(work, f"plain-{name}"), device, kw)
+                          os.path.join(work, f"plain-{name}"), spec)
     rows = d["job"]["batch_size"] if d["job"] else 64
     d["cpu_stages"] = chk.step(f"denoise {name}: CPU stages in-process", cpu_stages, root, split, rows,
-                               model_dir, device, kw)
+                               model_dir, spec)
     j, p, c = d["job"], d["plain"], d["cpu_stages"]
     if not (j and p and c):
         return d

@@ -17,6 +17,7 @@ from dae import inference, shards
 from dae.checkpoint import load_model
 from dae.config import build_config
 from dae.denoise import DenoiseConfig, run as denoise_run
+from dae.inference_spec import InferenceSpec
 from dae.train import TrainConfig, run as train_run
 
 from .. import reference
@@ -77,9 +78,10 @@ def denoise_config(device: str, actors: int, **paths) -> DenoiseConfig:
     return build_config(DenoiseConfig, values, preset="denoise-gpu")
 
 
-def forward_kwargs(cfg: DenoiseConfig) -> dict:
-    return dict(tile=cfg.tile, overlap=cfg.tile_overlap, forward_batch=cfg.forward_batch,
-                forward_pixels=cfg.forward_pixels, deterministic=cfg.deterministic, bf16=cfg.bf16)
+def forward_spec(cfg: DenoiseConfig, device: str) -> InferenceSpec:
+    """The stage's forward settings (tile, forward batch and pixels, determinism, bf16, ensemble) on
+    the check's device: the plain script and the in-process CPU stages run the model as the job does."""
+    return cfg.inference_spec().placed(device)
 
 
 def denoise_job(cfg: DenoiseConfig, sample_gpu: bool) -> dict:
@@ -99,11 +101,11 @@ def denoise_job(cfg: DenoiseConfig, sample_gpu: bool) -> dict:
             "gpu_utilization": sampler.summary() if sampler else None, "output": cfg.output}
 
 
-def plain_denoise(root: str, split: str, model_dir: str, out_dir: str, device: str, kw: dict) -> dict:
+def plain_denoise(root: str, split: str, model_dir: str, out_dir: str, spec: InferenceSpec) -> dict:
     """One process, no Ray: read, decode, forward (the stage's forward settings), encode, write Parquet
     (:func:`dae.experiments.reference.plain_denoise`: the id and the denoised PNG)."""
-    model, _ = load_model(model_dir, device)
-    p = reference.plain_denoise(root, split, model, out_dir, device, forward=kw, keep_input=False)
+    model, _ = load_model(model_dir, spec.device)
+    p = reference.plain_denoise(root, split, model, out_dir, spec, keep_input=False)
     times = {k: p["stage_s"][k] for k in ("read", "decode", "forward", "encode", "write")}  # no noise, no metrics
     return {"images": p["images"], "wall_s": round(p["wall_s"], 2), "images_per_s": round(p["images_per_s"], 1),
             "stage_s": {k: round(v, 3) for k, v in times.items()},
@@ -111,17 +113,17 @@ def plain_denoise(root: str, split: str, model_dir: str, out_dir: str, device: s
             "output": out_dir}
 
 
-def cpu_stages(root: str, split: str, rows: int, model_dir: str, device: str, kw: dict) -> dict:
+def cpu_stages(root: str, split: str, rows: int, model_dir: str, spec: InferenceSpec) -> dict:
     """Thread CPU seconds per image of decode (``prepare_batch``), encode (``finish_batch``) and the
     Parquet write of the finished rows, on the first ``rows`` rows of the first shard, in this process."""
     t = pq.read_table(shards.list_shards(root, split)[0]).slice(0, rows)
     batch = {name: np.asarray(t.column(name).to_pylist(), dtype=object) for name in t.column_names}
-    model, mcfg = load_model(model_dir, device)
+    model, mcfg = load_model(model_dir, spec.device)
     c = time.thread_time()
     prep = inference.prepare_batch(batch, model_channels=int(mcfg["channels"]))
     decode_s = time.thread_time() - c
     prep[inference.DENOISED] = shards.stack_or_ragged(
-        inference.denoise_images(model, list(prep[inference.INPUT]), device, **kw))
+        inference.denoise_images(model, list(prep[inference.INPUT]), spec))
     c = time.thread_time()
     fin = inference.finish_batch(prep, with_noise=False)
     encode_s = time.thread_time() - c
@@ -173,8 +175,9 @@ def compare(a: dict[str, bytes], b: dict[str, bytes], expect: int) -> dict:
 
 
 def tile_check(model, device: str, img: np.ndarray, bf16: bool) -> dict:
-    whole = inference.denoise_images(model, [img], device, tile=1 << 20, bf16=bf16)[0]
-    tiled = inference.denoise_images(model, [img], device, tile=TILE, overlap=TILE_OVERLAP, bf16=bf16)[0]
+    whole = inference.denoise_images(model, [img], InferenceSpec(device=device, tile=1 << 20, bf16=bf16))[0]
+    tiled = inference.denoise_images(model, [img], InferenceSpec(device=device, tile=TILE, tile_overlap=TILE_OVERLAP,
+                                                                 bf16=bf16))[0]
     d = np.abs(tiled - whole)
     return {"image": list(img.shape), "tile": TILE, "overlap": TILE_OVERLAP, "max_abs": float(d.max()),
             "mean_abs": float(d.mean()), "agree": bool(d.max() < TILE_MAX and d.mean() < TILE_MEAN),
