@@ -165,6 +165,20 @@ def check_training(chk: Check, work: str, sz: dict, device: str, small_root: str
     return model_dir
 
 
+def _say_denoise(name: str, d: dict) -> None:
+    """The denoise figures of one set: the job against the plain script, the stages, what bounds it."""
+    j, p, c, b = d["job"], d["plain"], d["cpu_stages"], d["bound"]
+    say(f"   denoise {name}: job {_rate(j['images_per_s'])} images/s end to end ({j['images']} images in "
+        f"{j['wall_s']:.1f}s; pipeline {j['pipeline_images_per_s']} images/s), plain script "
+        f"{_rate(p['images_per_s'])} images/s -> {d['ratio']:.2f}x (target >= {DENOISE_TARGET}x)")
+    say("   plain script stages: " + ", ".join(f"{k} {v:.2f}s" for k, v in p["stage_s"].items())
+        + f"; forward alone {p['forward_images_per_s']} images/s")
+    say(f"   CPU per image (in-process, 1 thread): decode {c['decode_ms']:.3f} ms, encode {c['encode_ms']:.3f} ms, "
+        f"write {c['write_ms']:.3f} ms; over {b['task_cpus']:g} task CPUs the CPU stages cap at "
+        f"{_rate(b['cpu_stage_ceiling_images_per_s'])} images/s, the forward pass at "
+        f"{_rate(b['forward_ceiling_images_per_s'])}: bound by {b['bound_by']}")
+
+
 def check_denoise(chk: Check, work: str, device: str, model_dir: str, name: str, root: str, split: str,
                   cluster_cpus: float) -> dict:
     """Step 3 on one set: the denoise job (1 actor), the plain script and the CPU stages in-process;
@@ -186,16 +200,7 @@ def check_denoise(chk: Check, work: str, device: str, model_dir: str, name: str,
         return d
     d["ratio"] = round(j["images_per_s"] / p["images_per_s"], 3)
     d["bound"] = bound(j, p, c, cluster_cpus)
-    st = p["stage_s"]
-    say(f"   denoise {name}: job {_rate(j['images_per_s'])} images/s end to end ({j['images']} images in "
-        f"{j['wall_s']:.1f}s; pipeline {j['pipeline_images_per_s']} images/s), plain script "
-        f"{_rate(p['images_per_s'])} images/s -> {d['ratio']:.2f}x (target >= {DENOISE_TARGET}x)")
-    say("   plain script stages: " + ", ".join(f"{k} {v:.2f}s" for k, v in st.items())
-        + f"; forward alone {p['forward_images_per_s']} images/s")
-    say(f"   CPU per image (in-process, 1 thread): decode {c['decode_ms']:.3f} ms, encode {c['encode_ms']:.3f} ms, "
-        f"write {c['write_ms']:.3f} ms; over {d['bound']['task_cpus']:g} task CPUs the CPU stages cap at "
-        f"{_rate(d['bound']['cpu_stage_ceiling_images_per_s'])} images/s, the forward pass at "
-        f"{_rate(d['bound']['forward_ceiling_images_per_s'])}: bound by {d['bound']['bound_by']}")
+    _say_denoise(name, d)
     u = j["gpu_utilization"]
     if u is not None:
         say(f"   GPU utilization: {u.get('active_span_mean_pct')}% over the active span ({u.get('active_span_s')}s), "
