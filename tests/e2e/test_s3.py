@@ -392,23 +392,27 @@ def test_prepare_job_to_bucket(e2e, s3):
 
 
 @pytest.mark.slow
-def test_train_job_in_bucket_interrupted_then_resumed(e2e, s3, monkeypatch, tmp_path):
+def test_train_job_in_bucket_interrupted_then_resumed(e2e, s3, tmp_path):
     """Run 1 dies at the start of epoch 2 (after the epoch-1 checkpoint went to the bucket);
     run 2 with the same --run-name and --storage continues from that checkpoint."""
-    from dae.train import FAIL_AT_EPOCH_ENV, FAIL_MARKER_ENV
+    from ray.train import TrainingFailedError
+
+    from dae.jobutil import stage_config
+    from dae.train import TrainConfig, run
+
+    from .test_train import fail_once  # the on_epoch_start hook that kills the last rank once
 
     runs = storage.join(e2e["root"], "runs")
     args = ["--data", e2e["data"], "--model", "keras_blog", "--epochs", 2, "--batch-size", 32,
             "--workers", 1, "--samples", 4, "--storage", runs, "--run-name", "e2e", "--max-failures", 0]
-    monkeypatch.setenv(FAIL_AT_EPOCH_ENV, "2")
-    monkeypatch.setenv(FAIL_MARKER_ENV, str(tmp_path / "failed-once"))
-    with pytest.raises(Exception):
-        _run_job("train", *args)
+    parser = _job("train").get_args_parser()
+    with pytest.raises(TrainingFailedError):  # the train job's stage, as its main runs it, with the hook
+        run(stage_config(parser.parse_args([str(a) for a in args]), TrainConfig),
+            on_epoch_start=fail_once(2, str(tmp_path / "failed-once")))
     assert (tmp_path / "failed-once").exists(), "run 1 did not reach the injected failure"
     ckpts = [f for f in storage.list_files(storage.join(runs, "e2e"), recursive=True) if f.endswith("state.pt")]
     assert len(ckpts) == 1, f"expected the epoch-1 checkpoint in the bucket, found {ckpts}"
 
-    monkeypatch.delenv(FAIL_AT_EPOCH_ENV)
     summary = _run_job("train", *args)
     assert [h["epoch"] for h in summary["history"]] == [1, 2]
     assert summary["history"][1]["setup_s"] >= 0 and summary["out"] == storage.join(runs, "e2e")
