@@ -148,8 +148,8 @@ TINY_SWEEP = {
 
 
 def tiny_sweep(out, **over):
-    from dae import sweep as qs
     from dae.config import build_config
+    from dae.experiments import sweep as qs
 
     return build_config(qs.SweepConfig, {**TINY_SWEEP, "out": str(out), **over})
 

@@ -1,5 +1,5 @@
 """Runs a job in this process and kills the process (``os._exit(KILLED)``, no clean-up of any kind)
-the first time the denoise stage reaches a named step (:func:`dae.denoise.outputs.step`):
+the first time the denoise stage reaches a named step (:func:`dae.denoise.commits.step`):
 
     python tests/killpoint.py STEP denoise --input ... --output ...
 
@@ -17,10 +17,10 @@ KILLED = 77
 def main() -> None:
     import importlib
 
-    from dae.denoise import outputs
+    from dae.denoise import commits
 
     step, job, argv = sys.argv[1], sys.argv[2], sys.argv[3:]
-    outputs.STEP_HOOK = lambda name: os._exit(KILLED) if name == step else None
+    commits.STEP_HOOK = lambda name: os._exit(KILLED) if name == step else None
     mod = importlib.import_module(f"jobs.{job}")
     mod.main(mod.get_args_parser().parse_args(argv))
 

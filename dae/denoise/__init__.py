@@ -6,11 +6,13 @@
 
 Modules: :mod:`.config` (the frozen config), :mod:`.scan` (listing, row counts, channel and
 duplicate-id checks as Ray tasks), :mod:`.pipeline` (the Ray Data pipeline and the driver's books),
-:mod:`.outputs` (the output layout, the worker-side writer, markers, the reader).
+:mod:`.outputs` (the output layout and its rules, the worker-side writer, the driver's books),
+:mod:`.commits` (markers, commits, retirements, clean-up), :mod:`.reader`, :mod:`.manifest` (the
+run's settings), :mod:`.rerun` (what a rerun does), :mod:`.lease` (one writer).
 """
 
 from .config import DenoiseConfig, validate
-from .outputs import committed_parts, read_outputs
 from .pipeline import run
+from .reader import committed_parts, read_outputs
 
 __all__ = ["DenoiseConfig", "committed_parts", "read_outputs", "run", "validate"]

@@ -12,7 +12,7 @@ Rules:
 - A run whose settings differ from the manifest's is refused before it writes anything, naming
   every differing field, whichever input files it covers: one output is one run's result. The way
   out is a new --output, or --overwrite.
-- ``generation`` says which markers count: :func:`dae.denoise.outputs.read_outputs` reads only the
+- ``generation`` says which markers count: :func:`dae.denoise.reader.read_outputs` reads only the
   markers of the manifest's generation. ``--overwrite`` writes a manifest with a new generation
   FIRST (one atomic write: from then on the old markers no longer count, and readers see an empty
   output), and only then deletes the old markers and parts. A kill at any point leaves the old

@@ -29,19 +29,16 @@ Rules (what makes every input id land exactly once in data or errors, across rer
 
 from __future__ import annotations
 
-import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .. import inference, shards, storage
-
+from .. import inference, storage
 from .manifest import LAYOUT
+
 # Metric sums are integers in units of 1e-9 (of a dB, of SSIM): integer addition is associative, so
 # the means do not depend on how rows were split into parts (float sums differ in the last bit).
 METRIC_SCALE = 10**9
@@ -229,192 +226,7 @@ class Books:
         return done
 
 
-# ---------------------------------------------------------------- markers, commits, retirements
-# Every step that deletes or replaces something calls step(NAME) first: tests kill the process there
-# (os._exit in a subprocess) and check that a rerun ends with every id exactly once.
-STEP_HOOK: Callable[[str], None] | None = None
-
-
-def step(name: str) -> None:
-    if STEP_HOOK is not None:
-        STEP_HOOK(name)
-
-
-def _names(d: str, suffix: str) -> list[str]:
-    """Base names (without ``suffix``) of the files directly in ``d``, '_' and '.' names included
-    (storage.list_files hides them, and an input stem may start with one), temporaries excluded."""
-    import pyarrow.fs as pafs
-
-    fs, p = storage.resolve(d)
-    infos = fs.get_file_info(pafs.FileSelector(p, recursive=False, allow_not_found=True))
-    return sorted(i.base_name[:-len(suffix)] for i in infos
-                  if i.type == pafs.FileType.File and i.base_name.endswith(suffix) and ".tmp-" not in i.base_name)
-
-
-def marker_stems(out: str) -> list[str]:
-    return _names(storage.join(out, "_done"), ".json")
-
-
-def read_markers(out: str, generation: str | None) -> dict[str, dict]:
-    """{stem: marker} of the markers that count: those of the manifest's ``generation`` (every marker
-    for an output without a manifest). Markers are read in parallel (one GET each on S3)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    stems = marker_stems(out)
-    with ThreadPoolExecutor(max_workers=16) as pool:
-        found = list(pool.map(lambda st: (st, storage.read_json(marker_path(out, st))), stems))
-    return {st: m for st, m in found if generation is None or m.get("generation") == generation}
-
-
-def all_files(d: str) -> list[str]:
-    """Every file under ``d``, temporaries included (list_files hides dot-files)."""
-    import pyarrow.fs as pafs
-
-    fs, p = storage.resolve(d)
-    infos = fs.get_file_info(pafs.FileSelector(p, recursive=True, allow_not_found=True))
-    return [storage.join(d, i.path[len(p.rstrip("/")) + 1:]) for i in infos if i.type == pafs.FileType.File]
-
-
-def listed(out: str, m: dict) -> set[str]:
-    return {storage.join(out, x) for x in m.get("data", []) + m.get("errors", [])}
-
-
-def commit(out: str, stem: str, rel: str, p: Pending, fingerprint: str, generation: str, identity: dict,
-           check_lease: Callable[[], None] | None = None) -> dict:
-    """Commit a complete input: check that every part it lists exists, write its marker (replacing
-    an older one in one atomic write), and only then delete the files of that input that the marker
-    does not list (an earlier attempt's orphans, a temporary, or the parts the old marker listed).
-    Returns the marker."""
-    marker = {"layout": LAYOUT, "input": rel, "stem": stem, "rows_in": p.rows_in, "rows_out": p.rows_ok,
-              "rows_failed": p.rows_failed, "data": sorted(p.data), "errors": sorted(p.errors),
-              "metric_sums_e9": p.sums, "metric_counts": p.counts, "writers": p.writers, "fingerprint": fingerprint,
-              "generation": generation, "identity": identity,
-              "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    keep = listed(out, marker)
-    present = set(all_files(data_dir(out, stem))) | set(all_files(errors_dir(out, stem)))
-    missing = sorted(keep - present)
-    if missing:
-        raise RuntimeError(f"{rel}: {len(missing)} part(s) reported written are missing "
-                           f"(first: {storage.redact(missing[0])}); the input stays uncommitted, rerun to redo it")
-    if check_lease is not None:
-        check_lease()
-    step("commit:before-marker")
-    storage.write_json(marker_path(out, stem), marker)
-    step("commit:after-marker")
-    for f in sorted(present - keep):
-        storage.delete(f)
-    return marker
-
-
-def retire(out: str, stem: str) -> None:
-    """An input that is gone: its marker first (its rows leave the committed view at once), then
-    its exported images, then its parts. A kill in between leaves files no marker lists, which the
-    next run deletes (:func:`collect_garbage`)."""
-    step("retire:before-marker")
-    storage.delete(marker_path(out, stem))
-    step("retire:after-marker")
-    unexport(out, stem)
-    step("retire:after-export")
-    storage.delete(data_dir(out, stem))
-    storage.delete(errors_dir(out, stem))
-
-
-def collect_garbage(out: str, markers: dict[str, dict], generation: str) -> dict[str, int]:
-    """Delete what no counting marker lists: parts of uncommitted inputs (a killed run's), parts an
-    older marker listed, markers of an earlier generation (an interrupted --overwrite), exports of
-    retired inputs. Called with the lease held, before the pipeline writes anything."""
-    keep: set[str] = set()
-    for m in markers.values():
-        keep |= listed(out, m)
-    n = {"parts": 0, "markers": 0, "exports": 0}
-    for st in marker_stems(out):
-        if st not in markers:
-            step("garbage:marker")
-            storage.delete(marker_path(out, st))
-            n["markers"] += 1
-    for st in _names(storage.join(out, "_exported"), ".json"):
-        if st not in markers:
-            unexport(out, st)
-            n["exports"] += 1
-    for sub in ("data", "errors"):
-        for f in all_files(storage.join(out, sub)):
-            if f not in keep:
-                step("garbage:part")
-                storage.delete(f)
-                n["parts"] += 1
-    return n
-
-
-# ---------------------------------------------------------------- exported images (--export-png)
-
-
-def export_marker_path(out: str, stem: str) -> str:
-    return storage.join(out, "_exported", f"{stem}.json")
-
-
-def unexport(out: str, stem: str, keep: set[str] = frozenset()) -> None:
-    """Delete the images an input's export marker lists (except ``keep``), then the marker."""
-    p = export_marker_path(out, stem)
-    if not storage.exists(p):
-        return
-    m = storage.read_json(p)
-    for name in m.get("names", []):
-        if name not in keep:
-            storage.delete(storage.join(m["export"], name))
-    step("export:before-marker-delete")
-    storage.delete(p)
-
-
-# ---------------------------------------------------------------- reading committed outputs
-
-
-def generation_of(out: str) -> str | None:
-    """The manifest's generation (None for an output without a manifest: every marker counts)."""
-    from . import manifest
-
-    m = manifest.read(out)
-    return m["generation"] if m else None
-
-
-def markers(out: str) -> list[dict]:
-    """Every marker that counts, sorted by input stem."""
-    found = read_markers(out, generation_of(out))
-    return [found[st] for st in sorted(found)]
-
-
-def committed_parts(out: str, what: str = "data") -> list[tuple[str, str]]:
-    """[(input, part path)] of every committed part of ``what`` ("data" or "errors")."""
-    if what not in ("data", "errors"):
-        raise ValueError(f"what must be 'data' or 'errors', got {what!r}")
-    return [(m["input"], storage.join(out, part)) for m in markers(out) for part in m.get(what, [])]
-
-
-def _read(path: str, columns: list[str] | None = None) -> pa.Table:
-    fs, inner = storage.resolve(path)
-    return pq.read_table(inner, filesystem=fs, columns=columns).replace_schema_metadata(None)
-
-
-def read_outputs(out: str, what: str = "data", columns: list[str] | None = None) -> pa.Table:
-    """The committed rows of a denoise output as one Arrow table (for outputs that fit in memory; for
-    bigger ones, ``ray.data.read_parquet([p for _, p in committed_parts(out)])``).
-
-    Rows come grouped by input file (inputs sorted by path), sorted by id within an input, with an
-    ``input`` column naming the input file (the errors table has it already). Parts a killed run left
-    uncommitted are never read."""
-    parts = committed_parts(out, what)
-    schema = ERRORS_SCHEMA if what == "errors" else None
-    tables = []
-    for rel, path in parts:
-        t = _read(path, columns)
-        if what == "data" and (columns is None or "input" in columns):
-            t = t.append_column("input", pa.array([rel] * t.num_rows, pa.string()))
-        tables.append(t)
-    if not tables:
-        return schema.empty_table() if schema is not None else pa.table({"id": pa.array([], pa.string())})
-    t = pa.concat_tables(tables, promote_options="default")
-    if "id" not in t.column_names or "input" not in t.column_names:
-        return t
-    return t.sort_by([("input", "ascending"), ("id", "ascending")])
+# ---------------------------------------------------------------- the export stage (Ray workers)
 
 
 def export_batch(batch: dict, export_dir: str) -> dict:
@@ -426,24 +238,3 @@ def export_batch(batch: dict, export_dir: str) -> dict:
         names.append(inference.export_name(str(i)))
         storage.write_bytes(storage.join(export_dir, names[-1]), bytes(png))
     return {"name": np.array(names, dtype=object), "path": np.asarray(batch["path"], dtype=object)}
-
-
-def load_samples(out: str, n: int) -> dict[str, list[np.ndarray]] | None:
-    """The first ``n`` committed rows in :func:`read_outputs` order, decoded: {column: images} with
-    ``image`` (the input), ``denoised`` and, with synthetic noise, ``noisy``. Reads the first inputs only."""
-    if n <= 0:
-        return None
-    by_input: dict[str, list[str]] = {}
-    for rel, path in committed_parts(out, "data"):
-        by_input.setdefault(rel, []).append(path)
-    got: list[pa.Table] = []
-    for rel in sorted(by_input):
-        t = pa.concat_tables([_read(p) for p in by_input[rel]])
-        got.append(t.sort_by("id").slice(0, n - sum(x.num_rows for x in got)))
-        if sum(x.num_rows for x in got) >= n:
-            break
-    if not got or not sum(x.num_rows for x in got):
-        return None
-    rows = pa.concat_tables(got)
-    return {k: [shards.to_float(shards.decode_png(b)) for b in rows.column(k).to_pylist()]
-            for k in ("image", "denoised", "noisy") if k in rows.column_names}

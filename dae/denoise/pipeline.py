@@ -56,7 +56,7 @@ from ..config import config_dict
 from ..inference_spec import InferenceSpec
 from ..jobutil import Progress, save_resolved_config
 from ..noise import NoiseSpec
-from . import manifest, outputs, rerun
+from . import commits, manifest, outputs, reader, rerun
 from .config import DenoiseConfig, validate
 from .lease import Lease
 from .scan import InputFile, Listing, check_channels, input_root, list_inputs, scan
@@ -138,7 +138,7 @@ def run_pipeline(cfg: DenoiseConfig, files: list[InputFile], model_channels: int
     by_stem = {f.stem: f for f in files}
 
     def commit(f: InputFile, p: outputs.Pending) -> dict:
-        return outputs.commit(out, f.stem, f.rel, p, fp, generation, f.identity, lease.check)
+        return commits.commit(out, f.stem, f.rel, p, fp, generation, f.identity, lease.check)
 
     markers = {f.stem: commit(f, outputs.Pending(0)) for f in files if f.rows == 0}
     todo = [f for f in files if f.rows > 0]
@@ -178,7 +178,7 @@ def export_pngs(cfg: DenoiseConfig, markers: dict[str, dict]) -> int:
     out, export = storage.absolute(cfg.output), storage.absolute(cfg.export_png)
     todo = []
     for stem, m in sorted(markers.items()):
-        mark = outputs.export_marker_path(out, stem)
+        mark = commits.export_marker_path(out, stem)
         old = storage.read_json(mark) if storage.exists(mark) else None
         if not old or old.get("export") != export or old.get("parts") != m["data"]:
             todo.append((stem, old))
@@ -194,7 +194,7 @@ def export_pngs(cfg: DenoiseConfig, markers: dict[str, dict]) -> int:
                 names[part_stem[str(path)]].append(str(name))
     for stem, old in todo:
         new = sorted(names[stem])
-        storage.write_json(outputs.export_marker_path(out, stem),
+        storage.write_json(commits.export_marker_path(out, stem),
                            {"export": export, "parts": markers[stem]["data"], "names": new})
         if old and old.get("export") == export:
             stale = set(old.get("names", [])) - set(new)
@@ -209,7 +209,7 @@ def export_pngs(cfg: DenoiseConfig, markers: dict[str, dict]) -> int:
 def write_samples(cfg: DenoiseConfig) -> str | None:
     from ..viz import save_grid
 
-    imgs = outputs.load_samples(cfg.output, cfg.samples)
+    imgs = reader.load_samples(cfg.output, cfg.samples)
     if not imgs:
         return None
     grid = [("noisy", imgs["noisy"]), ("denoised", imgs["denoised"]), ("clean", imgs["image"])] \

@@ -8,7 +8,7 @@ Run with the output's lease held (:mod:`.lease`), before the pipeline writes any
                                                 markers, exports and parts are deleted
     input unchanged (same size, mtime, rows)    skipped: its images are never read
     input changed (same name, other identity)   redone; its new marker replaces the old one, and only
-                                                then are the old parts deleted (outputs.commit)
+                                                then are the old parts deleted (commits.commit)
     input new                                   done
     input gone (removed or renamed)             retired: marker, then exported images, then parts;
                                                 --keep-removed keeps it (and its ids then count in
@@ -26,7 +26,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from . import manifest, outputs
+from .. import storage
+from . import commits, manifest
 from .scan import InputFile
 
 log = logging.getLogger("dae")
@@ -59,10 +60,10 @@ def open_output(out: str, settings: dict, overwrite: bool) -> dict:
     m = manifest.read(out)
     if overwrite:
         m = manifest.new(out, settings)  # first: from here on the old markers no longer count
-        outputs.step("overwrite:after-manifest")
+        commits.step("overwrite:after-manifest")
         return m
     if m is None:
-        if outputs.marker_stems(out):
+        if commits.marker_stems(out):
             raise manifest.legacy_refusal(out)
         return manifest.new(out, settings)
     manifest.check(out, m, settings)
@@ -72,11 +73,11 @@ def open_output(out: str, settings: dict, overwrite: bool) -> dict:
 def plan(out: str, files: list[InputFile], settings: dict, overwrite: bool = False,
          keep_removed: bool = False) -> Plan:
     m = open_output(out, settings, overwrite)
-    markers = outputs.read_markers(out, m["generation"])
-    present = set(outputs.all_files(outputs.storage.join(out, "data"))) | \
-        set(outputs.all_files(outputs.storage.join(out, "errors")))
+    markers = commits.read_markers(out, m["generation"])
+    present = set(commits.all_files(storage.join(out, "data"))) | \
+        set(commits.all_files(storage.join(out, "errors")))
     p = Plan(m["generation"], markers)
-    for stem in [st for st, mk in markers.items() if not outputs.listed(out, mk) <= present]:
+    for stem in [st for st, mk in markers.items() if not commits.listed(out, mk) <= present]:
         p.broken.append(markers.pop(stem)["input"])
     if p.broken:
         log.warning("%d committed input(s) have missing parts and will be redone (first: %s)",
@@ -87,12 +88,12 @@ def plan(out: str, files: list[InputFile], settings: dict, overwrite: bool = Fal
             p.kept.append(stem)
             continue
         p.retired.append(markers[stem]["input"])
-        outputs.retire(out, stem)
+        commits.retire(out, stem)
         del markers[stem]
     if p.retired:
         log.info("retired %d input(s) that are no longer under --input (first: %s); --keep-removed keeps "
                  "them", len(p.retired), p.retired[0])
-    p.garbage = outputs.collect_garbage(out, markers, m["generation"])
+    p.garbage = commits.collect_garbage(out, markers, m["generation"])
     if any(p.garbage.values()):
         log.info("removed what earlier runs left uncommitted: %s", p.garbage)
     for f in files:

@@ -104,7 +104,8 @@ def list_inputs(input_path: str, split: str = "") -> Listing:
     fs, root_inner = storage.resolve(root)
     info = fs.get_file_info(root_inner)
     if info.type == pafs.FileType.File:
-        infos, root_inner = [info], posixpath.dirname(root_inner) if storage.is_uri(root) else os.path.dirname(root_inner)
+        parent = posixpath.dirname if storage.is_uri(root) else os.path.dirname
+        infos, root_inner = [info], parent(root_inner)
     else:
         infos = [i for i in fs.get_file_info(pafs.FileSelector(root_inner, recursive=not split, allow_not_found=True))
                  if i.type == pafs.FileType.File]

@@ -1,7 +1,7 @@
 """Experiments: the quality tables, the benchmarks and the GPU check, apart from the library.
 
 Each one is a job (``jobs/quality_*.py``, ``jobs/bench_*.py``, ``jobs/gpu_check.py``) over a frozen
-config dataclass here, and calls the library stages (``dae.prepare``, ``dae.train``, ``dae.evaluation``,
+config dataclass here, and calls the library stages (``dae.prepare``, ``dae.train``, ``dae.evaluate``,
 ``dae.denoise``) with their config objects. The library never imports this package.
 
 Modules:

@@ -13,7 +13,7 @@ stopped run picks up where it stopped; a run found with other settings is an err
 2. train every recipe of ``--train`` (``dae.train.run``) on the first set of its kind ->
    ``OUT/runs/NAME/final_model``;
 3. score, per set, the trained models, ``--models`` and the classical methods on the same noisy
-   pixels at every sigma (``dae.evaluation.run``; awgn: unclipped, not quantized) -> ``OUT/eval/SET``;
+   pixels at every sigma (``dae.evaluate.run``; awgn: unclipped, not quantized) -> ``OUT/eval/SET``;
    a conditioned model is told each image's true sigma, as the published tables' non-blind protocol;
 4. write ``OUT/quality_natural.md`` / ``.json``: mean PSNR per set and sigma for every method, the
    published rows marked as such, and BM3D's subset (``--bm3d-limit``) with our models on it.
@@ -130,7 +130,7 @@ def train_config(cfg: QualityNaturalConfig, name: str, data: str):
 
 
 def evaluate_set(cfg: QualityNaturalConfig, name: str, data: str, model_dirs: list[str]) -> dict:
-    from dae.evaluation import EvaluateConfig
+    from dae.evaluate import EvaluateConfig
 
     ecfg = EvaluateConfig(data=data, split="test", out=storage.join(cfg.out, "eval", name),
                           noise=tuple(f"awgn:{s:g}" for s in cfg.sigmas), models=tuple(model_dirs),

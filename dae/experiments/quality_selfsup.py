@@ -114,7 +114,7 @@ def train_config(cfg: QualitySelfSupConfig, objective: str, data: str):
 
 
 def evaluate_set(cfg: QualitySelfSupConfig, name: str, data: str, model_dirs: list[str]) -> dict:
-    from dae.evaluation import EvaluateConfig
+    from dae.evaluate import EvaluateConfig
 
     ecfg = EvaluateConfig(data=data, split="test", out=storage.join(cfg.out, "eval", name),
                           noise=(f"awgn:{cfg.sigma:g}",), models=tuple(model_dirs), baselines=tuple(cfg.baselines),

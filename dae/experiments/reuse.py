@@ -83,7 +83,7 @@ def evaluate_or_reuse(ecfg, name: str) -> dict:
     """The evaluate stage's report for ``ecfg``, reused when one made with exactly these settings
     and these very weights is there (a retrained model keeps its dir, not its weights)."""
     from dae.checkpoint import weights_digest
-    from dae.evaluation import run as eval_run
+    from dae.evaluate import run as eval_run
 
     model_dirs, levels = list(ecfg.models), list(ecfg.noise)
     report_path = storage.join(ecfg.out, "report.json")

@@ -127,7 +127,8 @@ class LocalCluster:
         cp = subprocess.run(["bash", str(LOCAL / name), "--dir", self.dir, *args], cwd=REPO, env=_clean_env(),
                             capture_output=True, text=True, timeout=timeout)
         if check and cp.returncode != 0:
-            raise AssertionError(f"{name} {' '.join(args)} exited {cp.returncode}\n{cp.stdout[-3000:]}\n{cp.stderr[-3000:]}")
+            raise AssertionError(f"{name} {' '.join(args)} exited {cp.returncode}\n{cp.stdout[-3000:]}\n"
+                                 f"{cp.stderr[-3000:]}")
         return cp
 
     def ray(self, *args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
@@ -245,7 +246,7 @@ def submit(cluster: LocalCluster, shared: dict, job_id: str, *args: str, timeout
     except subprocess.TimeoutExpired:
         cluster.ray("job", "stop", job_id, check=False)
         logs = cluster.ray("job", "logs", job_id, check=False).stdout
-        raise AssertionError(f"job {job_id} did not finish in {timeout}s; logs:\n{logs[-5000:]}")
+        raise AssertionError(f"job {job_id} did not finish in {timeout}s; logs:\n{logs[-5000:]}") from None
     cluster.observe()
     st = cluster.ray("job", "status", job_id)
     status = st.stdout + st.stderr
@@ -397,7 +398,8 @@ def test_stop_removes_every_process_and_only_this_clusters(cluster, ray_session)
             # The entrypoint runs as `/bin/sh -c 'python -c ...'` and dash then execs python in the
             # same pid: wait for the python command line itself, not for the shell's (likely why a
             # CI run once stopped waiting in that window and found no driver).
-            return [p for p in cluster_processes(cluster.dir) if _cmdline(p).startswith("python") and tag in _cmdline(p)]
+            return [p for p in cluster_processes(cluster.dir)
+                    if _cmdline(p).startswith("python") and tag in _cmdline(p)]
 
         deadline = time.time() + 180
         while time.time() < deadline and not drivers():

@@ -86,7 +86,7 @@ def test_outputs_written(sweep):
 def test_recorded_commands_rerun_the_same_configs(sweep):
     """quality.md's command, parsed by the sweep job's own parser, gives back the sweep's config;
     the evaluate report's command, by the evaluate job's parser, the evaluate config."""
-    from dae.evaluation import EvaluateConfig
+    from dae.evaluate import EvaluateConfig
     from jobs import evaluate, quality_sweep
 
     out, res = sweep

@@ -17,8 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from dae import inference, shards
-from dae.denoise import lease as lease_mod
-from dae.denoise import read_outputs
+from dae.denoise import lease as lease_mod, read_outputs
 from helpers import REPO, fashion, job_env, run_job
 
 pytestmark = pytest.mark.ray

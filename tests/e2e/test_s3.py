@@ -297,7 +297,7 @@ def test_filesystem_repr_has_no_secret(s3):
 def test_train_checkpoint_and_resume_by_name_in_bucket(prefix, ray_session):
     """A TorchTrainer with storage in the bucket: run 1 reports checkpoints for epochs 0-1 and then
     dies; run 2 with the same name starts from the epoch-1 checkpoint read back from the bucket."""
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train import FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
     from ray.train.torch import TorchTrainer
 
     # Defined here (pickled by value to the worker): resume from the latest checkpoint, if any.
@@ -334,7 +334,7 @@ def test_train_checkpoint_and_resume_by_name_in_bucket(prefix, ray_session):
                                  failure_config=FailureConfig(max_failures=0)),
         ).fit()
 
-    with pytest.raises(Exception):
+    with pytest.raises(TrainingFailedError):
         run(fail_after=1)
     ckpts = [f for f in storage.list_files(storage.join(prefix, "runs", "probe"), recursive=True)
              if f.endswith("state.json")]
@@ -534,7 +534,6 @@ def test_denoise_reruns_in_a_bucket_mirror_the_input_and_take_one_writer(e2e, s3
 @pytest.mark.parametrize("job", ["prepare", "train", "denoise", "evaluate"])
 def test_job_fails_fast_on_missing_bucket(job, e2e, s3):
     """Each job checks its storage before any work and names the missing bucket."""
-    mod = _job(job)
     missing = "s3://no-such-bucket-dae/x"
     argv = {
         "prepare": ["--source", "mnist5k", "--limit", 8, "--out", missing],
@@ -544,6 +543,7 @@ def test_job_fails_fast_on_missing_bucket(job, e2e, s3):
                      "--limit", 4, "--out", missing],
     }[job]
     t0 = time.perf_counter()
-    with pytest.raises(storage.StorageError, match=f"bucket 'no-such-bucket-dae' does not exist at endpoint {s3.endpoint}"):
+    missing_bucket = f"bucket 'no-such-bucket-dae' does not exist at endpoint {s3.endpoint}"
+    with pytest.raises(storage.StorageError, match=missing_bucket):
         _run_job(job, *argv)
     assert time.perf_counter() - t0 < 30

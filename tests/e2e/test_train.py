@@ -89,8 +89,8 @@ def test_two_workers_train_and_checkpoint_reloads(ray_session, shards_root, tmp_
 
     from dae import metrics
     from dae.checkpoint import load_model
+    from dae.experiments.reference import load_split, nchw
     from dae.noise import add_noise_batch
-    from dae.reference import load_split, nchw
 
     res = train(shards_root, tmp_path, "two-workers", "--workers", 2, "--epochs", 2)
     hist = read_metrics(res["out"])

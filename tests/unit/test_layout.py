@@ -8,20 +8,10 @@ import warnings
 from helpers import REPO
 
 DAE = os.path.join(REPO, "dae")
-MAX_LINES = 450
+MAX_LINES = 410  # "no module over about 400 lines"
 # Modules over MAX_LINES while they are being split; shrink this list as they are (and never grow it).
 # (An entry that is gone or within the limit is reported as a warning, naming it.)
-OVERSIZED_FOR_NOW = {
-    "dae/train.py",
-    "dae/evaluation.py",
-    "dae/bench/gpu_check.py",
-    "dae/experiments/gpu_check/check.py",  # dae/bench/gpu_check.py, moved
-    "dae/sweep.py",
-    "dae/inference.py",
-    "dae/storage.py",
-    "dae/denoise/outputs.py",
-    "dae/shards.py",
-}
+OVERSIZED_FOR_NOW: set[str] = set()
 
 
 def _modules() -> dict[str, str]:

@@ -331,7 +331,8 @@ def test_aws_launcher_config_passes_rays_own_schema_and_has_the_layout():
     assert head["resources"] == {"CPU": 0}
     assert not re.match(r"^(g|p)\d", head["node_config"]["InstanceType"]), "the head should be a CPU instance"
     assert "InstanceMarketOptions" not in head["node_config"], "the head should not be spot"
-    gpu = [t for n, t in types.items() if n != raw["head_node_type"] and re.match(r"^(g|p)\d", t["node_config"]["InstanceType"])]
+    gpu = [t for n, t in types.items()
+           if n != raw["head_node_type"] and re.match(r"^(g|p)\d", t["node_config"]["InstanceType"])]
     cpu = [t for n, t in types.items() if n != raw["head_node_type"] and t not in gpu]
     assert gpu and cpu
     for t in gpu + cpu:

@@ -53,18 +53,18 @@ def test_chart_lines_have_distinct_colors_and_baselines_are_dashed(tmp_path):
 def test_a_report_made_before_a_setting_existed_is_reused_with_that_settings_default(tmp_path, monkeypatch):
     """Benchmark reruns reuse evaluate reports (hours of BM3D): a report whose config lacks a setting
     added since (here --ensemble) was made with its default; other weights or settings are rerun."""
-    from dae import evaluation, storage
+    from dae import evaluate, storage
     from dae.checkpoint import save_model, weights_digest
     from dae.config import config_dict
     from dae.models import create_model
 
     model = save_model(create_model("conv28k", channels=1, filters=4), str(tmp_path / "m"))
-    ecfg = evaluation.EvaluateConfig(data="d", out=str(tmp_path / "eval"), models=(model,))
+    ecfg = evaluate.EvaluateConfig(data="d", out=str(tmp_path / "eval"), models=(model,))
     old = {k: list(v) if isinstance(v, tuple) else v for k, v in config_dict(ecfg).items() if k != "ensemble"}
     storage.write_json(str(tmp_path / "eval" / "report.json"), {
         "config": old, "models": [{"dir": model, "weights": weights_digest(model)}], "reused": True})
     reran = []
-    monkeypatch.setattr(evaluation, "run", lambda cfg, command="": reran.append(cfg) or {"reused": False})
+    monkeypatch.setattr(evaluate, "run", lambda cfg, command="": reran.append(cfg) or {"reused": False})
     assert qs.evaluate_or_reuse(ecfg, "d")["reused"] and not reran
     assert not qs.evaluate_or_reuse(dataclasses.replace(ecfg, ensemble=(1, 8)), "d")["reused"]
     save_model(create_model("conv28k", channels=1, filters=4), model)  # retrained: other weights

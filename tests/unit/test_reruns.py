@@ -14,8 +14,7 @@ import numpy as np
 import pytest
 
 from dae import storage
-from dae.denoise import lease as lease_mod
-from dae.denoise import manifest, outputs
+from dae.denoise import commits, lease as lease_mod, manifest, outputs
 from dae.denoise.scan import SKIP_HIDDEN, SKIP_NOT_PARQUET, list_inputs
 
 
@@ -90,9 +89,9 @@ def test_commit_writes_the_marker_before_deleting_the_old_parts(tmp_path, monkey
             seen["marker"] = storage.read_json(outputs.marker_path(out, "s"))["data"]
             seen["old_exists"] = os.path.exists(os.path.join(out, old))
 
-    monkeypatch.setattr(outputs, "STEP_HOOK", hook)
+    monkeypatch.setattr(commits, "STEP_HOOK", hook)
     p = outputs.Pending(rows_in=1, rows_ok=1, data=[new])
-    outputs.commit(out, "s", "s.parquet", p, "fp", "g", {"size": 1, "mtime_ns": 1, "rows": 1})
+    commits.commit(out, "s", "s.parquet", p, "fp", "g", {"size": 1, "mtime_ns": 1, "rows": 1})
     assert seen == {"marker": [new], "old_exists": True}
     assert sorted(os.listdir(os.path.join(out, "data", "s"))) == ["part-new.parquet"]
 
@@ -101,14 +100,14 @@ def test_commit_refuses_to_list_a_part_that_is_not_there(tmp_path):
     out = str(tmp_path)
     p = outputs.Pending(rows_in=1, rows_ok=1, data=["data/s/part-gone.parquet"])
     with pytest.raises(RuntimeError, match=r"s.parquet: 1 part\(s\) reported written are missing"):
-        outputs.commit(out, "s", "s.parquet", p, "fp", "g", {})
+        commits.commit(out, "s", "s.parquet", p, "fp", "g", {})
     assert not os.path.exists(outputs.marker_path(out, "s"))
 
 
 def test_markers_of_inputs_under_underscore_names_are_read(tmp_path):
     out = str(tmp_path)
     storage.write_json(os.path.join(out, "_done", "_x__part.json"), {"input": "_x/part.parquet", "data": []})
-    assert outputs.marker_stems(out) == ["_x__part"]
+    assert commits.marker_stems(out) == ["_x__part"]
 
 
 def test_local_writes_are_fsynced_before_the_rename(tmp_path, monkeypatch):
@@ -165,7 +164,7 @@ def test_a_run_that_lost_its_lease_stops_before_its_next_commit(tmp_path):
         with pytest.raises(lease_mod.LeaseHeld, match="lost its lease.*another run took the lease: run taker"):
             lease.check()
         with pytest.raises(lease_mod.LeaseHeld):
-            outputs.commit(out, "s", "s.parquet", outputs.Pending(0), "fp", "g", {}, lease.check)
+            commits.commit(out, "s", "s.parquet", outputs.Pending(0), "fp", "g", {}, lease.check)
         assert not os.path.exists(outputs.marker_path(out, "s"))
     finally:
         lease.release()

@@ -21,7 +21,7 @@ results):
    the two Keras seeds use their notebooks' binary cross-entropy) -> ``OUT/runs/NAME/TAG-NOISE/``;
    plus the best model trained blind on ``--blind`` (a range of levels) on every dataset;
 3. score, per dataset, every model and the classical baselines on the same noisy test images
-   (``dae.evaluation.run`` on Ray Data) -> ``OUT/eval/NAME/report.md`` and comparison pictures;
+   (``dae.evaluate.run`` on Ray Data) -> ``OUT/eval/NAME/report.md`` and comparison pictures;
 4. write ``OUT/quality.md`` / ``quality.json``: one table per dataset (mean per-image PSNR for
    every method, each model at the level it was trained for, the blind one at every level of its
    range) and the quality targets, met or missed by how much.

@@ -31,7 +31,7 @@ def train_cell(cfg: SweepConfig, cell: Cell) -> dict:
 def evaluate_dataset(cfg: SweepConfig, name: str, levels: list[str], model_dirs: list[str]) -> dict:
     """One evaluate run per dataset (every model and baseline, every level); reused when its report
     was made with exactly these settings and these very weights (a retrained model keeps its dir)."""
-    from dae.evaluation import EvaluateConfig
+    from dae.evaluate import EvaluateConfig
 
     ecfg = EvaluateConfig(data=storage.join(cfg.out, "data", name), split="test",
                           out=storage.join(cfg.out, "eval", name), noise=tuple(levels), models=tuple(model_dirs),

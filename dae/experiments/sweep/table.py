@@ -116,7 +116,7 @@ def check_targets(cfg: SweepConfig, table: dict) -> list[dict]:
 def save_charts(cfg: SweepConfig, table: dict) -> dict[str, str]:
     """OUT/psnr_NAME.png per dataset: PSNR against the noise level, one panel per noise kind, one
     line per method (a per-level model is a line through the levels it was trained at)."""
-    from dae.evaluation import NOISY
+    from dae.evaluate import NOISY
     from dae.viz import save_lines
 
     paths = {}
