@@ -8,11 +8,11 @@ it stopped; a result made with other settings is an error, never a result to reu
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 
 from dae import shards, storage
 from dae.config import command_line, config_dict
+from dae.same_run import describe, differences
 
 log = logging.getLogger("dae")
 
@@ -22,11 +22,22 @@ SAME_RUN = ("data", "train_split", "model", "model_kwargs", "init", "noise", "lo
             "weight_decay", "epochs", "batch_size", "seed")
 
 
+# Prepared data is the same when every setting but these two is (they change no shard).
+PREPARE_FREE = ("overwrite", "preview")
+
+
 def prepare_or_reuse(pcfg, name: str) -> str:
     """pcfg.out from the prepare stage, unless a finished one is there (shards.is_prepared)."""
     from dae.prepare import format_summary, run as prepare_run
 
     if shards.is_prepared(pcfg.out):
+        resolved = storage.join(pcfg.out, "config.resolved.json")
+        stored = storage.read_json(resolved) if storage.exists(resolved) else {}
+        keys = [k for k in config_dict(pcfg) if k not in PREPARE_FREE]
+        diff = differences(stored, pcfg, keys) if stored else {}
+        if diff:
+            raise ValueError(f"{pcfg.out} holds data prepared with other settings ({describe(diff)}): give "
+                             f"another --out, or delete it to prepare it again")
         log.info("sweep: data %s: reusing %s", name, pcfg.out)
         return pcfg.out
     log.info("sweep: data %s: %s", name, command_line("jobs.prepare", pcfg))
@@ -39,12 +50,9 @@ def _check_same_run(tcfg, run_dir: str, same_run: tuple) -> None:
     resolved_path = storage.join(run_dir, "config.resolved.json")
     if not storage.exists(resolved_path):
         return
-    want, have = config_dict(tcfg), storage.read_json(resolved_path)
-    # A setting missing from an older run's config is one added since: that run had its default.
-    defaults = {f.name: f.default for f in dataclasses.fields(tcfg) if f.default is not dataclasses.MISSING}
-    diff = {k: (have.get(k, defaults.get(k)), want[k]) for k in same_run if have.get(k, defaults.get(k)) != want[k]}
+    diff = differences(storage.read_json(resolved_path), tcfg, same_run)
     if diff:
-        raise ValueError(f"{run_dir} holds a run with other settings {diff} (found, wanted): give another "
+        raise ValueError(f"{run_dir} holds a run with other settings ({describe(diff)}): give another "
                          f"--out, or delete that run to retrain it")
 
 
@@ -74,11 +82,6 @@ def train_or_reuse(tcfg, what: str, same_run: tuple = SAME_RUN) -> dict:
     return {"model_dir": s["final_model"], "seconds": before + s["total_s"], "reused": False, "last": s["last"]}
 
 
-def _plain(d: dict) -> dict:
-    """Tuples as lists, as a report's JSON holds them."""
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
-
-
 def evaluate_or_reuse(ecfg, name: str) -> dict:
     """The evaluate stage's report for ``ecfg``, reused when one made with exactly these settings
     and these very weights is there (a retrained model keeps its dir, not its weights)."""
@@ -89,10 +92,8 @@ def evaluate_or_reuse(ecfg, name: str) -> dict:
     report_path = storage.join(ecfg.out, "report.json")
     if storage.exists(report_path):
         old = storage.read_json(report_path)
-        # a setting added since the report was made: it was made with the default
-        have = {**_plain(config_dict(type(ecfg)())), **old.get("config", {})}
-        if have == _plain(config_dict(ecfg)) and {m["dir"]: m.get("weights") for m in old.get("models", [])} == {
-                d: weights_digest(d) for d in model_dirs}:
+        if not differences(old.get("config", {}), ecfg) and {m["dir"]: m.get("weights") for m in old.get(
+                "models", [])} == {d: weights_digest(d) for d in model_dirs}:
             log.info("sweep: eval %s: reusing %s", name, report_path)
             return old
     log.info("sweep: evaluate %s: %d models, %d levels", name, len(model_dirs), len(levels))
