@@ -59,7 +59,8 @@ RECIPE = _load_recipe()
 # plus a no-grad full pass, measured 261 s against 404 s for supervised over 5 epochs on 2 CPUs.
 EPOCHS_FACTOR = {"nb2nb": 1.5}
 # What makes a run here the same experiment: not the epochs (a shorter finished run is continued).
-SAME = tuple(k for k in SAME_RUN if k not in ("data", "epochs")) + ("objective", "crop", "crops_per_image")
+SAME = tuple(k for k in SAME_RUN if k not in ("data", "epochs")) + ("objective", "objective_kwargs", "crop",
+                                                                      "crops_per_image")
 # ... and the objective's own settings (compared for that objective only: older runs of the others may
 # predate a field that does not concern them).
 OWN = {"nb2nb": ("nb2nb_gamma",), "n2v": ("n2v_fraction", "n2v_channels")}
