@@ -30,7 +30,7 @@ import torch
 from .inference_spec import ENSEMBLES, FORWARD_PIXELS, InferenceSpec
 from .noise import estimate_sigma
 
-__all__ = ["DIHEDRAL", "ENSEMBLES", "FORWARD_PIXELS", "InferenceSpec", "as_spec", "check_ensemble", "chunk_size",
+__all__ = ["DIHEDRAL", "ENSEMBLES", "FORWARD_PIXELS", "InferenceSpec", "check_ensemble", "chunk_size",
            "denoise_images", "dihedral", "image_sigmas", "is_conditioned", "pick_device", "ramp", "tile_starts"]
 
 
@@ -85,16 +85,6 @@ def check_ensemble(n: int) -> int:
 # ---------------------------------------------------------------- the forward passes
 
 
-def as_spec(spec: InferenceSpec | str | torch.device | None = None, **settings) -> InferenceSpec:
-    """The spec of a call. The older form, a device and the settings as keywords (``overlap`` for
-    ``tile_overlap``), is still taken while dae.bench.gpu_check moves to the spec."""
-    if "overlap" in settings:
-        settings["tile_overlap"] = settings.pop("overlap")
-    if not isinstance(spec, InferenceSpec):
-        spec = InferenceSpec() if spec is None else InferenceSpec(device=str(spec))
-    return dataclasses.replace(spec, **settings) if settings else spec
-
-
 def _device(spec: InferenceSpec, model: torch.nn.Module) -> torch.device:
     if spec.device != "auto":
         return torch.device(spec.device)
@@ -103,8 +93,7 @@ def _device(spec: InferenceSpec, model: torch.nn.Module) -> torch.device:
 
 
 def denoise_images(model: torch.nn.Module, images: Sequence[np.ndarray],
-                   spec: InferenceSpec | str | torch.device | None = None,
-                   sigmas: Sequence[float] | None = None, **settings) -> list[np.ndarray]:
+                   spec: InferenceSpec | None = None, sigmas: Sequence[float] | None = None) -> list[np.ndarray]:
     """Denoise float32 (H, W, C) images of any sizes; returns float32 (H, W, C) arrays.
 
     Every image becomes pieces: itself when it fits in ``tile`` x ``tile``, else overlapping tiles.
@@ -119,7 +108,7 @@ def denoise_images(model: torch.nn.Module, images: Sequence[np.ndarray],
     passes, their outputs turned back and averaged; about +0.1-0.2 dB for N x the time (the "x8" of
     the literature's tables).
     """
-    spec = as_spec(spec, **settings)
+    spec = spec or InferenceSpec()
     tile, overlap = spec.tile, spec.tile_overlap
     if overlap < 0 or overlap >= tile:
         raise ValueError(f"tile overlap must be in [0, tile={tile}), got {overlap}")

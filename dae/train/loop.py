@@ -189,9 +189,11 @@ def _validate_mixed(model: torch.nn.Module, val: Validation, device: torch.devic
     a model (dae.inference.denoise_images: pooled by shape, tiled when large, bf16 on GPU), and the
     output spread over their common top-left window."""
     from ..inference import denoise_images
+    from ..inference_spec import InferenceSpec
 
     model.eval()
-    outs = [np.clip(o, 0, 1) for o in denoise_images(model, val.noisy, device, sigmas=val.sigma.tolist())]
+    spec = InferenceSpec(device=str(device))
+    outs = [np.clip(o, 0, 1) for o in denoise_images(model, val.noisy, spec, sigmas=val.sigma.tolist())]
     model.train()
     ps = sum(float(metrics.psnr(o, c)) for o, c in zip(outs, val.clean))
     ss = sum(float(metrics.ssim(o, c)) for o, c in zip(outs, val.clean))

@@ -101,18 +101,12 @@ def test_model_actor_threads_keep_evaluates_rule_unless_given():
     assert plan_model_actors(EvaluateConfig(torch_threads=3), 8, 0)["torch_threads"] == 3
 
 
-def test_the_older_call_form_still_gives_the_specs_pixels():
-    """denoise_images(model, images, device, tile=..., overlap=...) (dae.bench's form until it moves)."""
+def test_an_unplaced_spec_runs_where_the_weights_are():
     torch.manual_seed(0)
     model = create_model("unet", channels=1, width=4).eval()
     img = np.random.default_rng(0).random((70, 45, 1), dtype=np.float32)
     spec = InferenceSpec(device="cpu", tile=32, tile_overlap=8, forward_batch=4)
     want = inference.denoise_images(model, [img], spec)[0]
-    np.testing.assert_array_equal(
-        inference.denoise_images(model, [img], "cpu", tile=32, overlap=8, forward_batch=4)[0], want)
-    np.testing.assert_array_equal(inference.denoise_images(model, [img], torch.device("cpu"), tile=32,
-                                                           overlap=8, forward_batch=4)[0], want)
-    # an unplaced spec runs where the weights are
     np.testing.assert_array_equal(inference.denoise_images(model, [img], dataclasses.replace(spec, device="auto"))[0],
                                   want)
 
