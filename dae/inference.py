@@ -159,7 +159,7 @@ def export_name(image_id: str, suffix: str = ".png") -> str:
 # ---------------------------------------------------------------- stage 1: prepare (CPU)
 
 
-def prepare_batch(batch: dict, model_channels: int, noise: str | None = None, seed: int = 0,
+def prepare_batch(batch: dict, model_channels: int, noise: NoiseSpec | str | None = None, seed: int = 0,
                   convert: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS, sigma: float | None = None) -> dict:
     """Shard rows -> rows with ``input`` (float32 (H, W, C), what the model sees), ``depth``, ``sigma``
     (``sigma`` if given, else the level ``noise`` drew for the image, else NaN: estimated later) and,

@@ -9,6 +9,7 @@ defaults and help come from :func:`~dae.inference_spec.flag`, their checks from
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 from .. import shards
@@ -74,13 +75,17 @@ class DenoiseConfig:
         """How the model actors run the model (device and threads still to be placed by the pool's plan)."""
         return InferenceSpec.from_config(self)
 
+    @functools.cached_property
+    def noise_spec(self) -> NoiseSpec | None:
+        """--add-noise, parsed: once per config (the stage uses this, never the string); None without it."""
+        return NoiseSpec.parse(self.add_noise) if self.add_noise else None
+
 
 def validate(cfg: DenoiseConfig) -> None:
     for name in ("input", "model", "output"):
         if not getattr(cfg, name):
             raise ValueError(f"--{name} is required")
-    if cfg.add_noise:
-        NoiseSpec.parse(cfg.add_noise)  # lists the valid kinds on error
+    _ = cfg.noise_spec  # parsed here, once: a bad --add-noise fails listing the valid kinds
     if cfg.sigma != -1.0 and not 0.0 <= cfg.sigma <= 255.0:
         raise ValueError(f"--sigma is on the 0-255 scale (or -1: estimated), got {cfg.sigma:g}")
     cfg.inference_spec().check()

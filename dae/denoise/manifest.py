@@ -31,7 +31,6 @@ import uuid
 
 from .. import checkpoint, storage
 from ..inference_spec import InferenceSpec
-from ..noise import NoiseSpec
 from .config import DenoiseConfig
 
 NAME = "_manifest.json"
@@ -52,7 +51,7 @@ def settings(cfg: DenoiseConfig, model_cfg: dict, spec: InferenceSpec) -> dict:
         "input": storage.redact(storage.absolute(cfg.input)), "split": cfg.split,
         "model": {k: model_cfg.get(k) for k in ("model", "model_kwargs", "channels")},
         "model_weights": hashlib.blake2b(weights, digest_size=12).hexdigest(),
-        "add_noise": str(NoiseSpec.parse(cfg.add_noise)) if noisy else "",
+        "add_noise": str(cfg.noise_spec) if noisy else "",
         "seed": cfg.seed if noisy else None, "sigma": cfg.sigma,
         **spec.fingerprint_fields(),
         "convert_channels": cfg.convert_channels, "max_pixels": cfg.max_pixels, "layout": LAYOUT,

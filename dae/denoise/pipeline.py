@@ -55,7 +55,6 @@ from .. import checkpoint, inference, shards, storage
 from ..config import config_dict
 from ..inference_spec import InferenceSpec
 from ..jobutil import Progress, save_resolved_config
-from ..noise import NoiseSpec
 from . import commits, manifest, outputs, reader, rerun
 from .config import DenoiseConfig, validate
 from .lease import Lease
@@ -114,7 +113,7 @@ def build_dataset(cfg: DenoiseConfig, files: list[InputFile], model_channels: in
 
     task_cpus, rows = plan["task_cpus"], plan["batch_size"]
     ds = data.read_shards(cfg.input, files=[f.path for f in files], include_paths=True, num_cpus=task_cpus)
-    noise = str(NoiseSpec.parse(cfg.add_noise)) if cfg.add_noise else None
+    noise = cfg.noise_spec  # the parsed object goes to the tasks (None: no --add-noise)
     ds = ds.map_batches(inference.prepare_batch, batch_size=rows, num_cpus=task_cpus,
                         fn_kwargs=dict(model_channels=model_channels, noise=noise, seed=cfg.seed,
                                        sigma=cfg.sigma / 255.0 if cfg.sigma >= 0 else None,
@@ -123,11 +122,11 @@ def build_dataset(cfg: DenoiseConfig, files: list[InputFile], model_channels: in
         inference.Denoiser, batch_size=rows,
         compute=ray.data.ActorPoolStrategy(min_size=plan["min_actors"], max_size=plan["max_actors"]),
         num_cpus=plan["actor_cpus"], num_gpus=plan["actor_gpus"],
-        fn_constructor_kwargs=dict(model_dir=cfg.model, spec=spec, keep_input=bool(noise)))
+        fn_constructor_kwargs=dict(model_dir=cfg.model, spec=spec, keep_input=noise is not None))
     _, root_inner = storage.resolve(input_root(cfg.input, cfg.split))
     return ds.map_batches(outputs.finish_and_write, batch_size=rows, num_cpus=task_cpus,
                           fn_kwargs=dict(out=storage.absolute(cfg.output), root_inner=root_inner,
-                                         with_noise=bool(noise), fingerprint=fp))
+                                         with_noise=noise is not None, fingerprint=fp))
 
 
 def run_pipeline(cfg: DenoiseConfig, files: list[InputFile], model_channels: int, fp: str, plan: dict,

@@ -61,16 +61,18 @@ class EvaluateConfig:
         return InferenceSpec.from_config(self, ensemble=1)
 
 
-def check_config(cfg: EvaluateConfig) -> tuple[list[str], list[str]]:
-    """(noise specs, classical method names), or a clear error before any work."""
+def check_config(cfg: EvaluateConfig) -> tuple[dict[str, NoiseSpec], list[str]]:
+    """({canonical noise spec string: the parsed spec}, classical method names), or a clear error before
+    any work. The noise specs are parsed here, once: the stages take the objects, and key rows, tables
+    and pictures by the canonical strings."""
     if not cfg.data:
         raise ValueError("--data is required (a shard root, split dir, .parquet file or URI)")
     if not cfg.out:
         raise ValueError("--out is required (a directory or URI for the report)")
     if not cfg.noise:
         raise ValueError("give at least one --noise spec (e.g. gaussian:0.5)")
-    specs = [str(NoiseSpec.parse(s)) for s in cfg.noise]
-    if len(set(specs)) != len(specs):
+    specs = {str(spec): spec for spec in map(NoiseSpec.parse, cfg.noise)}
+    if len(specs) != len(cfg.noise):
         raise ValueError(f"duplicate noise specs in {list(cfg.noise)}")
     names = baselines.validate_names(cfg.baselines)
     for n, lim in (("limit", cfg.limit), ("bm3d_limit", cfg.bm3d_limit), ("tune_images", cfg.tune_images),

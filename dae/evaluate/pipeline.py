@@ -32,7 +32,7 @@ import time
 from typing import Any
 
 from .. import baselines
-from ..noise import add_noise_batch
+from ..noise import NoiseSpec, add_noise_batch
 from .aggregate import aggregate, collect
 from .config import EvaluateConfig, check_config, check_model_channels
 from .methods import Methods
@@ -48,10 +48,11 @@ def _tune_fn(name: str, clean: list, noisy: list, sigmas: list) -> dict:
     return baselines.tune(name, clean, noisy, sigmas)
 
 
-def tune_baselines(cfg: EvaluateConfig, sel: Selection, specs: list[str],
+def tune_baselines(cfg: EvaluateConfig, sel: Selection, specs: dict[str, NoiseSpec],
                    running: list[str]) -> tuple[dict[str, dict[str, dict]], dict]:
     """({method: {noise spec: params}}, the report's tuning section). Grids are searched as Ray
-    tasks on the tuning images, which are never scored; untuned methods keep their defaults."""
+    tasks on the tuning images, which are never scored; untuned methods keep their defaults.
+    ``specs``: {noise spec string: spec} (:func:`check_config`)."""
     import ray
 
     params: dict[str, dict[str, dict]] = {n: {} for n in running}
@@ -67,9 +68,9 @@ def tune_baselines(cfg: EvaluateConfig, sel: Selection, specs: list[str],
         tuning.update(images=len(t_ids), ids=t_ids)
         task = ray.remote(num_cpus=1)(_tune_fn)
         pending = {}
-        for spec in specs:
-            t_noisy = list(add_noise_batch(t_clean, t_ids, spec, cfg.seed))
-            sig = [baselines.noise_sigma(spec, x) for x in t_noisy]
+        for spec, noise in specs.items():
+            t_noisy = list(add_noise_batch(t_clean, t_ids, noise, cfg.seed))
+            sig = [baselines.noise_sigma(noise, x) for x in t_noisy]
             c_ref, n_ref = ray.put(t_clean), ray.put(t_noisy)
             for n in running:
                 if baselines.get_baseline(n).grid:
@@ -95,10 +96,11 @@ def block_rows(batch_size: int, n_images: int, cpus: float | None = None) -> int
     return max(1, min(batch_size, math.ceil(n_images / max(2 * cpus, 1))))
 
 
-def build_dataset(cfg: EvaluateConfig, sel: Selection, specs: list[str], methods: Methods, params: dict,
+def build_dataset(cfg: EvaluateConfig, sel: Selection, specs: dict[str, NoiseSpec], methods: Methods, params: dict,
                   plan: dict | None):
-    """The streaming pipeline of the module docstring, ending in ``methods.columns``. ``plan``: the
-    model actor pool (:func:`plan_model_actors`), None without models."""
+    """The streaming pipeline of the module docstring, ending in ``methods.columns``. ``specs``: {noise
+    spec string: spec} (:func:`check_config`); ``plan``: the model actor pool (:func:`plan_model_actors`),
+    None without models."""
     from ..data import read_shards
 
     # A task never asks for more CPU than a model actor holds, or it may find no node to run on
@@ -113,11 +115,11 @@ def build_dataset(cfg: EvaluateConfig, sel: Selection, specs: list[str], methods
     # when that leaves CPUs idle (68 photos in blocks of 64 ran NLM and BM3D on one of 2 CPUs).
     ds = ds.repartition(target_num_rows_per_block=block_rows(cfg.batch_size, sel.n_score))
     ds = ds.map_batches(noisy_batch, batch_size=cfg.batch_size, batch_format="numpy",
-                        fn_kwargs={"specs": specs, "seed": cfg.seed}, **task)
+                        fn_kwargs={"specs": list(specs.values()), "seed": cfg.seed}, **task)
     for n in methods.running:
         sub = sel.bm3d_subset if n == "bm3d" else None
         ds = ds.map_batches(baseline_batch, batch_size=8 if n == "bm3d" else cfg.batch_size, batch_format="numpy",
-                            fn_kwargs={"method": n, "params": params[n], "subset": sub}, **task)
+                            fn_kwargs={"method": n, "params": params[n], "specs": specs, "subset": sub}, **task)
     if plan:
         from ray.data import ActorPoolStrategy
 
@@ -156,7 +158,7 @@ def run(cfg: EvaluateConfig, command: str = "") -> dict:
     cols = collect(ds, methods.columns, sel.n_score, len(specs))
     wall = time.perf_counter() - t_start
 
-    scores = aggregate(cols, specs, methods, params, sel.bm3d_subset)
+    scores = aggregate(cols, list(specs), methods, params, sel.bm3d_subset)
     pictures = make_pictures(cfg, sel, specs, methods, params, cols)
-    return write_report(cfg, command or report_command(cfg), sel=sel, specs=specs, methods=methods, tuning=tuning,
+    return write_report(cfg, command or report_command(cfg), sel=sel, specs=list(specs), methods=methods, tuning=tuning,
                         plan=plan, scores=scores, pictures=pictures, wall=wall)

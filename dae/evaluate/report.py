@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 from .. import baselines, storage
 from ..config import command_line
 from ..jobutil import save_resolved_config, slug
-from ..noise import add_noise_batch, noise_sigmas
+from ..noise import NoiseSpec, add_noise_batch, noise_sigmas
 from .aggregate import Scores
 from .config import EvaluateConfig
 from .methods import Methods
@@ -56,11 +56,11 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-def make_pictures(cfg: EvaluateConfig, sel: Selection, specs: list[str], methods: Methods, params: dict,
+def make_pictures(cfg: EvaluateConfig, sel: Selection, specs: dict[str, NoiseSpec], methods: Methods, params: dict,
                   cols: dict[str, np.ndarray]) -> dict:
     """comparison.png and comparison_<spec>.png: the same fixed images, one row per method. Made on
     the driver; returns the report's ``pictures`` and ``picture_same_input`` (per spec: the picture
-    starts from the pipeline's exact noisy pixels)."""
+    starts from the pipeline's exact noisy pixels). ``specs``: {noise spec string: spec}."""
     from .. import viz
 
     pics: dict[str, str] = {}
@@ -77,16 +77,16 @@ def make_pictures(cfg: EvaluateConfig, sel: Selection, specs: list[str], methods
     loaded = {m["dir"]: Denoiser(m["dir"], spec) for m in methods.models}
     noise_col = cols["noise"].astype(str)
     all_rows: list[tuple[str, list]] = [("clean", pclean)]
-    for spec in specs:
-        pnoisy = list(add_noise_batch(pclean, pic_ids, spec, cfg.seed))
-        psigma = noise_sigmas(pic_ids, spec, cfg.seed)
+    for spec, noise in specs.items():
+        pnoisy = list(add_noise_batch(pclean, pic_ids, noise, cfg.seed))
+        psigma = noise_sigmas(pic_ids, noise, cfg.seed)
         pic_set = set(pic_ids)
         sel_idx = [i for i in np.nonzero(noise_col == spec)[0] if str(cols["id"][i]) in pic_set]
         got = {str(cols["id"][i]): int(cols[f"{NOISY}__hash"][i]) for i in sel_idx}
         picture_check[spec] = all(got.get(i) == array_hash(x) for i, x in zip(pic_ids, pnoisy))
         rows = [(f"{spec} noisy", pnoisy)]
         for n in methods.running:
-            rows.append((n, [baselines.apply(n, x, baselines.noise_sigma(spec, x), params[n][spec]) for x in pnoisy]))
+            rows.append((n, [baselines.apply(n, x, baselines.noise_sigma(noise, x), params[n][spec]) for x in pnoisy]))
         rows += [(m["name"], denoise(loaded[m["dir"]], pnoisy, psigma, m["ensemble"])) for m in methods.models]
         pics[spec] = viz.save_grid([("clean", pclean), *rows], storage.join(cfg.out, f"comparison_{slug(spec)}.png"),
                                    label_width=150)

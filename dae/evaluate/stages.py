@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import hashlib
 import time
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
 from .. import baselines, shards
-from ..noise import add_noise_batch, noise_sigmas
+from ..noise import NoiseSpec, add_noise_batch, noise_sigmas
 
 NOISY = "noisy"  # the method key of the unprocessed noisy input
 METRICS = ("psnr", "ssim", "sec", "hash")
@@ -73,7 +73,7 @@ def select_rows(batch: dict, keep: set | None = None, drop: set | None = None) -
     return {k: np.asarray(v)[sel] for k, v in batch.items()}
 
 
-def noisy_batch(batch: dict, specs: Sequence[str], seed: int) -> dict:
+def noisy_batch(batch: dict, specs: Sequence[NoiseSpec], seed: int) -> dict:
     """Shard rows (PNG bytes) -> one row per (image, noise spec) with clean, noisy and the noisy
     input's metrics (the "noisy" method)."""
     ids = [str(i) for i in batch["id"]]
@@ -99,10 +99,12 @@ def noisy_batch(batch: dict, specs: Sequence[str], seed: int) -> dict:
     }
 
 
-def baseline_batch(batch: dict, method: str, params: dict, subset: set | None = None) -> dict:
-    """Adds METHOD__psnr/ssim/sec/hash for one classical method. ``params``: {noise spec: params}.
+def baseline_batch(batch: dict, method: str, params: dict, specs: Mapping[str, NoiseSpec],
+                   subset: set | None = None) -> dict:
+    """Adds METHOD__psnr/ssim/sec/hash for one classical method. ``params``: {noise spec: params};
+    ``specs``: {noise spec: the parsed spec} (the rows' ``noise`` column holds the strings).
     Rows outside ``subset`` (when given: BM3D's limit) get NaN and hash -1 and are not scored."""
-    ids, specs = batch["id"], batch["noise"]
+    ids, noise = batch["id"], batch["noise"]
     noisy, clean = rows_of(batch["noisy"]), rows_of(batch["clean"])
     n = len(ids)
     sec = np.full(n, np.nan)
@@ -113,8 +115,8 @@ def baseline_batch(batch: dict, method: str, params: dict, subset: set | None = 
             continue
         hashes[i] = array_hash(noisy[i])
         t0 = time.perf_counter()
-        sigma = baselines.noise_sigma(str(specs[i]), noisy[i])
-        outs.append(baselines.apply(method, noisy[i], sigma, params[str(specs[i])]))
+        sigma = baselines.noise_sigma(specs[str(noise[i])], noisy[i])
+        outs.append(baselines.apply(method, noisy[i], sigma, params[str(noise[i])]))
         sec[i] = time.perf_counter() - t0
         done.append(i)
     p, s = np.full(n, np.nan), np.full(n, np.nan)

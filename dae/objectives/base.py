@@ -97,13 +97,13 @@ class Objective:
     losses: ClassVar[tuple[str, ...]] = LOSSES  # the --loss values it is defined with
     options: ClassVar[dict[str, Option]] = {}
 
-    def __init__(self, loss: str = "mse", noise: str = "none", epochs: int = 1, **kwargs):
+    def __init__(self, loss: str = "mse", noise: NoiseSpec | str = "none", epochs: int = 1, **kwargs):
         self.check_loss(loss)
         unknown = set(kwargs) - set(self.options)
         if unknown:
             raise ValueError(f"unknown argument(s) {sorted(unknown)} for objective {self.name!r}; "
                              f"valid: {', '.join(self.options) or 'none'}")
-        self.loss_name, self.noise, self.epochs = loss, noise, epochs
+        self.loss_name, self.noise, self.epochs = loss, NoiseSpec.parse(noise), epochs
         self.loss_fn = make_loss(loss)
         # every option, checked, its default where not given
         self.kwargs = {k: opt.check(kwargs.get(k, opt.default), f"--objective-kwargs {k}")
@@ -118,7 +118,7 @@ class Objective:
             raise ValueError(f"--objective {cls.name} is defined with the {names} loss, got --loss {loss}")
 
     @classmethod
-    def check_training(cls, loss: str, noise: str, pair_data: bool) -> None:
+    def check_training(cls, loss: str, noise: NoiseSpec | str, pair_data: bool) -> None:
         """The loss must be one the objective is defined with; --pair-data (real second noisy images)
         is for an objective that takes pairs, on the images as they are (``--noise none``)."""
         cls.check_loss(loss)

@@ -23,7 +23,6 @@ import torch
 
 from .. import checkpoint as ckpt_lib, storage
 from ..config import config_dict
-from ..noise import NoiseSpec
 from .config import LoopConfig, TrainConfig
 from .report import REPORTED
 
@@ -43,7 +42,7 @@ def save_checkpoint(path: str, model: torch.nn.Module, opt, sched, state: TrainS
     """A checkpoint directory: ``model/`` (:func:`dae.checkpoint.save_model`, usable alone) and
     ``state.pt`` (optimizer, schedule, epoch and metrics history: what :func:`restore` needs)."""
     cfg, row = lc.cfg, state.history[-1]
-    ckpt_lib.save_model(model, os.path.join(path, "model"), noise=str(NoiseSpec.parse(cfg.noise)), epoch=state.epoch,
+    ckpt_lib.save_model(model, os.path.join(path, "model"), noise=str(cfg.noise_spec), epoch=state.epoch,
                         metrics={k: row[k] for k in REPORTED[1:-1] if k in row},
                         data={"root": cfg.data, "train_split": cfg.train_split, "val_split": cfg.val_split,
                               "size": list(lc.size)},

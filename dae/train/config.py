@@ -17,6 +17,7 @@ Rules it keeps:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import time
 from dataclasses import dataclass, field
@@ -106,6 +107,12 @@ class TrainConfig:
     augment: bool = field(default=True, metadata={
         "help": "with --crop: a random flip and 90-degree rotation of each crop, drawn with its position"})
 
+    @functools.cached_property
+    def noise_spec(self) -> NoiseSpec:
+        """--noise, parsed: once per config (the stages and workers use this, never the string); pickled
+        to the workers with the config."""
+        return NoiseSpec.parse(self.noise)
+
 
 # A rerun with a run's name and storage resumes that run from its checkpoint: these settings decide
 # what its weights (and its best_model pick and metric history) are, so a rerun must keep every one,
@@ -151,7 +158,7 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
     """Checks that need no cluster; returns cfg with a run name filled in."""
     if not cfg.data:
         raise ValueError("--data is required: a shard root with ROOT/train/*.parquet (see python -m jobs.prepare)")
-    NoiseSpec.parse(cfg.noise)
+    spec = cfg.noise_spec  # a bad --noise fails here, listing the valid kinds
     for name, val, lo in (("epochs", cfg.epochs, 1), ("workers", cfg.workers, 1), ("batch_size", cfg.batch_size, 1),
                           ("num_to_keep", cfg.num_to_keep, 1)):
         if val < lo:
@@ -167,7 +174,6 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
     if cfg.gpus_per_worker < 0 or cfg.cpus_per_worker < 0:
         raise ValueError("gpus_per_worker and cpus_per_worker must be >= 0")
     model = create_model(cfg.model, **cfg.model_kwargs)  # unknown kwargs fail here, listing the valid ones
-    spec = NoiseSpec.parse(cfg.noise)
     if model.conditioned and spec.sigma(spec.low) is None:
         raise ValueError(f"{cfg.model} is conditioned on a Gaussian noise sigma; {spec.kind} noise has none "
                          f"(use awgn:LO-HI or gaussian:LO-HI)")
@@ -188,7 +194,7 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
 def check_objective(cfg: TrainConfig) -> Objective:
     """The run's objective, checked by itself: a known name, its loss, --pair-data, its options."""
     cls = get_objective(cfg.objective)  # unknown names fail listing the registered ones
-    cls.check_training(cfg.loss, cfg.noise, bool(cfg.pair_data))
+    cls.check_training(cfg.loss, cfg.noise_spec, bool(cfg.pair_data))
     # The objectives' older flags (--nb2nb-gamma, --n2v-fraction, --n2v-channels) are TrainConfig fields:
     # each is checked by the objective that reads it, whichever objective runs.
     for name in list_objectives():
@@ -202,7 +208,7 @@ def objective_of(cfg: TrainConfig) -> Objective:
     """The objective ``cfg`` trains with: its options from the older flags, overridden by objective_kwargs."""
     cls = get_objective(cfg.objective)
     flags = {k: getattr(cfg, opt.flag) for k, opt in cls.options.items() if opt.flag}
-    return cls(loss=cfg.loss, noise=cfg.noise, epochs=cfg.epochs, **{**flags, **cfg.objective_kwargs})
+    return cls(loss=cfg.loss, noise=cfg.noise_spec, epochs=cfg.epochs, **{**flags, **cfg.objective_kwargs})
 
 
 def make_objective(cfg: TrainConfig, epoch: int = 0):

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from .. import metrics, shards
-from ..noise import NoiseSpec, add_noise_batch, image_rng, noise_sigmas
+from ..noise import add_noise_batch, image_rng, noise_sigmas
 from ..objectives import Objective, get_objective
 from ..objectives.base import nchw as _to_nchw
 from .config import LoopConfig, TrainConfig, objective_of
@@ -100,7 +100,7 @@ def check_noisy_only(cfg: TrainConfig, train_noisy: bool, val_noisy: bool) -> No
     """Noisy-only data (prepared with --noisy) trains only on the images as they are (--noise none),
     with an objective that learns without clean images (its own check); --noise none is only for such
     data."""
-    synthetic = not NoiseSpec.parse(cfg.noise).none
+    synthetic = not cfg.noise_spec.none
     if (train_noisy or val_noisy) and synthetic:
         raise ValueError(f"{cfg.data} holds noisy images with no clean version (prepared with --noisy): pass --noise "
                          f"none (synthetic {cfg.noise} noise on top of the real noise is not what you want removed)")
@@ -251,8 +251,8 @@ def load_validation(it, cfg: TrainConfig, rank: int = 0, world: int = 1,
         images, ids = images[: cfg.val_limit], ids[: cfg.val_limit]
     total = len(ids)
     images, ids = images[rank::world], ids[rank::world]
-    noisy = add_noise_batch(images, ids, NoiseSpec.parse(cfg.noise), cfg.val_seed, 0)
-    sigma = torch.from_numpy(noise_sigmas(ids, cfg.noise, cfg.val_seed, 0))
+    noisy = add_noise_batch(images, ids, cfg.noise_spec, cfg.val_seed, 0)
+    sigma = torch.from_numpy(noise_sigmas(ids, cfg.noise_spec, cfg.val_seed, 0))
     if not clean:
         noisy = list(noisy) if images.dtype == object else _to_nchw(noisy)
         return Validation(None, noisy, sigma, total, math.nan, math.nan, ids)
@@ -285,7 +285,7 @@ def batches(data: TrainData, cfg: TrainConfig, epoch: int, rank: int, batch_size
     the (B,) noise sigma each sample was drawn with (what a conditioned model is told) and the
     objective's inputs (``objective.draw``; ``objective``: the config's unless given). Sample i's noise
     comes from (seed, id_i, epoch) only, whatever batch or rank it lands in."""
-    spec, seed = NoiseSpec.parse(cfg.noise), cfg.seed
+    spec, seed = cfg.noise_spec, cfg.seed
     objective = objective_of(cfg) if objective is None else objective
 
     def pair(clean, ids):

@@ -23,7 +23,7 @@ import torch
 
 from .. import shards, storage
 from ..config import config_dict
-from ..noise import NoiseSpec, add_noise_batch, noise_sigmas
+from ..noise import add_noise_batch, noise_sigmas
 from .config import TrainConfig
 
 REPORTED = ("epoch", "train_loss", "val_psnr", "val_ssim", "noisy_psnr", "noisy_ssim", "val_loss", "residual_std",
@@ -128,8 +128,8 @@ def save_samples(model: torch.nn.Module, cfg: TrainConfig, files: list[str], pat
     from ..viz import save_grid
 
     images, ids = _read_samples(files, cfg.samples)
-    noisy = add_noise_batch(images, ids, NoiseSpec.parse(cfg.noise), cfg.val_seed, 0)
-    sigmas = noise_sigmas(ids, cfg.noise, cfg.val_seed, 0).tolist()
+    noisy = add_noise_batch(images, ids, cfg.noise_spec, cfg.val_seed, 0)
+    sigmas = noise_sigmas(ids, cfg.noise_spec, cfg.val_seed, 0).tolist()
     den = [np.clip(d, 0, 1) for d in denoise_images(model, list(noisy), sigmas=sigmas)]
     rows = [("clean", list(images))] if clean else []
     save_grid(rows + [("noisy", list(noisy)), ("denoised", den)], path)

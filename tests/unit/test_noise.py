@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from dae.noise import KINDS, NoiseSpec, add_noise, add_noise_batch, image_seed, estimate_sigma, noise_sigmas
+from dae.noise import KINDS, NoiseSpec, add_noise, add_noise_batch, estimate_sigma, image_seed, noise_sigmas
 
 
 def _images(n=6, h=12, w=10, c=1, seed=0):
@@ -142,3 +142,71 @@ def test_none_adds_nothing_and_has_no_sigma():
     x = _images()
     np.testing.assert_array_equal(add_noise_batch(x, [str(i) for i in range(6)], spec, seed=1), x)
     assert np.isnan(noise_sigmas(["a", "b"], "none", 0)).all()
+
+
+def test_a_new_kind_is_one_registered_class(monkeypatch):
+    """Adding a kind touches one place: a NoiseSpec subclass, registered; parse, the batch functions and
+    the error messages take it from there."""
+    from dae.noise import NoiseSpec, register_kind, spec as spec_mod
+
+    monkeypatch.setattr(spec_mod, "_REGISTRY", dict(spec_mod._REGISTRY))  # the real one stays as it is
+
+    @register_kind
+    class Offset(NoiseSpec):  # a toy: x + level / 100 + bias, with a Gaussian sigma of level / 1000
+        kind = "offset"
+        defaults = {"bias": 0.0}
+
+        def check(self, text):
+            if self.high > 50:
+                raise ValueError(f"offset level must be <= 50, got {text!r}")
+
+        def sigma(self, level):
+            return level / 1000
+
+        def sample(self, x, level, rng):
+            return x + np.float32(level / 100 + self.options["bias"])
+
+    s = NoiseSpec.parse("Offset:10-20,bias=0.25")
+    assert isinstance(s, Offset) and (s.kind, s.low, s.high, s.options) == ("offset", 10, 20, {"bias": 0.25})
+    assert str(s) == "offset:10-20,bias=0.25" and NoiseSpec.parse(str(s)) == s and s.blind and s.clipped
+    assert str(NoiseSpec.parse("offset:5,bias=0")) == "offset:5"  # a default option is left out
+    x = np.zeros((4, 6, 5, 1), np.float32)
+    ids = ["a", "b", "c", "d"]
+    y = add_noise_batch(x, ids, "offset:10-20", seed=3)
+    sig = noise_sigmas(ids, s, seed=3)
+    np.testing.assert_allclose(y[:, 0, 0, 0], sig * 10, rtol=1e-5)  # both from the image's own level draw
+    assert len(set(sig.tolist())) == 4 and ((sig >= 0.01) & (sig <= 0.02)).all()
+    np.testing.assert_array_equal(add_noise_batch(x, ids, s, seed=3), add_noise_batch(x, ids, s, seed=3))
+    assert add_noise_batch(x + 0.9, ids, s, seed=3).max() == 1  # clipped, as every kind unless it says not
+    with pytest.raises(ValueError, match="offset level must be <= 50"):
+        NoiseSpec.parse("offset:60")
+    with pytest.raises(ValueError, match="valid options: bias"):
+        NoiseSpec.parse("offset:1,gain=2")
+    with pytest.raises(ValueError, match="valid kinds: gaussian, salt_pepper, poisson, speckle, awgn, offset"):
+        NoiseSpec.parse("blur:1")
+    with pytest.raises(ValueError, match="registered twice"):
+        register_kind(Offset)
+
+
+def test_a_spec_is_an_object_of_its_kind_and_travels_as_one():
+    """Parsed once: a spec passes through parse as it is, and pickles (to Ray workers) with its options."""
+    import pickle
+
+    from dae.noise import kinds
+
+    s = NoiseSpec.parse("salt_pepper:0.2,salt=0.3")
+    assert isinstance(s, kinds.SaltPepper) and NoiseSpec.parse(s) is s
+    t = pickle.loads(pickle.dumps(s))
+    assert type(t) is type(s) and t == s and t.options == {"salt": 0.3} and str(t) == str(s)
+    assert isinstance(NoiseSpec.parse("none"), kinds.NoNoise) and not NoiseSpec.parse("awgn:25").clipped
+    assert NoiseSpec.parse("gaussian:0.5") != NoiseSpec.parse("awgn:0.5")  # the kind is part of a spec
+
+
+def test_noise_imports_neither_ray_nor_torch():
+    """Noise runs in data tasks and on drivers that may not have loaded either (plain numpy)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, dae.noise; bad = [m for m in ('ray', 'torch') if m in sys.modules]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -111,9 +111,10 @@ def _grid_cells(cfg: SweepConfig) -> tuple[list[Cell], dict[str, list[str]]]:
         for tag in block.get("models", []):
             if tag not in cfg.models:
                 raise ValueError(f"grid block {i}: unknown model tag {tag!r}; models: {', '.join(cfg.models)}")
-        for spec in block.get("noise", []):
-            spec = str(NoiseSpec.parse(spec))
-            if NoiseSpec.parse(spec).blind:
+        for text in block.get("noise", []):
+            noise = NoiseSpec.parse(text)
+            spec = str(noise)  # the canonical string: a cell's run name and the tables' key
+            if noise.blind:
                 raise ValueError(f"grid block {i}: {spec} is a range; the blind model is set with --blind")
             if spec not in levels.setdefault(data, []):
                 levels[data].append(spec)
@@ -153,11 +154,11 @@ def plan(cfg: SweepConfig) -> tuple[list[Cell], dict[str, list[str]]]:
             raise ValueError(f"--datasets-only: unknown dataset {name!r}; datasets: {', '.join(cfg.datasets)}")
     _check_models(cfg)
     if cfg.blind:
-        blind = str(NoiseSpec.parse(cfg.blind))
-        if not NoiseSpec.parse(blind).blind:
+        blind = NoiseSpec.parse(cfg.blind)
+        if not blind.blind:
             raise ValueError(f"--blind {cfg.blind!r} must be a range LO-HI, e.g. gaussian:0.1-0.7")
         for data in levels:
-            cells.append(Cell(data, cfg.best, blind))
+            cells.append(Cell(data, cfg.best, str(blind)))
     if not cells:
         raise ValueError("no cell to train: every grid block is empty or excluded by --datasets-only")
     return cells, levels
