@@ -29,8 +29,9 @@ import json
 import time
 import uuid
 
-from .. import checkpoint, storage
+from .. import checkpoint, same_run, storage
 from ..inference_spec import InferenceSpec
+from ..same_run import describe
 from .config import DenoiseConfig
 
 NAME = "_manifest.json"
@@ -75,19 +76,20 @@ def new(out: str, s: dict) -> dict:
     return m
 
 
-def differences(old: dict, new_settings: dict) -> list[str]:
-    """'field: old -> new' for every setting that differs (nested model fields by dotted name)."""
-    def flat(d: dict, prefix: str = "") -> dict:
-        out = {}
-        for k, v in d.items():
-            if isinstance(v, dict) and k == "model":
-                out.update(flat(v, f"{prefix}{k}."))
-            else:
-                out[prefix + k] = v
-        return out
+def _flat(d: dict) -> dict:
+    """The model's own fields by dotted name (``model.channels``), so a difference names the one that differs."""
+    out = {}
+    for k, v in d.items():
+        if k == "model" and isinstance(v, dict):
+            out.update({f"model.{m}": x for m, x in v.items()})
+        else:
+            out[k] = v
+    return out
 
-    a, b = flat(old.get("settings", {})), flat(new_settings)
-    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+def differences(old: dict, new_settings: dict) -> str:
+    """'field: old -> new' for every setting that differs, by the one rule of :mod:`dae.same_run`."""
+    return describe(same_run.differences(_flat(old.get("settings", {})), _flat(new_settings)))
 
 
 def check(out: str, m: dict | None, s: dict) -> None:
@@ -96,7 +98,7 @@ def check(out: str, m: dict | None, s: dict) -> None:
         return
     diff = differences(m, s)
     if diff:
-        raise ValueError(f"{storage.redact(out)} holds the outputs of a different run ({'; '.join(diff)}); "
+        raise ValueError(f"{storage.redact(out)} holds the outputs of a different run ({diff}); "
                          f"use a new --output, or pass --overwrite to replace them")
 
 

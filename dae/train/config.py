@@ -18,16 +18,15 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
 from .. import checkpoint as ckpt_lib, objectives, storage
-from ..config import config_dict
 from ..models import create_model, list_models
 from ..noise import NoiseSpec
 from ..objectives import LOSSES, Objective, get_objective, list_objectives
+from ..same_run import describe, differences
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("onecycle", "cosine", "constant")
@@ -236,33 +235,21 @@ def check_init(cfg: TrainConfig) -> dict:
 # ---------------------------------------------------------------- resume rules
 
 
-def _same_form(name: str, value):
-    """A setting as compared on resume: noise specs in their canonical form, tuples as lists, secrets
-    redacted as config.resolved.json has them."""
+def _canonical(name: str, value):
+    """A setting as compared on resume: noise specs in their canonical form (``awgn:25.0`` is ``awgn:25``)."""
     if name == "noise" and isinstance(value, str):
         try:
-            value = str(NoiseSpec.parse(value))
+            return str(NoiseSpec.parse(value))
         except ValueError:
             pass
-    return storage.redact(json.loads(json.dumps(value, default=str)))
-
-
-def _default_of(f: dataclasses.Field):
-    return f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+    return value
 
 
 def resume_conflicts(stored: dict, cfg: TrainConfig) -> dict[str, tuple]:
     """{field: (stored, new)} for every RESUME_SAME setting of ``cfg`` that differs from ``stored`` (a
-    run's config.resolved.json or a checkpoint's train_config). A setting missing from ``stored`` is
-    one added since that run was made: the run had its default."""
-    defaults = {f.name: _default_of(f) for f in dataclasses.fields(TrainConfig)}
-    new = config_dict(cfg)
-    diff = {}
-    for k in RESUME_SAME:
-        have = stored.get(k, defaults[k])
-        if _same_form(k, have) != _same_form(k, new[k]):
-            diff[k] = (have, new[k])
-    return diff
+    run's config.resolved.json or a checkpoint's train_config), by the one rule of dae.same_run: a
+    setting missing from ``stored`` is one added since that run was made, so the run had its default."""
+    return differences(stored, cfg, RESUME_SAME, canonical=_canonical)
 
 
 def check_resume(stored: dict, cfg: TrainConfig, where: str = "") -> None:
@@ -270,7 +257,7 @@ def check_resume(stored: dict, cfg: TrainConfig, where: str = "") -> None:
     run's (``field: stored -> new``); epochs, workers, resources and outputs may change."""
     diff = resume_conflicts(stored, cfg)
     if diff:
-        changes = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in diff.items())
+        changes = describe(diff, ", ")
         raise ValueError(f"run {cfg.run_name!r}{f' (as recorded in {where})' if where else ''} was trained with "
                          f"other settings ({changes}); rerunning a run name resumes that run, so its settings may "
                          f"not change: use a new --run-name (or that run's settings)")
