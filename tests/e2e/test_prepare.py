@@ -53,20 +53,28 @@ def test_demo_end_to_end_small(tmp_path, capsys, ray_session):
     assert "noisy_grid.png" in out and "test PSNR" in out
 
 
-def test_folder_from_bucket_to_bucket_with_ray(tmp_path, s3_server, ray_session):
-    """Folder source reading s3:// with Ray Data tasks (which get the S3 settings through
-    dae.storage), shards written to s3:// byte-identical to a local run of the same images."""
+def _folder_in_bucket(tmp_path, s3_server, bucket_name):
+    """An image folder made locally and copied to s3://BUCKET/p-XXXX/imgs: (local, its files, the root)."""
     import uuid
 
     from dae import storage
 
     local = tmp_path / "imgs"
     expected = make_image_folder(local)
-    bucket = s3_server.create_bucket("dae-prepare-test")
-    root = f"s3://{bucket}/p-{uuid.uuid4().hex[:8]}"
+    root = f"s3://{s3_server.create_bucket(bucket_name)}/p-{uuid.uuid4().hex[:8]}"
     with s3_server.env():
         for rel in expected:
             storage.write_bytes(storage.join(root, "imgs", rel), (local / rel).read_bytes())
+    return local, expected, root
+
+
+def test_folder_from_bucket_to_bucket_with_ray(tmp_path, s3_server, ray_session):
+    """Folder source reading s3:// with Ray Data tasks (which get the S3 settings through
+    dae.storage), shards written to s3:// byte-identical to a local run of the same images."""
+    from dae import storage
+
+    local, expected, root = _folder_in_bucket(tmp_path, s3_server, "dae-prepare-test")
+    with s3_server.env():
         common = ["--source", "folder", "--labels-from-subdirs", "--name", "imgs", "--rows-per-shard", 3]
         remote = run(*common, "--input", f"{root}/imgs", "--out", f"{root}/out", "--parallel-min-files", 0,
                      "--files-per-task", 2)
@@ -84,17 +92,10 @@ def test_bucket_out_apart_from_the_input_and_overwrite_keeps_foreign_objects(tmp
     """On a bucket: an --out under the input prefix is refused (prefixes compared on whole key components:
     .../imgs2 is apart from .../imgs), --overwrite leaves a user's object alone, and the markers mark a
     finished root."""
-    import uuid
-
     from dae import storage
 
-    local = tmp_path / "imgs"
-    expected = make_image_folder(local)
-    bucket = s3_server.create_bucket("dae-prepare-apart")
-    root = f"s3://{bucket}/p-{uuid.uuid4().hex[:8]}"
+    local, expected, root = _folder_in_bucket(tmp_path, s3_server, "dae-prepare-apart")
     with s3_server.env():
-        for rel in expected:
-            storage.write_bytes(storage.join(root, "imgs", rel), (local / rel).read_bytes())
         common = ["--source", "folder", "--input", f"{root}/imgs"]
         with pytest.raises(ValueError, match="lies inside the input folder"):
             run(*common, "--out", f"{root}/imgs/out", "--overwrite")
