@@ -50,6 +50,11 @@ def read_markers(out: str, generation: str | None) -> dict[str, dict]:
     return {st: m for st, m in found if generation is None or m.get("generation") == generation}
 
 
+def output_files(out: str) -> set[str]:
+    """Every file under OUT/data and OUT/errors (one recursive LIST each)."""
+    return set(all_files(storage.join(out, "data"))) | set(all_files(storage.join(out, "errors")))
+
+
 def all_files(d: str) -> list[str]:
     """Every file under ``d``, temporaries included (list_files hides dot-files)."""
     import pyarrow.fs as pafs
@@ -103,10 +108,11 @@ def retire(out: str, stem: str) -> None:
     storage.delete(errors_dir(out, stem))
 
 
-def collect_garbage(out: str, markers: dict[str, dict], generation: str) -> dict[str, int]:
+def collect_garbage(out: str, markers: dict[str, dict], present: set[str]) -> dict[str, int]:
     """Delete what no counting marker lists: parts of uncommitted inputs (a killed run's), parts an
     older marker listed, markers of an earlier generation (an interrupted --overwrite), exports of
-    retired inputs. Called with the lease held, before the pipeline writes anything."""
+    retired inputs. ``present``: the files under data/ and errors/ (the caller's listing, made with
+    the lease held, so nothing has been written since). Called before the pipeline writes anything."""
     keep: set[str] = set()
     for m in markers.values():
         keep |= listed(out, m)
@@ -120,12 +126,10 @@ def collect_garbage(out: str, markers: dict[str, dict], generation: str) -> dict
         if st not in markers:
             unexport(out, st)
             n["exports"] += 1
-    for sub in ("data", "errors"):
-        for f in all_files(storage.join(out, sub)):
-            if f not in keep:
-                step("garbage:part")
-                storage.delete(f)
-                n["parts"] += 1
+    for f in sorted(present - keep):
+        step("garbage:part")
+        storage.delete(f)
+        n["parts"] += 1
     return n
 
 

@@ -46,12 +46,11 @@ def settings(cfg: DenoiseConfig, model_cfg: dict, spec: InferenceSpec) -> dict:
     """Everything the output values depend on, by name (not batch sizes or actor counts: with
     deterministic forward passes the outputs do not depend on them). ``spec``: the forward settings
     as the actors run them, placed on the plan's device."""
-    weights = storage.read_bytes(storage.join(checkpoint.model_dir(cfg.model), checkpoint.WEIGHTS))
     noisy = bool(cfg.add_noise)
     return {
         "input": storage.redact(storage.absolute(cfg.input)), "split": cfg.split,
         "model": {k: model_cfg.get(k) for k in ("model", "model_kwargs", "channels")},
-        "model_weights": hashlib.blake2b(weights, digest_size=12).hexdigest(),
+        "model_weights": checkpoint.weights_digest(cfg.model),
         "add_noise": str(cfg.noise_spec) if noisy else "",
         "seed": cfg.seed if noisy else None, "sigma": cfg.sigma,
         **spec.fingerprint_fields(),

@@ -74,8 +74,7 @@ def plan(out: str, files: list[InputFile], settings: dict, overwrite: bool = Fal
          keep_removed: bool = False) -> Plan:
     m = open_output(out, settings, overwrite)
     markers = commits.read_markers(out, m["generation"])
-    present = set(commits.all_files(storage.join(out, "data"))) | \
-        set(commits.all_files(storage.join(out, "errors")))
+    present = commits.output_files(out)
     p = Plan(m["generation"], markers)
     for stem in [st for st, mk in markers.items() if not commits.listed(out, mk) <= present]:
         p.broken.append(markers.pop(stem)["input"])
@@ -90,10 +89,12 @@ def plan(out: str, files: list[InputFile], settings: dict, overwrite: bool = Fal
         p.retired.append(markers[stem]["input"])
         commits.retire(out, stem)
         del markers[stem]
+        gone = (storage.join(commits.data_dir(out, stem), ""), storage.join(commits.errors_dir(out, stem), ""))
+        present = {f for f in present if not f.startswith(gone)}
     if p.retired:
         log.info("retired %d input(s) that are no longer under --input (first: %s); --keep-removed keeps "
                  "them", len(p.retired), p.retired[0])
-    p.garbage = commits.collect_garbage(out, markers, m["generation"])
+    p.garbage = commits.collect_garbage(out, markers, present)
     if any(p.garbage.values()):
         log.info("removed what earlier runs left uncommitted: %s", p.garbage)
     for f in files:
