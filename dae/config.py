@@ -71,7 +71,8 @@ def _yaml_value(text: str):
     return yaml.safe_load(text)
 
 
-def _default(f: dataclasses.Field):
+def field_default(f: dataclasses.Field):
+    """A field's default (its factory called)."""
     return f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
 
 
@@ -106,7 +107,7 @@ def settings(cls) -> dict[str, tuple[dataclasses.Field, Any]]:
             otypes = _field_types(ocls)
             for of in dataclasses.fields(ocls):
                 if of.name in out and (of.name in own or out[of.name][1] != otypes[of.name]
-                                       or _default(out[of.name][0]) != _default(of)):
+                                       or field_default(out[of.name][0]) != field_default(of)):
                     raise TypeError(f"{ocls.__name__}.{of.name} clashes with another setting of {cls.__name__}")
                 out.setdefault(of.name, (of, otypes[of.name]))
     return out
@@ -133,11 +134,11 @@ def _construct(cls, values: dict[str, Any]):
     fields = {f.name: f for f in dataclasses.fields(cls) if f is not group}
     own = {k: v for k, v in values.items() if k in fields}
     key = group.metadata["options_of"]
-    chosen = own.get(key, _default(fields[key]))
+    chosen = own.get(key, field_default(fields[key]))
     ocls = _options_classes(group).get(chosen)
     mine = [f.name for f in dataclasses.fields(ocls)] if ocls is not None else []
     every = settings(cls)
-    stray = [k for k, v in values.items() if k not in fields and k not in mine and v != _default(every[k][0])]
+    stray = [k for k, v in values.items() if k not in fields and k not in mine and v != field_default(every[k][0])]
     if stray:
         theirs = ", ".join(_flag(n) for n in mine) if mine else "none"
         raise ValueError(f"{', '.join(_flag(k) for k in stray)}: not {'an option' if len(stray) == 1 else 'options'} "
@@ -160,7 +161,7 @@ def add_config_args(parser: argparse.ArgumentParser, cls, presets: str | None = 
         tp = _origin(tp)
         help_text = f.metadata.get("help", "")
         # argparse %-formats help strings: a literal % (e.g. "0.2 %") would break --help
-        help_text = f"{help_text} (default: {_default(f)!r})".replace("%", "%%")
+        help_text = f"{help_text} (default: {field_default(f)!r})".replace("%", "%%")
         choices = f.metadata.get("choices")
         if tp is bool:
             parser.add_argument(flag, dest=f.name, default=None, action=argparse.BooleanOptionalAction,
@@ -298,7 +299,7 @@ def build_config(cls, values: dict | None = None, preset: str | None = None, pre
         merged[k] = _typed(fields[k], types[k], v, "")
     for name, f in fields.items():
         choices = f.metadata.get("choices")
-        value = merged.get(name, _default(f))
+        value = merged.get(name, field_default(f))
         if choices and value not in choices:
             raise ValueError(f"invalid {name} {value!r}; valid: {', '.join(map(str, choices))}")
     return _construct(cls, merged)
@@ -358,7 +359,7 @@ def command_line(module: str, cfg, *, full: bool = False) -> str:
     parts = ["python", "-m", module]
     for name, value in _values(cfg).items():
         f, tp = every[name]
-        if value is None or (not full and value == _default(f)):
+        if value is None or (not full and value == field_default(f)):
             continue
         flag = _flag(f.name)
         tp = _origin(tp)

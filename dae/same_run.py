@@ -23,17 +23,6 @@ from typing import Any, Callable, Iterable
 from . import storage
 
 
-def defaults_of(cls) -> dict[str, Any]:
-    """{field: default} of a config dataclass (factories called)."""
-    out = {}
-    for f in dataclasses.fields(cls):
-        if f.default is not dataclasses.MISSING:
-            out[f.name] = f.default
-        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-            out[f.name] = f.default_factory()  # type: ignore[misc]
-    return out
-
-
 def _form(value) -> Any:
     return storage.redact(json.loads(json.dumps(value, default=str)))
 
@@ -44,9 +33,10 @@ def differences(stored: dict, current, keys: Iterable[str] | None = None,
     (its defaults fill the keys ``stored`` lacks) or a plain dict; ``keys``: the ones that count
     (default: every key of either side)."""
     if dataclasses.is_dataclass(current):
-        from .config import config_dict
+        from .config import config_dict, field_default, settings
 
-        defaults, now = defaults_of(type(current)), config_dict(current)
+        defaults = {k: field_default(f) for k, (f, _) in settings(type(current)).items()}
+        now = config_dict(current)
     else:
         defaults, now = {}, dict(current)
     keys = list(keys) if keys is not None else sorted(set(stored) | set(now))

@@ -93,10 +93,6 @@ def relation(a: str, b: str) -> str | None:
     return None
 
 
-def overlaps(a: str, b: str) -> bool:
-    return relation(a, b) is not None
-
-
 def join(base: str, *parts: str) -> str:
     if is_uri(base):
         return posixpath.join(str(base).rstrip("/"), *parts)

@@ -45,12 +45,14 @@ def test_hidden_folders_and_other_files_are_skipped_whole_and_said(tmp_path, tin
 
 
 def test_locations_overlap_on_whole_components(tmp_path):
-    assert storage.overlaps("s3://b/data", "s3://b/data/out") and storage.overlaps("s3://b/data/", "s3://b/data")
-    assert not storage.overlaps("s3://b/data", "s3://b/data2") and not storage.overlaps("s3://b/x", "s3://c/x")
+    assert storage.relation("s3://b/data/out", "s3://b/data") == "lies inside"
+    assert storage.relation("s3://b/data/", "s3://b/data") == "is"
+    assert storage.relation("s3://b/data", "s3://b/data/out") == "contains"
+    assert storage.relation("s3://b/data", "s3://b/data2") is None and storage.relation("s3://b/x", "s3://c/x") is None
     (tmp_path / "in").mkdir()
     os.symlink(tmp_path / "in", tmp_path / "link")
-    assert storage.overlaps(str(tmp_path / "link" / "out"), str(tmp_path / "in"))
-    assert not storage.overlaps(str(tmp_path / "in2"), str(tmp_path / "in"))
+    assert storage.relation(str(tmp_path / "link" / "out"), str(tmp_path / "in")) == "lies inside"
+    assert storage.relation(str(tmp_path / "in2"), str(tmp_path / "in")) is None
 
 
 # ---------------------------------------------------------------- manifest
