@@ -1,4 +1,4 @@
-"""The one way to run a model on images: tiles, fixed-size forward passes, self-ensemble, bf16 on GPU.
+"""The one way to run a model on images: tiles, fixed-size forward passes, self-ensemble, precision.
 
     denoise_images(model, images, spec)   # float32 (H, W, C) images of any sizes -> the denoised ones
 
@@ -13,6 +13,11 @@ one fixed size per input shape (``chunk_size``); partial chunks are zero-padded 
 its companions (checked bitwise on CPU), so results are the same whatever the actor count, Ray
 batch size or block layout.
 
+Precision (:mod:`dae.precision`): the spec's ``precision`` (resolved here when still "auto") runs
+the model under bf16 autocast or in fp32, with channels_last weights and batches; the output is
+float32 from there on (blending, clamps, metrics). Determinism holds per precision: bf16 convolutions
+also pick their kernels from the batch shape, which the fixed chunks keep constant.
+
 Big images are cut into overlapping ``tile`` x ``tile`` pieces, denoised, and blended back with
 weights that ramp linearly over the overlap, so memory is bounded by the tile, not the photo.
 """
@@ -21,12 +26,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections import defaultdict
-from contextlib import nullcontext
 from typing import Sequence
 
 import numpy as np
 import torch
 
+from . import precision
 from .inference_spec import ENSEMBLES, FORWARD_PIXELS, InferenceSpec
 from .noise import estimate_sigma
 
@@ -122,8 +127,8 @@ def denoise_images(model: torch.nn.Module, images: Sequence[np.ndarray],
                 acc += dihedral(out, k, inverse=True)
         return [acc / spec.ensemble for acc in total]
     device = _device(spec, model)
-    amp = (torch.autocast("cuda", dtype=torch.bfloat16) if spec.bf16 and device.type == "cuda"
-           else nullcontext())  # bf16 on GPU only: CPU bf16 is slow and changes numerics
+    arith = precision.resolve(spec.precision, device)
+    precision.prepare_model(model)  # channels_last weights (a no-op once they are)
     results: list[np.ndarray | None] = [None] * len(images)
     acc: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # tiled image -> (weighted sum, weight sum)
     groups: dict[tuple[int, int], list[tuple[int, int, int]]] = defaultdict(list)  # (h, w) -> [(image, y, x)]
@@ -149,8 +154,9 @@ def denoise_images(model: torch.nn.Module, images: Sequence[np.ndarray],
             for j, (idx, y0, x0) in enumerate(chunk):
                 x[j] = images[idx] if y0 < 0 else images[idx][y0:y0 + h, x0:x0 + w]
                 level[j] = levels[idx]
-            t = torch.from_numpy(x).permute(0, 3, 1, 2).to(device)
-            with torch.inference_mode(), amp:
+            # (N, H, W, C) memory is already channels_last for (N, C, H, W): no copy on CPU
+            t = precision.to_channels_last(torch.from_numpy(x).permute(0, 3, 1, 2).to(device))
+            with torch.inference_mode(), precision.autocast(arith, device):
                 out = model(t, torch.from_numpy(level).to(device))
             out = out.float().permute(0, 2, 3, 1).cpu().numpy()  # (N, H, W, C)
             for j, (idx, y0, x0) in enumerate(chunk):

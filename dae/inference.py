@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import re
 from collections import defaultdict
 from typing import Sequence
@@ -30,7 +31,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from . import metrics as M
+from . import metrics as M, precision
 from .actors import plan_actors
 from .forward import (
     DIHEDRAL,
@@ -253,6 +254,12 @@ class Denoiser:
         self.spec = spec.placed(pick_device(spec.device))
         self.device = self.spec.device
         self.model, self.config = load_model(model_dir, self.device)
+        precision.prepare_model(self.model)
+        if self.spec.precision == "bf16" and not precision.native_bf16(self.device):
+            # The plan's precision holds (it is in the output's fingerprint); only the speed suffers.
+            logging.getLogger(__name__).warning(
+                "precision bf16 on %s, which has no native bf16: emulated, slower than --precision fp32",
+                self.device)
         self.channels = int(self.config["channels"])
         self.conditioned = is_conditioned(self.model)
         self.keep_input = keep_input

@@ -1,6 +1,6 @@
 """The denoise stage's config: every field is a ``jobs.denoise`` flag (defaults <- preset <- flags).
 
-Rules: the forward settings (tile, tile_overlap, forward_batch, forward_pixels, deterministic, bf16,
+Rules: the forward settings (tile, tile_overlap, forward_batch, forward_pixels, deterministic, precision,
 ensemble, device, torch_threads) are flags here but are owned by :mod:`dae.inference_spec`: their
 defaults and help come from :func:`~dae.inference_spec.flag`, their checks from
 :meth:`~dae.inference_spec.InferenceSpec.check`, and the stage uses them only as
@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from .. import shards
 from ..inference_spec import InferenceSpec, flag
 from ..noise import NoiseSpec
+from ..precision import PRECISIONS
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -45,7 +46,7 @@ class DenoiseConfig:
     torch_threads: int = field(default=0, metadata={"help": "torch threads per actor; 0: 2 per CPU of a CPU "
                                                             "actor, 1 with GPUs"})
     device: str = field(default="auto", metadata={"help": "auto: cuda when the cluster has GPUs", "choices": DEVICES})
-    bf16: bool = flag("bf16")
+    precision: str = flag("precision", choices=PRECISIONS)
     tile: int = flag("tile")
     tile_overlap: int = flag("tile_overlap")
     ensemble: int = flag("ensemble")

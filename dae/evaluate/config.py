@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from .. import baselines, shards, storage
 from ..inference_spec import InferenceSpec, flag
 from ..noise import NoiseSpec
+from ..precision import PRECISIONS
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ class EvaluateConfig:
     forward_batch: int = flag("forward_batch")
     forward_pixels: int = flag("forward_pixels")
     deterministic: bool = flag("deterministic")
-    bf16: bool = flag("bf16")
+    precision: str = flag("precision", choices=PRECISIONS)
     torch_threads: int = field(default=0, metadata={"help": "torch threads per model actor; 0: one per CPU of "
                                                             "the actor"})
 

@@ -26,6 +26,7 @@ from .. import checkpoint as ckpt_lib, objectives, storage
 from ..models import create_model, list_models
 from ..noise import NoiseSpec
 from ..objectives import LOSSES, Objective, get_objective, list_objectives
+from ..precision import HELP as PRECISION_HELP, PRECISIONS
 from ..same_run import describe, differences
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -78,6 +79,7 @@ class TrainConfig:
     cpus_per_worker: float = field(default=0.0, metadata={"help": "CPUs per worker (0: sized from the cluster)"})
     torch_threads: int = field(default=0, metadata={
         "help": "torch threads per worker (0: the worker's CPUs, at least 1)"})
+    precision: str = field(default="auto", metadata={"help": PRECISION_HELP, "choices": PRECISIONS})
     init: str = field(default="", metadata={
         "help": "fine-tune: start from these weights (a model dir, e.g. RUN/final_model, or pretrained:NAME) "
                 "instead of a random init; the same --model and --model-kwargs. A resumed run keeps its own"})
@@ -126,9 +128,10 @@ RESUME_SAME = ("data", "pair_data", "train_split", "val_split", "noise", "object
                "crops_per_image", "augment")
 # ... and these may change on a rerun: how long (epochs may grow: the schedule is stretched and
 # continued, see dae.train.checkpoint.restore), where and how fast it runs (workers: the rows per rank
-# are the same with 1 and N; CPUs, GPUs, threads, data mode, cache size), bookkeeping and outputs.
-RESUME_FREE = ("epochs", "workers", "gpus_per_worker", "cpus_per_worker", "torch_threads", "data_mode", "cache_max_mb",
-               "run_name", "storage", "out", "num_to_keep", "max_failures", "placement_strategy", "samples")
+# are the same with 1 and N; CPUs, GPUs, threads, precision, data mode, cache size), bookkeeping and outputs.
+RESUME_FREE = ("epochs", "workers", "gpus_per_worker", "cpus_per_worker", "torch_threads", "precision", "data_mode",
+               "cache_max_mb", "run_name", "storage", "out", "num_to_keep", "max_failures", "placement_strategy",
+               "samples")
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,8 @@ work without Ray (tests call them directly):
 
     setup_worker      this rank's validation copy and training rows (dae.train.data), the model (DDP
                       when world > 1), optimizer and schedule, restored from the run's latest checkpoint
-    train_one_epoch   one optimizer step per batch with the objective's loss (bf16 autocast on GPU)
+    train_one_epoch   one optimizer step per batch with the objective's loss (--precision: bf16 autocast
+                      where the hardware has it natively, dae.precision)
     validate          mean per-image PSNR/SSIM over the whole held-out split (all ranks); on noisy-only
                       data the objective's held-out loss and the residual's std (validate_noisy)
     report_epoch      rank 0 saves the checkpoint (dae.train.checkpoint) and rewrites metrics.jsonl;
@@ -11,6 +12,7 @@ work without Ray (tests call them directly):
 
 Rules it keeps:
   * the loss is the objective's (dae.objectives), computed in float32 around a bf16 forward pass;
+    weights and batches are channels_last; the optimizer state is float32;
   * validation runs the unwrapped model (no DDP collective per forward), with rank 0's buffers;
   * ``LoopConfig.on_epoch_start`` (tests only) runs on every worker before each epoch.
 """
@@ -25,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .. import metrics
+from .. import metrics, precision
 from ..models import create_model
 from ..objectives import Objective
 from ..objectives.base import nchw as _to_nchw
@@ -60,14 +62,12 @@ def make_scheduler(cfg: TrainConfig, opt, total_steps: int):
     return torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)
 
 
-def _autocast(device: torch.device):
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")  # bf16 on GPU only
+def _forward(model: torch.nn.Module, device: torch.device, arith: str):
+    arith = precision.resolve(arith, device)
 
-
-def _forward(model: torch.nn.Module, device: torch.device):
     def run(x, sigma):  # bf16 autocast around the model only: the loss is computed in float32
-        with _autocast(device):
-            return model(x, sigma).float()
+        with precision.autocast(arith, device):
+            return model(precision.to_channels_last(x), sigma).float()
     return run
 
 
@@ -75,14 +75,14 @@ def _forward(model: torch.nn.Module, device: torch.device):
 
 
 def train_one_epoch(model: torch.nn.Module, loader, opt, sched, objective, device: torch.device | str = "cpu",
-                    world: int = 1, steps_left: float = math.inf, after_first_step=None) -> dict:
+                    world: int = 1, steps_left: float = math.inf, after_first_step=None, arith: str = "auto") -> dict:
     """One optimizer step per (clean, noisy, sigma, extra) batch of ``loader``, with the step's loss
     ``objective`` (``Objective.loss_at(epoch)``, :func:`dae.train.make_objective`). ``sched`` steps at
     most ``steps_left`` times (stream mode may yield a batch more than planned). Returns the epoch's
     figures over all ranks (train_loss, images_per_s, train_s, train_cpu_s, data_s) and this rank's
-    ``steps``."""
+    ``steps``. ``arith``: the precision of the forward pass (auto, fp32, bf16; dae.precision)."""
     device = torch.device(device)
-    run = _forward(model, device)
+    run = _forward(model, device, arith)
     t0, c0 = time.perf_counter(), time.process_time()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     n_seen = steps = 0
@@ -114,7 +114,7 @@ def train_one_epoch(model: torch.nn.Module, loader, opt, sched, objective, devic
 
 
 def validate(model: torch.nn.Module, val: Validation, device: torch.device | str = "cpu", world: int = 1,
-             cfg: TrainConfig | None = None) -> dict:
+             cfg: TrainConfig | None = None, arith: str = "auto") -> dict:
     """Mean per-image PSNR/SSIM of the model's output (clamped to [0, 1]) and of the noisy input
     over the whole split (all ranks), and ``output_spread``: the largest per-batch mean over pixels
     of the std across images, ~0 when the model outputs one image for every input (collapsed).
@@ -122,18 +122,20 @@ def validate(model: torch.nn.Module, val: Validation, device: torch.device | str
     # Pass the unwrapped model: no DDP collective per forward, so ranks may run different batch counts.
     device = torch.device(device)
     if val.clean is None:
-        return validate_noisy(model, val, cfg, device, world)
+        return validate_noisy(model, val, cfg, device, world, arith)
     if isinstance(val.clean, list):
-        ps, ss, spread = _validate_mixed(model, val, device)
+        ps, ss, spread = _validate_mixed(model, val, device, arith)
         ps, ss, spread = reduce_sums([ps, ss, spread / world], device, world)
         return {"val_psnr": ps / val.total, "val_ssim": ss / val.total, "noisy_psnr": val.noisy_psnr,
                 "noisy_ssim": val.noisy_ssim, "output_spread": spread}
     model.eval()
+    arith = precision.resolve(arith, device)
     ps = ss = spread = 0.0
     with torch.no_grad():
         for i in range(0, len(val.clean), 256):
-            with _autocast(device):
-                out = model(val.noisy[i:i + 256].to(device), val.sigma[i:i + 256].to(device))
+            x = precision.to_channels_last(val.noisy[i:i + 256].to(device))
+            with precision.autocast(arith, device):
+                out = model(x, val.sigma[i:i + 256].to(device))
             out = out.float().clamp(0, 1).cpu()
             ps += float(metrics.psnr(out, val.clean[i:i + 256]).sum())
             ss += float(metrics.ssim(out, val.clean[i:i + 256]).sum())
@@ -146,7 +148,7 @@ def validate(model: torch.nn.Module, val: Validation, device: torch.device | str
 
 
 def validate_noisy(model: torch.nn.Module, val: Validation, cfg: TrainConfig, device: torch.device | str = "cpu",
-                   world: int = 1) -> dict:
+                   world: int = 1, arith: str = "auto") -> dict:
     """Validation without clean targets: ``val_loss``, the objective's held-out loss on the held-out
     noisy images (its inputs from (val_seed, id, 0): the same every epoch, so epochs compare), and
     ``residual_std``, the mean over images of the std of (input - output) (0-1 scale): about the noise
@@ -155,7 +157,7 @@ def validate_noisy(model: torch.nn.Module, val: Validation, cfg: TrainConfig, de
     Means over the whole split (all ranks); ``output_spread`` as in :func:`validate`."""
     device = torch.device(device)
     objective = objective_of(cfg)
-    run = _forward(model, device)
+    run = _forward(model, device, arith)
     images = val.noisy if isinstance(val.noisy, list) else [val.noisy[i:i + 64] for i in range(0, len(val.noisy), 64)]
     loss = resid = spread = 0.0
     start, corners = 0, []  # mixed sizes: the spread over the images' common top-left window
@@ -184,7 +186,8 @@ def validate_noisy(model: torch.nn.Module, val: Validation, cfg: TrainConfig, de
     return {"val_loss": loss / val.total, "residual_std": resid / val.total, "output_spread": spread}
 
 
-def _validate_mixed(model: torch.nn.Module, val: Validation, device: torch.device) -> tuple[float, float, float]:
+def _validate_mixed(model: torch.nn.Module, val: Validation, device: torch.device,
+                    arith: str) -> tuple[float, float, float]:
     """Sums of PSNR and SSIM over this rank's images of mixed sizes, run the way the denoise job runs
     a model (dae.inference.denoise_images: pooled by shape, tiled when large, bf16 on GPU), and the
     output spread over their common top-left window."""
@@ -192,7 +195,7 @@ def _validate_mixed(model: torch.nn.Module, val: Validation, device: torch.devic
     from ..inference_spec import InferenceSpec
 
     model.eval()
-    spec = InferenceSpec(device=str(device))
+    spec = InferenceSpec(device=str(device), precision=arith)
     outs = [np.clip(o, 0, 1) for o in denoise_images(model, val.noisy, spec, sigmas=val.sigma.tolist())]
     model.train()
     ps = sum(float(metrics.psnr(o, c)) for o, c in zip(outs, val.clean))
@@ -232,6 +235,7 @@ class Worker:
     state: TrainState
     total_steps: int
     setup_s: float  # loading the data: in the first epoch's row of this attempt
+    arith: str = "fp32"  # the resolved --precision of the forward passes
     start_epoch: int = 0
 
     @property
@@ -258,6 +262,7 @@ def setup_worker(lc: LoopConfig, rank: int, world: int, device: torch.device) ->
     raw_model = create_model(cfg.model, channels=lc.channels, **cfg.model_kwargs)
     if cfg.init:  # fine-tuning; a resumed run's checkpoint below replaces these weights
         init_weights(raw_model, cfg.init)
+    precision.prepare_model(raw_model)  # channels_last weights (before DDP, which keeps their layout)
     model = ray.train.torch.prepare_model(raw_model)  # device placement + DDP when world > 1
     opt = make_optimizer(cfg, model.parameters())
     sched = make_scheduler(cfg, opt, total_steps)
@@ -267,8 +272,11 @@ def setup_worker(lc: LoopConfig, rank: int, world: int, device: torch.device) ->
             state = restore(d, raw_model, opt, sched, cfg, total_steps)
         if rank == 0:
             say(f"resumed run {cfg.run_name} after epoch {state.epoch} (attempt {state.attempt})")
+    arith = precision.resolve(cfg.precision, device)
+    if rank == 0:
+        say(f"precision {arith} ({cfg.precision} on {torch.device(device).type}), channels_last")
     return Worker(lc, rank, world, torch.device(device), val, data, raw_model, model, opt, sched, objective_of(cfg),
-                  state, total_steps, setup_s, start_epoch=state.epoch)
+                  state, total_steps, setup_s, arith, start_epoch=state.epoch)
 
 
 def train_and_validate(w: Worker, epoch: int) -> dict:
@@ -276,13 +284,13 @@ def train_and_validate(w: Worker, epoch: int) -> dict:
     cfg = w.lc.cfg
     row = train_one_epoch(w.model, batches(w.data, cfg, epoch, w.rank, w.per_worker, w.objective), w.opt, w.sched,
                           w.objective.loss_at(epoch), w.device, w.world,
-                          steps_left=w.total_steps - w.state.steps_done)
+                          steps_left=w.total_steps - w.state.steps_done, arith=w.arith)
     w.state.steps_done += row.pop("steps")
     t1 = time.perf_counter()
     sync_buffers(w.raw_model, w.world)
-    row = {"epoch": epoch + 1, **row, **validate(w.raw_model, w.val, w.device, w.world, cfg),
+    row = {"epoch": epoch + 1, **row, **validate(w.raw_model, w.val, w.device, w.world, cfg, w.arith),
            "val_s": time.perf_counter() - t1, "lr": w.opt.param_groups[0]["lr"], "attempt": w.state.attempt,
-           "workers": w.world, "setup_s": w.setup_s if epoch == w.start_epoch else 0.0}
+           "workers": w.world, "precision": w.arith, "setup_s": w.setup_s if epoch == w.start_epoch else 0.0}
     w.state.epoch = epoch + 1
     w.state.history.append(row)
     return row

@@ -109,7 +109,7 @@ def _stage_configs():
           "train_rows": 10, "val_rows": 4, "run_dir": "/runs/r"}),
         # what denoise's pipeline records: model_config and fingerprint, once "unknown key(s)" to --config
         ("denoise", DenoiseConfig(input="in", model="m", output="o", add_noise="gaussian:0.5", sigma=25.0,
-                                  overwrite=True, bf16=False, ensemble=8, max_error_fraction=0.01),
+                                  overwrite=True, precision="fp32", ensemble=8, max_error_fraction=0.01),
          {"model_config": {"model": "unet", "model_kwargs": {"width": 16}, "channels": 1}, "fingerprint": "f00d"}),
         ("evaluate", EvaluateConfig(data="d", out="o", noise=("gaussian:0.1", "salt_pepper:0.2"), models=("m1", "m 2"),
                                     ensemble=(1, 8), baselines=("median",), limit=3),

@@ -15,11 +15,12 @@ from dae.checkpoint import load_config, load_model, save_model
 from dae.denoise import DenoiseConfig, manifest
 from dae.evaluate import EvaluateConfig, ModelScorer, plan_model_actors, score_images
 from dae.inference_spec import HELP, InferenceSpec
+from dae.precision import resolve
 from dae.models import create_model
 from dae.noise import add_noise_batch
 from helpers import camera_crops, run_job
 
-FORWARD = ("tile", "tile_overlap", "forward_batch", "forward_pixels", "deterministic", "bf16")
+FORWARD = ("tile", "tile_overlap", "forward_batch", "forward_pixels", "deterministic", "precision")
 # The manifest's settings keys, as every existing output has them (a change refuses their next run).
 MANIFEST_KEYS = ["input", "split", "model", "model_weights", "add_noise", "seed", "sigma", "tile", "tile_overlap",
                  "forward_batch", "forward_pixels", "deterministic", "device", "precision", "ensemble",
@@ -35,17 +36,17 @@ def test_denoise_and_evaluate_spell_the_forward_flags_once_with_the_same_default
             assert fields[name].metadata["help"] == HELP[name]
     assert DenoiseConfig().inference_spec() == EvaluateConfig().inference_spec() == spec
     # the same flags give the same spec; evaluate's --ensemble lists sizes, set per scored row
-    flags = dict(tile=96, tile_overlap=24, forward_batch=16, forward_pixels=4096, deterministic=False, bf16=False,
-                 device="cpu", torch_threads=3)
+    flags = dict(tile=96, tile_overlap=24, forward_batch=16, forward_pixels=4096, deterministic=False,
+                 precision="fp32", device="cpu", torch_threads=3)
     assert EvaluateConfig(**flags, ensemble=(1, 8)).inference_spec() == DenoiseConfig(**flags).inference_spec()
     assert DenoiseConfig(ensemble=8).inference_spec().ensemble == 8
 
 
 def test_the_manifest_records_the_placed_spec_under_its_old_names(tmp_path):
     md = save_model(create_model("conv28k", channels=1, filters=4), str(tmp_path / "m"))
-    cfg = DenoiseConfig(input=str(tmp_path / "in"), model=md, output=str(tmp_path / "o"), bf16=True, ensemble=4,
+    cfg = DenoiseConfig(input=str(tmp_path / "in"), model=md, output=str(tmp_path / "o"), ensemble=4,
                         tile=64, tile_overlap=8)
-    for device, precision in (("cpu", "fp32"), ("cuda", "bf16")):
+    for device, precision in (("cpu", resolve("auto", "cpu")), ("cuda", "bf16")):
         spec = cfg.inference_spec().placed(device, torch_threads=2)
         s = manifest.settings(cfg, load_config(md), spec)
         assert list(s) == MANIFEST_KEYS
@@ -113,7 +114,7 @@ def test_an_unplaced_spec_runs_where_the_weights_are():
 
 def test_the_denoiser_places_its_spec():
     den_spec = InferenceSpec(tile=64, ensemble=2)
-    assert den_spec.placed("cpu", 2) == dataclasses.replace(den_spec, device="cpu", torch_threads=2)
+    assert den_spec.placed("cpu", 2) == dataclasses.replace(den_spec, device="cpu", torch_threads=2,
+                                                            precision=resolve("auto", "cpu"))
     assert den_spec.placed("cuda").torch_threads == 0 and den_spec.placed("cuda").precision == "bf16"
-    assert dataclasses.replace(den_spec, bf16=False).placed("cuda").precision == "fp32"
-    assert den_spec.placed("cpu").precision == "fp32"
+    assert dataclasses.replace(den_spec, precision="fp32").placed("cuda").precision == "fp32"

@@ -196,7 +196,7 @@ def _configs():
                                                  patch_mode="random", seed=3, split_by="patch")),
         ("jobs.prepare", PrepareConfig.from_flat(source="torchvision", out="o", tv_name="SVHN", download=True)),
         # bools False (default True) and True (default False)
-        ("jobs.denoise", DenoiseConfig(input="i", model="m", output="o", bf16=False, deterministic=False,
+        ("jobs.denoise", DenoiseConfig(input="i", model="m", output="o", precision="fp32", deterministic=False,
                                        convert_channels=True, max_error_fraction=0.5)),
         # a dict with a float YAML 1.1 would read as a string if written JSON's way (1e-05)
         ("jobs.train", TrainConfig(data="d", model="unet", model_kwargs={"width": 16, "eps": 1e-5, "tag": "yes"},
@@ -234,8 +234,8 @@ def test_command_line_spells_bools_and_leaves_defaults_out():
 
     cmd = command_line("jobs.prepare", PrepareConfig(source="mnist5k", out="o", overwrite=True, name="-x"))
     assert cmd == "python -m jobs.prepare --source mnist5k --out o --name=-x --overwrite"
-    assert command_line("jobs.denoise", DenoiseConfig(bf16=False)) == "python -m jobs.denoise --no-bf16"
-    assert "--bf16 --" in command_line("jobs.denoise", DenoiseConfig(), full=True)
+    assert command_line("jobs.denoise", DenoiseConfig(deterministic=False)) == "python -m jobs.denoise --no-deterministic"
+    assert "--deterministic --" in command_line("jobs.denoise", DenoiseConfig(), full=True)
     assert "--limit" not in command_line("jobs.prepare", PrepareConfig(), full=True)  # None: the flag's absence
 
 
