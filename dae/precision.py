@@ -20,12 +20,15 @@ Rules:
 - A ``precision`` travels resolved ("fp32" or "bf16") wherever it is recorded (denoise fingerprint,
   model card scores, train metrics), so a record says what ran, not what was asked.
 - torch is imported by the functions that need it, not at import: configs import this module.
-- Tests fake the CPU's flags with :func:`cpu_flags` (monkeypatch ``dae.precision.cpu_flags``).
+- ``DAE_CPU_FLAGS`` (space-separated), when set, replaces the CPU's flags in every process that reads
+  it (the driver and the Ray workers it starts): how a benchmark runs as on a CPU without native bf16
+  (``DAE_CPU_FLAGS=""``). Tests monkeypatch :func:`cpu_flags`.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 from contextlib import nullcontext
 from typing import TYPE_CHECKING
 
@@ -41,7 +44,10 @@ HELP = ("arithmetic of the forward pass: auto = bf16 autocast where the hardware
 
 @functools.lru_cache(maxsize=1)
 def cpu_flags() -> frozenset[str]:
-    """This machine's CPU feature flags (Linux ``/proc/cpuinfo``); empty where there is none."""
+    """This machine's CPU feature flags (Linux ``/proc/cpuinfo``, or ``DAE_CPU_FLAGS``); empty where
+    there is none."""
+    if "DAE_CPU_FLAGS" in os.environ:
+        return frozenset(os.environ["DAE_CPU_FLAGS"].split())
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:

@@ -1,6 +1,7 @@
 """Benchmark of the denoise job: speed against a plain script, the driver's CPU and memory, a cluster run.
 
-    python -m jobs.bench_denoise                                  # both sets: 70,000 small images, 1,728 photos
+    python -m jobs.bench_denoise                                  # all sets: 70,000 small images, 1,728 photos x 2
+    python -m jobs.bench_denoise --sets color-blind               # the shipped model by precision (issue 28)
     python -m jobs.bench_denoise --sets fashion --fashion-n 20000 # quicker
     python -m jobs.bench_denoise --sets photos --cluster          # + a head and 2 worker nodes (cluster/local)
 
@@ -9,6 +10,9 @@ encode, write Parquet; with --noise also synthetic noise, the noisy PNG and per-
   fashion  the 70,000 Fashion-MNIST images (28x28 gray; `make data`), model conv28k
   photos   the 432 CBSD432 photos (481x321 RGB) of ../shared/datasets/natural, repeated with new ids
            up to --photos-n (default 1,728), model unet (width 16)
+and color-blind: the photos with pretrained:color-blind at awgn:25, the job in fp32 and by default, on a
+CPU made to look as if without native bf16, a plain bf16 script, and the forward pass's GFLOP/s against
+the machine's peaks (:mod:`dae.experiments.bench.precision` says what each part is).
 
 For each set it prints:
   - the plain script: one process, one torch thread, no Ray, with the job's forward-pass sizes;

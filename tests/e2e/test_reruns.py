@@ -16,7 +16,7 @@ import time
 import pyarrow.parquet as pq
 import pytest
 
-from dae import inference, shards
+from dae import inference, precision, shards
 from dae.denoise import lease as lease_mod, read_outputs
 from helpers import REPO, fashion, job_env, run_job
 
@@ -117,6 +117,12 @@ def test_other_split_or_settings_into_an_output_are_refused(ray_session, tmp_pat
     run(*base, "--split", "test")
     with pytest.raises(ValueError, match=r"different run \(split: 'test' -> 'train'\)"):
         run(*base, "--split", "train")
+    # the precision changes pixels: another one is another run (auto is recorded as what it resolved to)
+    was = precision.resolve("auto", "cpu")
+    other = "fp32" if was == "bf16" else "bf16"
+    with pytest.raises(ValueError, match=rf"different run \(precision: '{was}' -> '{other}'\)"):
+        run(*base, "--split", "test", "--precision", other)
+    assert run(*base, "--split", "test", "--precision", was)["files_processed"] == 0  # auto == what it was
     # settings: refused whichever input files the run covers
     other = tiny_shards(rows={"test": [(f"o/{i}", f[i], 0) for i in range(4)]}, root=tmp_path / "other")
     sig = tmp_path / "sig"

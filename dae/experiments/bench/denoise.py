@@ -12,7 +12,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 
@@ -28,8 +27,9 @@ from dae.models import create_model
 from dae.sources.offline import FASHION_MNIST_DIR
 
 from ..reference import plain_denoise
+from .jobproc import REPO, job_env, report_job, run_job
+from .precision import PARTS as PRECISION_PARTS, run_parts
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 CBSD432 = os.path.join(os.path.dirname(REPO), "shared", "datasets", "natural", "train", "CBSD432")
 SETS = {
     "fashion": {"model": "conv28k", "kwargs": {}, "channels": 1, "rows_per_shard": 2500},
@@ -42,7 +42,10 @@ PLAIN_FORWARD = InferenceSpec(device="cpu", forward_batch=64, deterministic=Fals
 
 @dataclass(frozen=True)
 class BenchDenoiseConfig:
-    sets: str = field(default="fashion,photos", metadata={"help": "comma list of: fashion, photos"})
+    sets: str = field(default="fashion,photos,color-blind", metadata={
+        "help": "comma list of: fashion, photos, color-blind (the photos with pretrained:color-blind by precision)"})
+    precision_parts: str = field(default=",".join(PRECISION_PARTS), metadata={
+        "help": f"color-blind: comma list of {', '.join(PRECISION_PARTS)} (dae.experiments.bench.precision)"})
     fashion_n: int = field(default=70_000, metadata={"help": "small images: Fashion-MNIST's 70,000 cycled up to N"})
     photos_n: int = field(default=1_728, metadata={"help": "photos: CBSD432's 432 cycled up to N"})
     work: str = field(default="bench_out/denoise", metadata={"help": "scratch directory (shards, models, outputs)"})
@@ -111,105 +114,6 @@ def rows_of(root: str) -> int:
     return sum(pq.read_metadata(f).num_rows for f in shards.list_shards(root, "bench"))
 
 
-# ---------------------------------------------------------------- the job, with a CPU sampler
-
-
-def _proc_table() -> dict[int, tuple[int, int, float]]:
-    """{pid: (ppid, start time, CPU seconds)} of every process, from /proc/PID/stat."""
-    tick = os.sysconf("SC_CLK_TCK")
-    out = {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/stat") as fh:
-                f = fh.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        out[int(d)] = (int(f[1]), int(f[19]), (int(f[11]) + int(f[12])) / tick)  # ppid, starttime, utime+stime
-    return out
-
-
-class TreeSampler(threading.Thread):
-    """CPU seconds (user + system) of a process and all its descendants, sampled every ``every`` s
-    from /proc: the last value seen of each process is kept, so a process that exits between two
-    samples loses at most ``every`` seconds of its CPU. ``marker``: also count every process whose
-    environment holds it (the processes of a local cluster, which do not descend from the driver)."""
-
-    def __init__(self, pid: int, every: float = 0.25, marker: str = ""):
-        super().__init__(daemon=True)
-        self.pid, self.every, self.marker = pid, every, marker.encode()
-        self.cpu: dict[tuple[int, int], float] = {}  # (pid, start time) -> CPU seconds
-        self._halt = threading.Event()
-
-    def _marked(self, pid: int) -> bool:
-        try:
-            with open(f"/proc/{pid}/environ", "rb") as fh:
-                return self.marker in fh.read().split(b"\0")
-        except OSError:
-            return False
-
-    def run(self):
-        while not self._halt.is_set():
-            table = _proc_table()
-            mine = {self.pid} | ({p for p in table if self._marked(p)} if self.marker else set())
-            grew = True
-            while grew:
-                new = {p for p, (pp, _, _) in table.items() if pp in mine and p not in mine}
-                mine |= new
-                grew = bool(new)
-            for p in mine & table.keys():
-                self.cpu[(p, table[p][1])] = table[p][2]
-            self._halt.wait(self.every)
-
-    def stop(self) -> float:
-        self._halt.set()
-        self.join()
-        return sum(self.cpu.values())
-
-
-def job_env(extra: dict | None = None) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_API_SERVER", "RAY_AUTH"))}
-    env.update({"RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": REPO}, **(extra or {}))
-    return env
-
-
-def run_job(root: str, model_dir: str, out: str, cfg: BenchDenoiseConfig, env: dict | None = None,
-            marker: str = "") -> dict:
-    """``python -m jobs.denoise`` in a process of its own (its own local Ray unless env joins a cluster)."""
-    cmd = [sys.executable, "-m", "jobs.denoise", "--input", root, "--split", "bench", "--model", model_dir,
-           "--output", out, "--overwrite", *(["--add-noise", cfg.noise] if cfg.noise else []), *cfg.job_args.split()]
-    t = time.perf_counter()
-    with open(f"{out}.log", "w") as log:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env or job_env(), stdout=log, stderr=subprocess.STDOUT)
-        sampler = TreeSampler(proc.pid, marker=marker)
-        sampler.start()
-        rc = proc.wait()
-        all_cpu = sampler.stop()
-    wall = time.perf_counter() - t
-    if rc != 0:
-        raise SystemExit(f"error: the job failed (exit {rc}); log: {out}.log")
-    with open(os.path.join(out, "summary.json")) as fh:
-        s = json.load(fh)
-    d = s["driver"]
-    return {"images": s["rows_out"], "wall_s": wall, "images_per_s": s["rows_out"] / wall,
-            "pipeline_images_per_s": s["images_per_s"], "all_cpu_s": all_cpu, "driver_cpu_s": d["cpu_s"],
-            "driver_cpu_s_pipeline": d["cpu_s_pipeline"], "driver_cpu_s_books": d.get("cpu_s_books"),
-            "driver_peak_rss_mb": d["peak_rss_mb"],
-            "driver_received_bytes": d["received"]["bytes"], "actors": s["actors"],
-            "writers": s["rows_by_writer_node"]}
-
-
-def report_job(tag: str, r: dict) -> None:
-    print(f"  job {tag:8s} {r['images']:7d} images: {r['images_per_s']:8.1f} images/s end to end "
-          f"({r['wall_s']:.1f}s; pipeline {r['pipeline_images_per_s']} images/s); CPU: all processes "
-          f"{r['all_cpu_s']:.1f}s, driver {r['driver_cpu_s']:.2f}s ({100 * r['driver_cpu_s'] / r['all_cpu_s']:.1f}%, "
-          f"{1000 * r['driver_cpu_s'] / r['images']:.3f} ms/image; in the pipeline "
-          f"{1000 * r['driver_cpu_s_pipeline'] / r['images']:.3f} ms/image, of which the books and commits "
-          f"{1000 * (r['driver_cpu_s_books'] or 0) / r['images']:.3f} ms/image), driver peak RSS "
-          f"{r['driver_peak_rss_mb']:.0f} MiB, driver received {r['driver_received_bytes']} bytes", flush=True)
-
-
 def plain_run(root: str, model, out: str, cfg: BenchDenoiseConfig) -> dict:
     """The plain script: one process, one core (the script a user would write)."""
     torch.set_num_threads(1)
@@ -251,10 +155,11 @@ def bench_set(name: str, n: int, cfg: BenchDenoiseConfig) -> dict:
     if "plain" not in skip:
         res["plain"] = plain_run(root, model, os.path.join(work, f"plain-{name}"), cfg)
     if "quarter" not in skip:
-        res["quarter"] = run_job(quarter(root), model_dir, os.path.join(work, f"job-{name}-quarter"), cfg)
+        res["quarter"] = run_job(quarter(root), model_dir, os.path.join(work, f"job-{name}-quarter"), cfg.noise,
+                                 cfg.job_args)
         report_job("N/4", res["quarter"])
     if "job" not in skip:
-        res["job"] = run_job(root, model_dir, os.path.join(work, f"job-{name}"), cfg)
+        res["job"] = run_job(root, model_dir, os.path.join(work, f"job-{name}"), cfg.noise, cfg.job_args)
         report_job("N", res["job"])
         report_driver(res)
     if cfg.cluster:
@@ -280,7 +185,7 @@ def cluster_run(root: str, model_dir: str, out: str, cfg: BenchDenoiseConfig) ->
         # The driver runs here and joins the cluster (as `ray job submit` would run it on the head).
         jenv = job_env({"RAY_ADDRESS": f"127.0.0.1:{port}", "RAY_AUTH_MODE": "token",
                         "RAY_AUTH_TOKEN_PATH": os.path.join(cdir, "auth_token"), "DAE_RAY_CLUSTER": cdir})
-        r = run_job(root, model_dir, out, cfg, env=jenv, marker=f"DAE_RAY_CLUSTER={cdir}")
+        r = run_job(root, model_dir, out, cfg.noise, cfg.job_args, env=jenv, marker=f"DAE_RAY_CLUSTER={cdir}")
     finally:
         subprocess.run(["bash", f"{local}/stop.sh", "--dir", cdir, "--clean"], env=env, capture_output=True,
                        timeout=300)
@@ -297,8 +202,14 @@ def run(cfg: BenchDenoiseConfig) -> dict:
     os.makedirs(cfg.work, exist_ok=True)
     results = {}
     for name in filter(None, cfg.sets.split(",")):
+        if name == "color-blind":
+            print(f"\n== color-blind: {cfg.photos_n} photos, pretrained:color-blind by precision", flush=True)
+            results[name] = run_parts(make_shards(os.path.abspath(cfg.work), "photos", cfg.photos_n),
+                                      os.path.abspath(cfg.work), tuple(filter(None, cfg.precision_parts.split(","))),
+                                      cfg.job_args)
+            continue
         if name not in SETS:
-            raise SystemExit(f"error: unknown set {name!r}; valid: {', '.join(SETS)}")
+            raise SystemExit(f"error: unknown set {name!r}; valid: {', '.join(SETS)}, color-blind")
         results[name] = bench_set(name, cfg.fashion_n if name == "fashion" else cfg.photos_n, cfg)
     path = os.path.join(cfg.work, "bench-denoise.json")
     with open(path, "w") as fh:

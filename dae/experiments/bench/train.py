@@ -11,7 +11,9 @@ from dae import shards, storage
 from dae.jobutil import setup_logging
 from dae.train import MODES, TrainConfig, format_summary, run as train_run
 
+from ..natural import prepare_set
 from ..reference import fashion_shards, plain_train
+from .compute import pays_after, peaks, step_figures
 
 
 @dataclass(frozen=True)
@@ -25,7 +27,11 @@ class BenchTrainConfig:
     batch_size: int = field(default=128, metadata={"help": "global batch"})
     epochs: int = field(default=2, metadata={
         "help": "job epochs (the first one includes nothing extra in cache mode)"})
-    runs: str = field(default="plain,job1,job2", metadata={"help": "comma list of plain, job1, job2"})
+    runs: str = field(default="plain,job1,job2,precision,compile", metadata={
+        "help": "comma list of plain, job1, job2 (Fashion-MNIST), precision (the natural recipe in fp32 and by "
+                "default), compile (train steps eager vs torch.compile)"})
+    natural_epochs: int = field(default=3, metadata={"help": "precision: epochs of each natural-recipe run"})
+    natural_crops: int = field(default=4, metadata={"help": "precision: crops per CBSD432 photo per epoch"})
     data_mode: str = field(default="auto", metadata={"help": "the train job's --data-mode", "choices": MODES})
     work: str = field(default="/tmp/dae-bench", metadata={"help": "scratch directory (shards, runs, bench.json)"})
     worker_niceness: int = field(default=0, metadata={
@@ -77,7 +83,71 @@ def job_run(cfg: BenchTrainConfig, root: str, run: str) -> dict:
         "wall_s": time.perf_counter() - t0}
 
 
+# The natural recipe of the shipped color model (recipes/quality-natural.yaml: cunet width 20, 64 x 64
+# crops of CBSD432, batch 32, sigma 0-55), validated on the first 4 CBSD68 photos.
+NATURAL = dict(model="cunet", model_kwargs={"width": 20}, noise="awgn:0-55", crop=64, batch_size=32,
+               schedule="cosine", lr=1e-3, val_limit=4)
+
+
+def precision_runs(cfg: BenchTrainConfig) -> dict:
+    """The natural recipe trained the same steps with --precision fp32 and with the default (auto):
+    crops/s of each epoch and the val PSNR after the last."""
+    root = prepare_set(cfg.work, "", "CBSD68", "color")
+    out = {}
+    for prec in ("fp32", "auto"):
+        res = train_run(TrainConfig(
+            data=root, **NATURAL, epochs=cfg.natural_epochs, crops_per_image=cfg.natural_crops, precision=prec,
+            storage=storage.join(cfg.work, "runs"), samples=0,
+            run_name=f"bench-natural-{prec}-{time.strftime('%Y%m%d-%H%M%S')}"))
+        hist = res["history"]
+        out[prec] = {"crops_per_s": [h["images_per_s"] for h in hist], "val_psnr": hist[-1]["val_psnr"],
+                     "precision": hist[-1]["precision"], "steps": sum(h["images_per_s"] * h["train_s"]
+                                                                       for h in hist) / NATURAL["batch_size"]}
+    return out
+
+
+def compile_run(cfg: BenchTrainConfig) -> dict:
+    """Train steps of the natural recipe's network in this process: eager vs torch.compile."""
+    import torch
+
+    from dae.models import create_model
+
+    torch.manual_seed(0)
+    return step_figures(create_model("cunet", channels=3, width=20), batch=32, crop=64, channels=3)
+
+
+def report_silicon(results: dict) -> None:
+    p = results.get("precision")
+    if p:
+        fp32, auto = p["fp32"], p["auto"]
+        print(f"\nnatural recipe (cunet width 20, 64x64 RGB crops, batch 32), {len(fp32['crops_per_s'])} epochs, "
+              f"{fp32['steps']:.0f} steps each:")
+        for name, r in (("fp32", fp32), (f"default ({auto['precision']})", auto)):
+            print(f"  {name:16s}: {', '.join(f'{x:.0f}' for x in r['crops_per_s'])} crops/s per epoch; "
+                  f"val PSNR {r['val_psnr']:.3f} dB")
+        print(f"  default / fp32: {auto['crops_per_s'][-1] / fp32['crops_per_s'][-1]:.2f}x crops/s (last epoch), "
+              f"val PSNR {auto['val_psnr'] - fp32['val_psnr']:+.3f} dB")
+    c = results.get("compile")
+    if c:
+        pk = peaks()
+        print(f"\ntrain step in one process ({c['flops'] / 1e9:.1f} GFLOP per step of 32 crops; peaks of "
+              f"{pk['cores']} cores at {pk['ghz']:.1f} GHz: fp32 {pk['fp32_gflops']:.0f}, bf16 "
+              f"{pk['bf16_gflops']:.0f} GFLOP/s via {pk['bf16_unit']}):")
+        for name in ("fp32_nchw", "fp32", "bf16", "bf16_compiled"):
+            if name in c:
+                r = c[name]
+                print(f"  {name:14s}: {r['crops_per_s']:6.0f} crops/s, {r['gflops']:6.0f} GFLOP/s, first step "
+                      f"{r['first_step_s']:.1f}s")
+        if "bf16_compiled" in c:
+            e, k = c["bf16"], c["bf16_compiled"]
+            n = pays_after(32 / e["crops_per_s"], 32 / k["crops_per_s"], k["first_step_s"])
+            print(f"  torch.compile pays for itself after {n:.0f} steps" if n != float("inf") else
+                  "  torch.compile: no faster per step than eager; not adopted")
+
+
 def report(cfg: BenchTrainConfig, results: dict) -> None:
+    if not {"plain", "job1", "job2"} & set(results):
+        return
     print(f"\n{cfg.images} train images, {cfg.model}, batch {cfg.batch_size}, {cfg.noise}")
     plain = results.get("plain")
     if plain:
@@ -104,16 +174,24 @@ def run(cfg: BenchTrainConfig) -> dict:
     setup_logging()
     # Read by the raylet when this process starts its local Ray (not when joining a cluster).
     os.environ["RAY_worker_niceness"] = str(cfg.worker_niceness)
-    fashion_shards(cfg.data)
-    root = subset_shards(cfg.data, storage.join(cfg.work, f"shards-{cfg.images}"), cfg.images, cfg.val_images)
+    runs = [r.strip() for r in cfg.runs.split(",") if r.strip()]
+    root = ""
+    if {"plain", "job1", "job2"} & set(runs):
+        fashion_shards(cfg.data)
+        root = subset_shards(cfg.data, storage.join(cfg.work, f"shards-{cfg.images}"), cfg.images, cfg.val_images)
     results: dict = {}
-    for run in [r.strip() for r in cfg.runs.split(",") if r.strip()]:
+    for run in runs:
         if run == "plain":
             results["plain"] = plain_run(cfg, root)
         elif run in ("job1", "job2"):
             results[run] = job_run(cfg, root, run)
+        elif run == "precision":
+            results["precision"] = precision_runs(cfg)
+        elif run == "compile":
+            results["compile"] = compile_run(cfg)
         else:
-            raise ValueError(f"unknown run {run!r}; valid: plain, job1, job2")
+            raise ValueError(f"unknown run {run!r}; valid: plain, job1, job2, precision, compile")
     report(cfg, results)
+    report_silicon(results)
     storage.write_json(storage.join(cfg.work, "bench.json"), results)
     return results

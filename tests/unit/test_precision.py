@@ -1,0 +1,122 @@
+"""--precision: detection of native bf16 from the CPU's flags (faked here), fp32 where it is absent, bf16
+outputs close to fp32 ones, determinism per precision, and the setting reaching the train step."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from dae import precision
+from dae.forward import denoise_images
+from dae.inference_spec import InferenceSpec
+from dae.models import create_model
+from dae.train.loop import _forward
+
+
+@pytest.fixture
+def fake_cpu(monkeypatch):
+    """fake_cpu("avx512f amx_bf16"): this process's CPU flags for the test."""
+    def fake(flags: str):
+        monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset(flags.split()))
+    return fake
+
+
+@pytest.mark.parametrize("flags, want", [
+    ("fpu sse avx2 avx512f avx512bw avx512_vnni", "fp32"),  # AVX-512 without bf16: emulated, so fp32
+    ("fpu avx512f avx512_bf16", "bf16"),
+    ("fpu avx512f amx_tile amx_bf16", "bf16"),
+    ("", "fp32"),  # no cpuinfo at all (another OS)
+])
+def test_auto_is_bf16_only_where_the_cpu_has_it_natively(fake_cpu, flags, want):
+    fake_cpu(flags)
+    assert precision.resolve("auto", "cpu") == want
+    assert InferenceSpec().placed("cpu").precision == want
+    # an explicit choice is kept whatever the hardware
+    assert precision.resolve("fp32", "cpu") == "fp32" and precision.resolve("bf16", "cpu") == "bf16"
+
+
+def test_the_cpu_flags_come_from_cpuinfo_or_the_override(monkeypatch):
+    precision.cpu_flags.cache_clear()
+    monkeypatch.setenv("DAE_CPU_FLAGS", "sse avx512_bf16")
+    try:
+        assert precision.cpu_flags() == {"sse", "avx512_bf16"} and precision.native_bf16("cpu")
+        precision.cpu_flags.cache_clear()
+        monkeypatch.setenv("DAE_CPU_FLAGS", "")
+        assert precision.cpu_flags() == frozenset() and precision.resolve("auto", "cpu") == "fp32"
+    finally:
+        precision.cpu_flags.cache_clear()
+        monkeypatch.delenv("DAE_CPU_FLAGS")
+    with open("/proc/cpuinfo") as f:
+        line = next(x for x in f if x.startswith("flags"))
+    assert precision.cpu_flags() == frozenset(line.split(":", 1)[1].split())
+
+
+def test_fp32_is_forced_where_bf16_is_absent_and_runs_no_autocast(fake_cpu):
+    fake_cpu("avx512f")
+    model = create_model("cunet", channels=1, width=4).eval()
+    seen = []
+    model.inner.body.stem.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    denoise_images(model, [np.full((16, 16, 1), 0.5, np.float32)], InferenceSpec(device="cpu"), sigmas=[0.1])
+    fake_cpu("amx_bf16")
+    denoise_images(model, [np.full((16, 16, 1), 0.5, np.float32)], InferenceSpec(device="cpu"), sigmas=[0.1])
+    assert seen == [torch.float32, torch.bfloat16]
+
+
+def test_unknown_precision_lists_the_valid_ones():
+    with pytest.raises(ValueError, match="--precision must be one of auto, fp32, bf16, got 'fp16'"):
+        InferenceSpec(precision="fp16").check()
+    with pytest.raises(ValueError, match="resolve the precision first"):
+        precision.autocast("auto", "cpu")
+
+
+def _photo_and_model(seed: int = 0):
+    torch.manual_seed(seed)
+    model = create_model("cunet", channels=3, width=8).eval()
+    rng = np.random.default_rng(seed)
+    clean = np.clip(np.cumsum(rng.normal(0, 0.05, (3, 72, 56, 3)), axis=1) % 1.0, 0, 1).astype(np.float32)
+    noisy = (clean + rng.normal(0, 25 / 255, clean.shape)).astype(np.float32)
+    return model, list(noisy)
+
+
+def test_bf16_outputs_are_within_a_stated_tolerance_of_fp32():
+    # Tolerance: bf16 keeps 8 mantissa bits, so a conv's output moves by ~2^-9 relative; through this
+    # small U-Net the residual (noise estimate, |r| ~ 0.1) moves by well under 0.02, the mean pixel by
+    # under 0.002 (the shipped color model on 12 CBSD68 photos: max 0.006, mean 0.001).
+    model, images = _photo_and_model()
+    spec = InferenceSpec(device="cpu", tile=48, tile_overlap=8)
+    fp32 = denoise_images(model, images, dataclasses.replace(spec, precision="fp32"), sigmas=[0.1] * 3)
+    bf16 = denoise_images(model, images, dataclasses.replace(spec, precision="bf16"), sigmas=[0.1] * 3)
+    diff = np.abs(np.stack(fp32) - np.stack(bf16))
+    assert 0 < diff.max() < 0.02 and diff.mean() < 0.002
+    assert all(o.dtype == np.float32 for o in bf16)  # the output (and the clamp) are float32
+    assert min(float(o.min()) for o in bf16) >= 0 and max(float(o.max()) for o in bf16) <= 1
+
+
+@pytest.mark.parametrize("arith", ["fp32", "bf16"])
+def test_results_do_not_depend_on_batching_in_either_precision(arith):
+    model, images = _photo_and_model(1)
+    images = images + [np.ascontiguousarray(im[::-1]) for im in images]  # 6 same-shape images
+    spec = InferenceSpec(device="cpu", precision=arith, forward_batch=4)
+    together = denoise_images(model, images, spec, sigmas=[0.1] * 6)
+    for i in (0, 4, 5):  # alone, and in the other position of a padded chunk
+        alone = denoise_images(model, [images[i]], spec, sigmas=[0.1])[0]
+        np.testing.assert_array_equal(alone, together[i])
+    np.testing.assert_array_equal(denoise_images(model, images[::-1], spec, sigmas=[0.1] * 6)[::-1], together)
+
+
+def test_the_train_step_runs_the_model_in_the_precision_with_float32_outputs():
+    model = precision.prepare_model(create_model("cunet", channels=1, width=4))
+    assert model.inner.body.stem.weight.is_contiguous(memory_format=torch.channels_last)
+    dtypes = []
+    model.inner.body.stem.register_forward_hook(lambda m, i, o: dtypes.append((i[0].dtype, o.dtype)))
+    x, s = torch.rand(2, 1, 16, 16), torch.full((2,), 0.1)
+    out32 = _forward(model, torch.device("cpu"), "fp32")(x, s)
+    out16 = _forward(model, torch.device("cpu"), "bf16")(x, s)
+    assert dtypes == [(torch.float32, torch.float32), (torch.float32, torch.bfloat16)]
+    assert out32.dtype == out16.dtype == torch.float32
+    assert 0 < float((out32 - out16).detach().abs().max()) < 0.05
+    out16.mean().backward()  # gradients reach the float32 weights
+    assert model.inner.body.stem.weight.grad.dtype == torch.float32
