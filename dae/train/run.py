@@ -38,10 +38,12 @@ from .report import collapsed, read_metrics, save_curves, save_samples, score_me
 log = logging.getLogger("dae")
 
 
-def run(cfg: TrainConfig, on_epoch_start: Callable[[int, int, int], None] | None = None) -> dict:
+def run(cfg: TrainConfig, on_epoch_start: Callable[[int, int, int], None] | None = None,
+        callbacks: tuple = ()) -> dict:
     """Train with Ray Train; returns {"out", "best_model", "best_epoch", "best", "history", ...}.
     ``on_epoch_start`` (tests only): called on every worker as ``(epoch, rank, world)`` before each epoch
-    (epoch counted from 1); it must pickle (see :class:`dae.train.config.LoopConfig`)."""
+    (epoch counted from 1); it must pickle (see :class:`dae.train.config.LoopConfig`). ``callbacks``:
+    Ray Train callbacks for the run (dae.tune passes Tune's report callback)."""
     from ..jobutil import save_resolved_config
     from ..raylib import init_ray
 
@@ -79,7 +81,7 @@ def run(cfg: TrainConfig, on_epoch_start: Callable[[int, int, int], None] | None
                     size=(train_desc["height"], train_desc["width"]), train_rows=train_desc["rows"], out=out,
                     clean_val=not val_desc["noisy_only"], on_epoch_start=on_epoch_start)
     t_fit = time.perf_counter()
-    result = _trainer(lc, res, datasets).fit()
+    result = _trainer(lc, res, datasets, callbacks).fit()
     fit_s = time.perf_counter() - t_fit
     facts = {"run_dir": run_dir, "data_mode": mode, "data_s": data_s, "fit_s": fit_s, "resources": res,
              "torch_threads": threads}
@@ -99,7 +101,7 @@ def _check_access(cfg: TrainConfig) -> None:
         storage.check_access(cfg.out, write=True)
 
 
-def _trainer(lc: LoopConfig, res: dict, datasets: dict):
+def _trainer(lc: LoopConfig, res: dict, datasets: dict, callbacks: tuple = ()):
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -120,7 +122,7 @@ def _trainer(lc: LoopConfig, res: dict, datasets: dict):
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.num_to_keep,
                                                          checkpoint_score_attribute=score_metric(lc.clean_val)[0],
                                                          checkpoint_score_order=score_metric(lc.clean_val)[1]),
-            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures)),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures), callbacks=list(callbacks)),
         datasets=datasets,
         # cache mode: every worker sees the whole (materialized) split and picks its rows by rank
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"] if lc.mode == "stream" else []),
