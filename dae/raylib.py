@@ -36,14 +36,12 @@ def drop_pg_cleaner_noise() -> None:
     logging.getLogger(_PG_CLEANER_LOGGER).addFilter(lambda record: _PG_CLEANER_NOISE not in record.getMessage())
 
 
-def init_ray(address: str | None = None, num_cpus: int | None = None, training: bool = False,
-             dashboard: bool = False) -> bool:
+def init_ray(address: str | None = None, num_cpus: int | None = None, training: bool = False) -> bool:
     """Join or start Ray once. Returns True when this call started it.
 
     Address resolution: the explicit ``address``, else ``RAY_ADDRESS`` (which ``ray job submit``
     and KubeRay set for the driver), else a fresh local Ray on this machine ("local"): a job run
     on a laptop never attaches by accident to some other cluster that happens to be running.
-    ``dashboard``: a local Ray runs its dashboard (and with it the State API) too.
     """
     if ray.is_initialized():
         storage.share_with_ray()  # S3 settings for this job's workers (see dae.storage)
@@ -51,7 +49,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, training: 
     address = address or os.environ.get("RAY_ADDRESS") or "local"
     kwargs: dict = {"address": address, "log_to_driver": True}
     if address == "local":
-        kwargs.update(include_dashboard=dashboard, num_cpus=num_cpus)
+        kwargs.update(include_dashboard=False, num_cpus=num_cpus)
         if training:  # only Train runs the cleaner; the hook's runtime env slows every worker's start
             kwargs["runtime_env"] = {"worker_process_setup_hook": f"{__name__}.drop_pg_cleaner_noise"}
     ray.init(**kwargs)

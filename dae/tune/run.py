@@ -13,8 +13,11 @@ Rules:
   (a trial's train run is ``STORAGE/NAME/trials/NAME-TRIAL_ID``: the train stage resumes a reused run
   name). The settings that decide the trials (data, base, space, max epochs, ASHA, seed, metric) must
   stay; a rerun with other ones is refused naming them. The time budget, samples and resources may change.
-- A trial ASHA stops is killed with its train run; Ray Train's placement-group cleaner then frees the
-  run's CPUs, which needs the State API: a local Ray started here runs its dashboard.
+- A trial ASHA stops is killed with its train run, whose placement group (its CPUs) Ray Train's own
+  cleaner frees only through the State API: without a dashboard, or with two Ray instances on the
+  machine, the API fails, the CPUs stay reserved and the next trial waits forever (seen here;
+  ray-project/ray#54305). So when trials run one at a time, :func:`free_trial_resources` removes the
+  train runs' placement groups each time a trial ends.
 - One trial at a time per ``cpus_per_trial`` share of the cluster's CPUs (all of them by default): the
   trial's driver takes no CPU itself, its train worker and data tasks take the share.
 - Outputs next to Tune's: ``tune_results.md`` / ``.json`` (every trial: its values, epochs run, best
@@ -101,6 +104,31 @@ def trial(sampled: dict, cfg: TuneConfig, cpus: float) -> None:
     train_run(trial_config(cfg, sampled, tune.get_context().get_trial_id(), cpus), callbacks=(TuneReportCallback(),))
 
 
+def free_trial_resources(bundle: dict):
+    """A Tune callback that, each time a trial ends (finished, stopped by ASHA, failed), removes the
+    placement groups still held with the train worker's ``bundle``: the ended trial's train run's, as
+    trials run one at a time."""
+    import ray
+    from ray import tune
+    from ray._raylet import PlacementGroupID
+    from ray.util.placement_group import PlacementGroup, remove_placement_group
+
+    class FreeTrialResources(tune.Callback):
+        def _free(self):
+            for pg_id, info in ray.util.placement_group_table().items():
+                if info["state"] == "CREATED" and list(info["bundles"].values()) == [bundle]:
+                    log.info("tune: freeing placement group %s %s left by an ended trial", pg_id, bundle)
+                    remove_placement_group(PlacementGroup(PlacementGroupID(bytes.fromhex(pg_id))))
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self._free()
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self._free()
+
+    return FreeTrialResources()
+
+
 def _resume_check(cfg: TuneConfig, exp: str) -> bool:
     """Whether the experiment exists (and is the same one: else a one-line error naming what changed)."""
     path = storage.join(exp, "config.resolved.json")
@@ -125,11 +153,7 @@ def run(cfg: TuneConfig) -> dict:
     cfg = check_config(cfg)
     exp = storage.join(cfg.storage, cfg.name)
     resumed = _resume_check(cfg, exp)
-    # A local Ray runs its dashboard here: Ray Train's placement-group cleaner asks the State API whether
-    # a run's controller died, and a trial ASHA stops dies with its controller; without the API the
-    # run's placement group (its CPUs) is never freed and the next trial waits forever (seen here;
-    # ray-project/ray#54305). Clusters run the dashboard anyway.
-    init_ray(training=True, dashboard=True)
+    init_ray(training=True)
     total = float(ray.cluster_resources().get("CPU", 1))
     cpus = cfg.cpus_per_trial or total
     concurrent = max(1, int(total // cpus))
@@ -139,6 +163,8 @@ def run(cfg: TuneConfig) -> dict:
     # in a trial's bundle, so it asks for 1 MiB of memory.
     trainable = tune.with_resources(tune.with_parameters(trial, cfg=cfg, cpus=cpus), {"CPU": 0, "memory": 1 << 20})
     storage_path, storage_fs = storage.ray_storage(cfg.storage)
+    bundle = {"CPU": float(cpus), **({"GPU": float(cfg.gpus_per_trial)} if cfg.gpus_per_trial else {})}
+    callbacks = [free_trial_resources(bundle)] if concurrent == 1 else []
     if resumed and tune.Tuner.can_restore(exp, storage_filesystem=storage_fs):
         log.info("tune: resuming %s", exp)
         tuner = tune.Tuner.restore(exp, trainable, resume_unfinished=True, resume_errored=True,
@@ -152,7 +178,8 @@ def run(cfg: TuneConfig) -> dict:
                 search_alg=BasicVariantGenerator(random_state=cfg.seed, max_concurrent=concurrent),
                 scheduler=ASHAScheduler(time_attr="epoch", max_t=cfg.max_epochs, grace_period=cfg.grace_period,
                                         reduction_factor=cfg.reduction_factor)),
-            run_config=tune.RunConfig(name=cfg.name, storage_path=storage_path, storage_filesystem=storage_fs))
+            run_config=tune.RunConfig(name=cfg.name, storage_path=storage_path, storage_filesystem=storage_fs,
+                                      callbacks=callbacks))
     log.info("tune: %d trial(s) of %s, %d at a time (%g CPU each), ASHA on %s over %d epochs", cfg.num_samples,
              ", ".join(cfg.space), concurrent, cpus, cfg.metric, cfg.max_epochs)
     results = tuner.fit()
