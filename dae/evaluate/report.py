@@ -124,7 +124,9 @@ def write_report(cfg: EvaluateConfig, command: str, *, sel: Selection, specs: li
                     "weights": m["weights"], "ensemble": m["ensemble"]}
                    for m in methods.models],
         "model_actors": ({"actors": plan["max_actors"], "gpu": plan["device"] == "cuda",
-                          "cpus_per_actor": plan["actor_cpus"]} if plan else {}),
+                          "cpus_per_actor": plan["actor_cpus"],
+                          # what the models ran in (auto resolved where the actors run): the scores' precision
+                          "precision": cfg.inference_spec().placed(plan["device"]).precision} if plan else {}),
         "same_input": scores.same_input,
         "picture_same_input": pictures["picture_same_input"],
         "results": scores.results,

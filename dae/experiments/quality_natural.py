@@ -244,7 +244,9 @@ def run(cfg: QualityNaturalConfig) -> dict:
     storage.write_bytes(storage.join(cfg.out, "quality_natural.md"), md.encode())
     for name in cfg.ship:
         kind = cfg.train[name]["kind"]
-        result.setdefault("shipped", {})[name] = ship(cfg, name, trained[name], table, [
-            s for s, k in sets_of(cfg).items() if k == kind], first_stage=trained.get(cfg.train[name].get("init")))
+        sets = [s for s, k in sets_of(cfg).items() if k == kind]
+        result.setdefault("shipped", {})[name] = ship(
+            cfg, name, trained[name], table, sets, first_stage=trained.get(cfg.train[name].get("init")),
+            precision=reports[sets[0]].get("model_actors", {}).get("precision", "fp32"))
     storage.write_json(storage.join(cfg.out, "quality_natural.json"), result)
     return result

@@ -44,14 +44,14 @@ def _training_lines(trained: dict, mcfg: dict, kind: str, sets: list[str], first
     ]
 
 
-def _score_lines(name: str, run: str, table: dict, levels: list, ensemble: tuple) -> list[str]:
+def _score_lines(name: str, run: str, table: dict, levels: list, ensemble: tuple, precision: str) -> list[str]:
     """The card's score table: the noisy input, the model (and its self-ensembles), published rows."""
     def scores(method):
         return [table[s].get(lv, {}).get(method, {}).get("psnr") for s, lv, _ in levels]
 
     return [
-        "- **Scores**: mean PSNR (dB) over each set, the true sigma given "
-        f"(`python -m jobs.quality_natural --ship {name}` wrote this card):",
+        f"- **Scores**: mean PSNR (dB) over each set, the true sigma given, the model run in {precision} "
+        f"(`--precision {precision}`; `python -m jobs.quality_natural --ship {name}` wrote this card):",
         "",
         "| | " + " | ".join(f"{s} σ{sig}" for s, _, sig in levels) + " |",
         "|---|" + "---|" * len(levels),
@@ -65,18 +65,21 @@ def _score_lines(name: str, run: str, table: dict, levels: list, ensemble: tuple
     ]
 
 
-def ship(cfg, name: str, trained: dict, table: dict, sets: list[str], first_stage: dict | None = None) -> str:
+def ship(cfg, name: str, trained: dict, table: dict, sets: list[str], first_stage: dict | None = None,
+         precision: str = "fp32") -> str:
     """models/NAME from a trained run's final model (re-saved: config + safetensors only) and its
     model card: data, noise, the training command, the training time and its scores in the table.
     ``cfg``: the QualityNaturalConfig that trained it. ``first_stage``: the trained recipe it was
-    fine-tuned from, whose command the card gives too."""
+    fine-tuned from, whose command the card gives too. ``precision``: what the scores were computed in
+    (the evaluate reports' model actors; bf16 and fp32 differ by about 0.01 dB)."""
     from dae.checkpoint import MODELS_ROOT, load_model, save_model
 
     model, mcfg = load_model(trained["model_dir"])
     dest = os.path.join(MODELS_ROOT, name)
     run = os.path.basename(os.path.dirname(trained["model_dir"].rstrip("/")))  # the method's name in the table
     scores = {s: {lv: row.get(run, {}).get("psnr") for lv, row in table[s].items()} for s in sets}
-    save_model(model, dest, noise=mcfg.get("noise"), epoch=mcfg.get("epoch"), scores=scores)
+    save_model(model, dest, noise=mcfg.get("noise"), epoch=mcfg.get("epoch"), scores=scores,
+               scores_precision=precision)
     kind = cfg.train[name]["kind"]
     levels = [(s, f"awgn:{sig:g}", int(sig)) for s in sets for sig in cfg.sigmas]
     card = "\n".join([
@@ -92,7 +95,7 @@ def ship(cfg, name: str, trained: dict, table: dict, sets: list[str], first_stag
         f"    python -m jobs.denoise --input PHOTOS --model pretrained:{name} --sigma 25 --output OUT  # sigma given",
         "",
         *_training_lines(trained, mcfg, kind, sets, first_stage),
-        *_score_lines(name, run, table, levels, cfg.ensemble),
+        *_score_lines(name, run, table, levels, cfg.ensemble, precision),
         "",
         "Weights load with safetensors only (`dae.checkpoint.load_model`), never pickle.",
         "",

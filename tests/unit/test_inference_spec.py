@@ -15,9 +15,9 @@ from dae.checkpoint import load_config, load_model, save_model
 from dae.denoise import DenoiseConfig, manifest
 from dae.evaluate import EvaluateConfig, ModelScorer, plan_model_actors, score_images
 from dae.inference_spec import HELP, InferenceSpec
-from dae.precision import resolve
 from dae.models import create_model
 from dae.noise import add_noise_batch
+from dae.precision import resolve
 from helpers import camera_crops, run_job
 
 FORWARD = ("tile", "tile_overlap", "forward_batch", "forward_pixels", "deterministic", "precision")

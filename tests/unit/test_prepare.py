@@ -234,7 +234,8 @@ def test_command_line_spells_bools_and_leaves_defaults_out():
 
     cmd = command_line("jobs.prepare", PrepareConfig(source="mnist5k", out="o", overwrite=True, name="-x"))
     assert cmd == "python -m jobs.prepare --source mnist5k --out o --name=-x --overwrite"
-    assert command_line("jobs.denoise", DenoiseConfig(deterministic=False)) == "python -m jobs.denoise --no-deterministic"
+    no_det = command_line("jobs.denoise", DenoiseConfig(deterministic=False))
+    assert no_det == "python -m jobs.denoise --no-deterministic"
     assert "--deterministic --" in command_line("jobs.denoise", DenoiseConfig(), full=True)
     assert "--limit" not in command_line("jobs.prepare", PrepareConfig(), full=True)  # None: the flag's absence
 

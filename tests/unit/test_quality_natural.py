@@ -73,12 +73,14 @@ def test_ship_writes_a_weights_only_model_dir_with_its_card(tmp_path, monkeypatc
                                train={"gray-blind": TRAIN["gray-blind"]})
     table = {"BSD68": {"awgn:25": {"noisy": {"psnr": 20.17}, "gray-blind": {"psnr": 28.8}}}}
     trained = {"model_dir": str(run), "seconds": 1500.0, "command": "python -m jobs.train --model cunet"}
-    dest = ship(cfg, "gray-blind", trained, table, ["BSD68"])
+    dest = ship(cfg, "gray-blind", trained, table, ["BSD68"], precision="bf16")
     assert sorted(p.name for p in (tmp_path / "models" / "gray-blind").iterdir()) == [
         "README.md", "config.json", "model.safetensors"]
     model, mcfg = checkpoint.load_model("pretrained:gray-blind")  # by name, from the patched models/
     assert model.conditioned and mcfg["scores"] == {"BSD68": {"awgn:25": 28.8}} and "data" not in mcfg
+    assert mcfg["scores_precision"] == "bf16"  # the scores say what they were computed in
     card = open(f"{dest}/README.md").read()
+    assert "the true sigma given, the model run in bf16 (`--precision bf16`;" in card
     assert "| **gray-blind** | 28.80 |" in card and "| noisy input | 20.17 |" in card
     assert "| DnCNN (published) | 29.23 |" in card and "python -m jobs.train --model cunet" in card
     assert "Train400" in card and "1500 s on 2 CPU cores, 30 epochs, the last epoch's weights:" in card

@@ -6,7 +6,7 @@ with ``dae.shards.ShardWriter`` into ``--work`` (a temp dir, removed at the end 
 
   1. versions: Python, torch, CUDA, cuDNN, Ray, pyarrow, the GPU's name (torch and nvidia-smi);
   2. train: ``dae.train.run(TrainConfig(...))`` trains the U-Net (width 32) with 1 GPU worker for 2
-     epochs (bf16 autocast: the train stage turns it on by itself on a CUDA device) on 50,000 28x28
+     epochs (--precision auto: bf16 autocast + channels_last on a CUDA device, dae.precision) on 50,000 28x28
      RGB images; the same model, data, noise, batch, Adam + one-cycle and bf16 in a plain PyTorch
      loop in this process. Target: the job's steady (last) epoch >= 0.9x the plain loop's images/s
      (both timed the same way: the epoch's training loop, validation and checkpoints excluded);
@@ -22,7 +22,8 @@ with ``dae.shards.ShardWriter`` into ``--work`` (a temp dir, removed at the end 
   4. agreement: denoise outputs with 1 and 2 GPU actors (0.5 GPU each) within one 8-bit level
      (``read_outputs`` tables, ``denoised`` PNGs decoded, on a subset of each set); tiled vs whole-image
      inference (``dae.inference.denoise_images``, tile 96 / overlap 24 vs one huge tile) within the
-     tolerances of tests/unit/test_denoise.py (max < 0.01, mean < 2e-4), in fp32 and in bf16.
+     tolerances of tests/unit/test_denoise.py (max < 0.01, mean < 2e-4), in fp32 and in bf16
+     (bf16 on a CPU too where it has AMX-BF16/AVX512-BF16).
 
 Output: the figures on stdout and in ``OUT/gpu_check.json`` (written after every step, so a run cut
 short still leaves what it measured); ``"skipped"`` lists what did not run and why. ``--device cpu

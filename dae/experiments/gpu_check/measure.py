@@ -53,7 +53,7 @@ def train_job(root: str, work: str, sz: dict, device: str) -> dict:
 def plain_train(root: str, sz: dict, device: str, threads: int) -> dict:
     """The train stage's loop without Ray, in this process (:func:`dae.experiments.reference.plain_train`):
     same rows in the same order (rank 0 of 1, permutation from (seed, epoch, 0)), same noise, model init,
-    Adam + one-cycle, bf16 autocast on GPU, float32 MSE, and the same timing (the epoch's loop, no
+    Adam + one-cycle, bf16 autocast where native (dae.precision), float32 MSE, and the same timing (the epoch's loop, no
     validation; no CUDA sync, as the job)."""
     r = reference.plain_train(root, "unet", {"width": sz["width"]}, noise=NOISE, epochs=sz["epochs"],
                               batch_size=sz["batch_size"], lr=LR, seed=SEED, val_seed=VAL_SEED,
@@ -79,7 +79,7 @@ def denoise_config(device: str, actors: int, **paths) -> DenoiseConfig:
 
 
 def forward_spec(cfg: DenoiseConfig, device: str) -> InferenceSpec:
-    """The stage's forward settings (tile, forward batch and pixels, determinism, bf16, ensemble) on
+    """The stage's forward settings (tile, forward batch and pixels, determinism, precision, ensemble) on
     the check's device: the plain script and the in-process CPU stages run the model as the job does."""
     return cfg.inference_spec().placed(device)
 
@@ -174,12 +174,12 @@ def compare(a: dict[str, bytes], b: dict[str, bytes], expect: int) -> dict:
             "agree": len(common) == expect and worst <= 1}
 
 
-def tile_check(model, device: str, img: np.ndarray, bf16: bool) -> dict:
-    whole = inference.denoise_images(model, [img], InferenceSpec(device=device, tile=1 << 20, bf16=bf16))[0]
+def tile_check(model, device: str, img: np.ndarray, precision: str) -> dict:
+    whole = inference.denoise_images(model, [img], InferenceSpec(device=device, tile=1 << 20, precision=precision))[0]
     tiled = inference.denoise_images(model, [img], InferenceSpec(device=device, tile=TILE, tile_overlap=TILE_OVERLAP,
-                                                                 bf16=bf16))[0]
+                                                                 precision=precision))[0]
     d = np.abs(tiled - whole)
     return {"image": list(img.shape), "tile": TILE, "overlap": TILE_OVERLAP, "max_abs": float(d.max()),
             "mean_abs": float(d.mean()), "agree": bool(d.max() < TILE_MAX and d.mean() < TILE_MEAN),
             # "fp32" convolutions on a GPU run in TF32 when cuDNN allows it (torch's default): say which
-            "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32 if device == "cuda" and not bf16 else None}
+            "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32 if device == "cuda" and precision == "fp32" else None}
