@@ -87,7 +87,7 @@ def test_workers_that_cannot_fit_fail_fast(ray_session):
 def test_two_workers_train_and_checkpoint_reloads(ray_session, shards_root, tmp_path):
     import torch
 
-    from dae import metrics
+    from dae import metrics, precision
     from dae.checkpoint import load_model
     from dae.experiments.reference import load_split, nchw
     from dae.noise import add_noise_batch
@@ -110,8 +110,9 @@ def test_two_workers_train_and_checkpoint_reloads(ray_session, shards_root, tmp_
     assert cfg["noise"] == "gaussian:0.5" and cfg["epoch"] == res["best_epoch"]
     clean, ids = load_split(shards_root, "test")
     noisy = add_noise_batch(clean, ids, "gaussian:0.5", 1234, 0)  # the job's fixed validation noise
-    with torch.no_grad():
-        out = model(nchw(noisy)).clamp(0, 1)
+    arith = last["precision"]  # validation ran the model in the run's precision (bf16 where native)
+    with torch.no_grad(), precision.autocast(arith, "cpu"):
+        out = precision.prepare_model(model)(precision.to_channels_last(nchw(noisy))).float().clamp(0, 1)
     psnr = float(metrics.psnr(out, nchw(clean)).mean())
     noisy_psnr = float(metrics.psnr(nchw(noisy), nchw(clean)).mean())
     assert psnr == pytest.approx(res["best"]["val_psnr"], abs=1e-3)

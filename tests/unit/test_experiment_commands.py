@@ -126,10 +126,11 @@ def test_the_readme_and_the_docstrings_commands_parse():
 # added the precision and compile runs and the color-blind set to the defaults).
 BEFORE = {
     "bench_train": {"data": "/tmp/dae-fashion-shards", "images": 20000, "val_images": 1000, "model": "conv28k",
-                    "noise": "gaussian:0.5", "batch_size": 128, "epochs": 2, "runs": "plain,job1,job2,precision,compile",
-                    "data_mode": "auto", "work": "/tmp/dae-bench", "worker_niceness": 0},
-    "bench_denoise": {"sets": "fashion,photos,color-blind", "fashion_n": 70_000, "photos_n": 1_728, "work": "bench_out/denoise",
-                      "noise": "", "job_args": "", "skip": "", "cluster": False},
+                    "noise": "gaussian:0.5", "batch_size": 128, "epochs": 2,
+                    "runs": "plain,job1,job2,precision,compile", "data_mode": "auto", "work": "/tmp/dae-bench",
+                    "worker_niceness": 0},
+    "bench_denoise": {"sets": "fashion,photos,color-blind", "fashion_n": 70_000, "photos_n": 1_728,
+                      "work": "bench_out/denoise", "noise": "", "job_args": "", "skip": "", "cluster": False},
     "quality_train": {"data": "/tmp/dae-fashion-shards", "model": "conv28k", "noise": "gaussian:0.5",
                       "epochs": 10, "batch_size": 128, "lr": 2e-3, "seed": 0, "runs": "plain,job1,job2",
                       "out": "/tmp/dae-quality"},
