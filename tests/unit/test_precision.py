@@ -120,3 +120,20 @@ def test_the_train_step_runs_the_model_in_the_precision_with_float32_outputs():
     assert 0 < float((out32 - out16).detach().abs().max()) < 0.05
     out16.mean().backward()  # gradients reach the float32 weights
     assert model.inner.body.stem.weight.grad.dtype == torch.float32
+
+
+def test_the_benchmark_counts_flops_once_and_reports_each_variant_against_its_peak(fake_cpu):
+    from dae.experiments.bench.compute import count_flops, forward_figures, peaks, report_lines, step_figures
+
+    fake_cpu("avx512f amx_bf16")
+    assert peaks(2)["bf16_gflops"] == 32 * peaks(2)["fp32_gflops"]  # AMX: 2,048 vs 64 FLOP per cycle
+    model = create_model("cunet", channels=1, width=4)
+    fwd = forward_figures(model, (16, 24), channels=1, seconds=0.01, compile=False)
+    step = step_figures(model, batch=2, crop=16, channels=1, seconds=0.01, compile=False)
+    for figs in (fwd, step):
+        assert figs["flops"] > 0 and set(figs) == {"flops", "fp32_nchw", "fp32", "bf16"}
+        assert all(figs[v]["per_s"] > 0 and figs[v]["gflops"] > 0 for v in ("fp32_nchw", "fp32", "bf16"))
+    forward_of_the_batch = count_flops(lambda: model(torch.rand(2, 1, 16, 16), torch.full((2,), 0.1)))
+    assert 2.5 < step["flops"] / forward_of_the_batch < 3.5  # a step: forward + backward (about 2x the forward)
+    lines = report_lines(fwd, "photos", "photo")
+    assert len(lines) == 4 and "% of peak" in lines[1] and "(AMX)" in lines[0]

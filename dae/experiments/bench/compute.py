@@ -1,9 +1,9 @@
 """How close to the silicon the model runs: FLOPs counted once, achieved GFLOP/s against the machine's
 peaks, and torch.compile against eager mode, for the train step and the forward pass of a photo.
 
-    from dae.experiments.bench.compute import forward_figures, step_figures, peaks
-    print(peaks())                                   # {"cores", "ghz", "fp32_gflops", "bf16_gflops", ...}
-    forward_figures(model, (321, 481), channels=3)   # photos/s and GFLOP/s, fp32 and bf16, eager/compiled
+    from dae.experiments.bench.compute import forward_figures, report_lines, step_figures
+    figs = forward_figures(model, (321, 481), channels=3)   # photos/s and GFLOP/s per variant
+    print("\n".join(report_lines(figs, "photos", "photo")))
 
 Single process, the torch threads it is given (all CPUs by default), nothing else running: these are the
 ceilings the jobs are held against, not job figures.
@@ -86,46 +86,74 @@ def _train_step(fwd, opt, x, target, sigma, arith: str):
     return step
 
 
+# (name, arithmetic, channels_last, torch.compile): fp32 NCHW is what every CPU ran before issue 28.
+VARIANTS = (("fp32_nchw", "fp32", False, False), ("fp32", "fp32", True, False), ("bf16", "bf16", True, False),
+            ("bf16_compiled", "bf16", True, True))
+
+
+def _variants(model: torch.nn.Module, compile: bool):
+    """(name, arithmetic, channels_last, the model to call) for each of :data:`VARIANTS`."""
+    for name, arith, cl, compiled in VARIANTS:
+        if compiled and not compile:
+            continue
+        m = precision.prepare_model(model) if cl else model.to(memory_format=torch.contiguous_format)
+        yield name, arith, cl, m, (torch.compile(m) if compiled else m)
+
+
+def _figure(flops: float, items: int, first: float, per: float) -> dict:
+    return {"per_s": items / per, "gflops": flops / per / 1e9, "first_s": first}
+
+
 def forward_figures(model: torch.nn.Module, size: tuple[int, int], channels: int = 3, seconds: float = 5.0,
                     compile: bool = True) -> dict:
-    """One (1, C, H, W) image through ``model`` (eval, sigma 25/255): FLOPs, then per arithmetic
-    (fp32 NCHW as before issue 28, fp32 and bf16 channels_last, bf16 compiled) images/s and GFLOP/s."""
+    """One (1, C, H, W) image through ``model`` (eval, sigma 25/255): FLOPs, then per variant
+    (:data:`VARIANTS`) images/s (``per_s``), GFLOP/s and the first call's seconds."""
     model = model.eval()
     x = torch.rand(1, channels, *size)
     s = torch.full((1,), 25 / 255)
     flops = count_flops(lambda: model(x, s))
     out = {"flops": flops}
-    runs = [("fp32_nchw", "fp32", False, False), ("fp32", "fp32", True, False), ("bf16", "bf16", True, False)]
-    if compile:
-        runs.append(("bf16_compiled", "bf16", True, True))
-    for name, arith, cl, compiled in runs:
-        m = precision.prepare_model(model) if cl else model.to(memory_format=torch.contiguous_format)
+    for name, arith, cl, _, fwd in _variants(model, compile):
         xi = precision.to_channels_last(x) if cl else x.contiguous()
-        first, per = _timed(_forward_call(torch.compile(m) if compiled else m, xi, s, arith), seconds)
-        out[name] = {"images_per_s": 1 / per, "gflops": flops / per / 1e9, "first_call_s": first}
+        out[name] = _figure(flops, 1, *_timed(_forward_call(fwd, xi, s, arith), seconds))
     return out
 
 
 def step_figures(model: torch.nn.Module, batch: int = 32, crop: int = 64, channels: int = 3,
                  seconds: float = 10.0, compile: bool = True) -> dict:
-    """Training steps (Adam, MSE against the clean crop) on ``batch`` crops: crops/s per arithmetic
-    (fp32 NCHW, fp32 and bf16 channels_last, bf16 compiled), and the compile's first-step time."""
+    """Training steps (Adam, MSE against the clean crop) on ``batch`` crops: FLOPs (forward and
+    backward), then per variant (:data:`VARIANTS`) crops/s (``per_s``), GFLOP/s and the first step's seconds."""
     clean = torch.rand(batch, channels, crop, crop)
     sigma = torch.rand(batch) * 55 / 255
     noisy = clean + sigma.view(-1, 1, 1, 1) * torch.randn_like(clean)
     flops = count_flops(lambda: model(noisy, sigma).float().mean().backward())
     out = {"flops": flops}
-    runs = [("fp32_nchw", "fp32", False, False), ("fp32", "fp32", True, False), ("bf16", "bf16", True, False)]
-    if compile:
-        runs.append(("bf16_compiled", "bf16", True, True))
-    for name, arith, cl, compiled in runs:
-        m = precision.prepare_model(model) if cl else model.to(memory_format=torch.contiguous_format)
-        m.train()
+    for name, arith, cl, m, fwd in _variants(model.train(), compile):
         opt = torch.optim.Adam(m.parameters(), lr=1e-4)
         xi, yi = (precision.to_channels_last(noisy), precision.to_channels_last(clean)) if cl else (noisy, clean)
-        first, per = _timed(_train_step(torch.compile(m) if compiled else m, opt, xi, yi, sigma, arith), seconds)
-        out[name] = {"crops_per_s": batch / per, "gflops": flops / per / 1e9, "first_step_s": first}
+        out[name] = _figure(flops, batch, *_timed(_train_step(fwd, opt, xi, yi, sigma, arith), seconds))
     return out
+
+
+def report_lines(figs: dict, unit: str, call: str, items: int = 1) -> list[str]:
+    """Lines of :func:`forward_figures` / :func:`step_figures` figures: ``unit``/s, GFLOP/s and the
+    share of the machine's peak for the variant's arithmetic, and whether torch.compile pays for itself
+    (``call``: what one call is, e.g. "step"; ``items``: units per call)."""
+    pk = peaks()
+    lines = [f"{figs['flops'] / 1e9:.1f} GFLOP per {call}; peaks of {pk['cores']} cores at {pk['ghz']:.1f} GHz: "
+             f"fp32 {pk['fp32_gflops']:.0f}, bf16 {pk['bf16_gflops']:.0f} GFLOP/s ({pk['bf16_unit']})"]
+    for name, arith, _, _ in VARIANTS:
+        if name in figs:
+            r = figs[name]
+            peak = pk["bf16_gflops"] if arith == "bf16" else pk["fp32_gflops"]
+            lines.append(f"  {name:14s}: {r['per_s']:7.2f} {unit}/s, {r['gflops']:6.0f} GFLOP/s = "
+                         f"{100 * r['gflops'] / peak:4.1f}% of peak; first {call} {r['first_s']:.1f}s")
+    if "bf16_compiled" in figs:
+        e, k = figs["bf16"], figs["bf16_compiled"]
+        n = pays_after(items / e["per_s"], items / k["per_s"], k["first_s"])
+        lines.append(f"  torch.compile pays for its compile time after {n:.0f} {call}s" if n != float("inf") else
+                     f"  torch.compile: no faster per {call} than eager; not adopted")
+    return lines
 
 
 def pays_after(eager_s: float, compiled_s: float, compile_s: float) -> float:

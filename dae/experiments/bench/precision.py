@@ -27,7 +27,7 @@ from dae.checkpoint import load_model, model_dir
 from dae.inference_spec import InferenceSpec
 
 from ..reference import plain_denoise
-from .compute import forward_figures, pays_after, peaks
+from .compute import forward_figures, peaks, report_lines
 from .jobproc import job_env, report_job, run_job
 
 PARTS = ("fp32", "default", "nobf16", "plain", "flops")
@@ -91,18 +91,5 @@ def report(res: dict) -> None:
               f"{n['images_per_s'] / fp32['images_per_s']:.2f}x the fp32 job; mean PSNR "
               f"{n['mean_psnr'] - fp32['mean_psnr']:+.4f} dB")
     if "flops" in res:
-        f, pk = res["flops"], res["peaks"]
-        print(f"  forward pass: {f['flops'] / 1e9:.1f} GFLOP per photo; peaks of {pk['cores']} cores at "
-              f"{pk['ghz']:.1f} GHz: fp32 {pk['fp32_gflops']:.0f}, bf16 {pk['bf16_gflops']:.0f} GFLOP/s "
-              f"({pk['bf16_unit']})")
-        for name in ("fp32_nchw", "fp32", "bf16", "bf16_compiled"):
-            if name in f:
-                r = f[name]
-                peak = pk["bf16_gflops"] if name.startswith("bf16") else pk["fp32_gflops"]
-                print(f"    {name:14s}: {r['images_per_s']:6.2f} photos/s, {r['gflops']:6.0f} GFLOP/s = "
-                      f"{100 * r['gflops'] / peak:4.1f}% of peak; first call {r['first_call_s']:.1f}s")
-        if "bf16_compiled" in f:
-            e, k = f["bf16"], f["bf16_compiled"]
-            n = pays_after(1 / e["images_per_s"], 1 / k["images_per_s"], k["first_call_s"])
-            print(f"    torch.compile pays for itself after {n:.0f} photos per actor" if n != float("inf") else
-                  "    torch.compile: no faster per photo than eager; not adopted")
+        lines = report_lines(res["flops"], "photos", "photo")
+        print("  forward pass of one photo in this process: " + "\n  ".join(lines))

@@ -13,7 +13,7 @@ from dae.train import MODES, TrainConfig, format_summary, run as train_run
 
 from ..natural import prepare_set
 from ..reference import fashion_shards, plain_train
-from .compute import pays_after, peaks, step_figures
+from .compute import report_lines, step_figures
 
 
 @dataclass(frozen=True)
@@ -127,22 +127,9 @@ def report_silicon(results: dict) -> None:
                   f"val PSNR {r['val_psnr']:.3f} dB")
         print(f"  default / fp32: {auto['crops_per_s'][-1] / fp32['crops_per_s'][-1]:.2f}x crops/s (last epoch), "
               f"val PSNR {auto['val_psnr'] - fp32['val_psnr']:+.3f} dB")
-    c = results.get("compile")
-    if c:
-        pk = peaks()
-        print(f"\ntrain step in one process ({c['flops'] / 1e9:.1f} GFLOP per step of 32 crops; peaks of "
-              f"{pk['cores']} cores at {pk['ghz']:.1f} GHz: fp32 {pk['fp32_gflops']:.0f}, bf16 "
-              f"{pk['bf16_gflops']:.0f} GFLOP/s via {pk['bf16_unit']}):")
-        for name in ("fp32_nchw", "fp32", "bf16", "bf16_compiled"):
-            if name in c:
-                r = c[name]
-                print(f"  {name:14s}: {r['crops_per_s']:6.0f} crops/s, {r['gflops']:6.0f} GFLOP/s, first step "
-                      f"{r['first_step_s']:.1f}s")
-        if "bf16_compiled" in c:
-            e, k = c["bf16"], c["bf16_compiled"]
-            n = pays_after(32 / e["crops_per_s"], 32 / k["crops_per_s"], k["first_step_s"])
-            print(f"  torch.compile pays for itself after {n:.0f} steps" if n != float("inf") else
-                  "  torch.compile: no faster per step than eager; not adopted")
+    if results.get("compile"):
+        print("\ntrain steps in one process (32 crops of 64x64 RGB): " +
+              "\n".join(report_lines(results["compile"], "crops", "step", items=32)))
 
 
 def report(cfg: BenchTrainConfig, results: dict) -> None:
