@@ -7,8 +7,8 @@ r"""Find a training recipe with Ray Tune: ASHA early stopping on validation PSNR
 Every field of :class:`dae.tune.TuneConfig` is a flag; ``--config`` takes a tune preset from jobs/presets/
 (``tune-*``: base settings and a search space). Each trial is a train run of ``--max-epochs`` epochs
 that ASHA may stop at its rungs. Rerunning with the same ``--name`` and ``--storage`` resumes the
-experiment (finished trials kept, the others continue from their checkpoints; a larger
-``--time-budget-s`` or ``--num-samples`` runs more).
+experiment as it was started (finished trials kept, unfinished and errored ones continue from their
+train runs' checkpoints); to search more, start a new ``--name``.
 
 Outputs in STORAGE/NAME: tune_results.md / .json (every trial, best first), tune.png (val PSNR per
 epoch and trial), best.yaml (a train preset: ``python -m jobs.train --config STORAGE/NAME/best.yaml

@@ -12,7 +12,8 @@ Rules:
   trials are kept, unfinished and errored ones continue, each from its train run's latest checkpoint
   (a trial's train run is ``STORAGE/NAME/trials/NAME-TRIAL_ID``: the train stage resumes a reused run
   name). The settings that decide the trials (data, base, space, max epochs, ASHA, seed, metric) must
-  stay; a rerun with other ones is refused naming them. The time budget, samples and resources may change.
+  stay; a rerun with other ones is refused naming them. A resumed experiment keeps the samples and time
+  budget it was started with (Tune restores its own config).
 - A trial ASHA stops is killed with its train run, whose placement group (its CPUs) Ray Train's own
   cleaner frees only through the State API: without a dashboard, or with two Ray instances on the
   machine, the API fails, the CPUs stay reserved and the next trial waits forever (seen here;
@@ -59,7 +60,7 @@ class TuneConfig:
     grace_period: int = field(default=2, metadata={"help": "epochs every trial runs before ASHA may stop it"})
     reduction_factor: int = field(default=3, metadata={"help": "ASHA keeps the best 1/N at each rung"})
     time_budget_s: float = field(default=0.0, metadata={
-        "help": "stop the experiment after this many seconds (0: none); a rerun continues it"})
+        "help": "stop the experiment after this many seconds (0: none)"})
     cpus_per_trial: float = field(default=0.0, metadata={"help": "CPUs of each trial's train worker (0: all)"})
     gpus_per_trial: float = field(default=0.0, metadata={"help": "GPUs of each trial's train worker"})
     seed: int = field(default=0, metadata={"help": "seed of the sampler (the trials' values)"})
