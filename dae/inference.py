@@ -60,7 +60,8 @@ from .shards import (
 
 __all__ = [  # the batch stages, and what dae.inference has always offered from the modules it uses
     "CLEAN", "DENOISED", "DEPTH", "DIHEDRAL", "ENSEMBLES", "ERROR", "ERROR_STAGE", "FORWARD_PIXELS", "INPUT",
-    "InferenceSpec", "METRIC_COLUMNS", "PATH", "SIGMA", "Denoiser", "channel_mismatch_message", "check_ensemble",
+    "InferenceSpec", "METRIC_COLUMNS", "PATH", "PRETRAINED_BY_CHANNELS", "SIGMA", "Denoiser", "channel_fix",
+    "channel_mismatch_message", "check_ensemble",
     "check_header", "chunk_size", "convert_channels", "denoise_images", "dihedral", "export_name", "finish_batch",
     "image_sigmas", "is_conditioned", "pick_device", "plan_actors", "prepare_batch", "quantize", "ramp",
     "tile_starts"]
@@ -107,10 +108,23 @@ def convert_channels(x: np.ndarray, channels: int) -> np.ndarray:
     raise ValueError(f"cannot convert {c} channels to {channels}")
 
 
+# The shipped model for images of each channel count (``--model pretrained:auto`` picks by it).
+PRETRAINED_BY_CHANNELS = {1: "gray-blind", 3: "color-blind"}
+
+
+def channel_fix(image_channels: int, model_channels: int) -> str:
+    """What to do about images of ``image_channels`` and a model of ``model_channels``: the model that
+    fits them first (a user with RGB photos and a gray model wants the color model, not gray photos)."""
+    name = PRETRAINED_BY_CHANNELS.get(int(image_channels))
+    fits = (f"use --model pretrained:{name} (or pretrained:auto, which picks by each image's channels)"
+            if name else f"use a model trained on {image_channels}-channel images")
+    return (f"{image_channels}-channel images with a {model_channels}-channel model: {fits}, or pass "
+            f"--convert-channels to convert (RGB->gray by BT.601 luma, gray->RGB by replication)")
+
+
 def channel_mismatch_message(image_channels: int, model_channels: int) -> str:
     return (f"image has {image_channels} channel(s) but the model was trained on {model_channels}; "
-            f"pass --convert-channels to convert (RGB->gray by BT.601 luma, gray->RGB by replication) "
-            f"or use a model trained on {image_channels}-channel images")
+            + channel_fix(image_channels, model_channels))
 
 
 SHAPE_COLUMNS = ("height", "width", "channels")

@@ -69,7 +69,7 @@ def listed(out: str, m: dict) -> set[str]:
 
 
 def commit(out: str, stem: str, rel: str, p: Pending, fingerprint: str, generation: str, identity: dict,
-           check_lease: Callable[[], None] | None = None) -> dict:
+           check_lease: Callable[[], None] | None = None, extra: dict | None = None) -> dict:
     """Commit a complete input: check that every part it lists exists, write its marker (replacing
     an older one in one atomic write), and only then delete the files of that input that the marker
     does not list (an earlier attempt's orphans, a temporary, or the parts the old marker listed).
@@ -78,7 +78,7 @@ def commit(out: str, stem: str, rel: str, p: Pending, fingerprint: str, generati
               "rows_failed": p.rows_failed, "data": sorted(p.data), "errors": sorted(p.errors),
               "metric_sums_e9": p.sums, "metric_counts": p.counts, "writers": p.writers, "fingerprint": fingerprint,
               "generation": generation, "identity": identity,
-              "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+              "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **(extra or {})}
     keep = listed(out, marker)
     present = set(all_files(data_dir(out, stem))) | set(all_files(errors_dir(out, stem)))
     missing = sorted(keep - present)
@@ -102,7 +102,8 @@ def retire(out: str, stem: str) -> None:
     step("retire:before-marker")
     storage.delete(marker_path(out, stem))
     step("retire:after-marker")
-    unexport(out, stem)
+    for kind in EXPORT_KINDS:
+        unexport(out, stem, kind=kind)
     step("retire:after-export")
     storage.delete(data_dir(out, stem))
     storage.delete(errors_dir(out, stem))
@@ -122,10 +123,11 @@ def collect_garbage(out: str, markers: dict[str, dict], present: set[str]) -> di
             step("garbage:marker")
             storage.delete(marker_path(out, st))
             n["markers"] += 1
-    for st in _names(storage.join(out, "_exported"), ".json"):
-        if st not in markers:
-            unexport(out, st)
-            n["exports"] += 1
+    for kind in EXPORT_KINDS:
+        for st in _names(storage.join(out, kind), ".json"):
+            if st not in markers:
+                unexport(out, st, kind=kind)
+                n["exports"] += 1
     for f in sorted(present - keep):
         step("garbage:part")
         storage.delete(f)
@@ -133,16 +135,19 @@ def collect_garbage(out: str, markers: dict[str, dict], present: set[str]) -> di
     return n
 
 
-# ---------------------------------------------------------------- exported images (--export-png)
+# ---------------------------------------------------------------- exported images (--export-png, --export)
+
+# The folders of export markers: --export-png's (flat names) and --export's (input paths)
+EXPORT_KINDS = ("_exported", "_export")
 
 
-def export_marker_path(out: str, stem: str) -> str:
-    return storage.join(out, "_exported", f"{stem}.json")
+def export_marker_path(out: str, stem: str, kind: str = "_exported") -> str:
+    return storage.join(out, kind, f"{stem}.json")
 
 
-def unexport(out: str, stem: str, keep: set[str] = frozenset()) -> None:
+def unexport(out: str, stem: str, keep: set[str] = frozenset(), kind: str = "_exported") -> None:
     """Delete the images an input's export marker lists (except ``keep``), then the marker."""
-    p = export_marker_path(out, stem)
+    p = export_marker_path(out, stem, kind)
     if not storage.exists(p):
         return
     m = storage.read_json(p)

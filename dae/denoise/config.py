@@ -13,6 +13,7 @@ import functools
 from dataclasses import dataclass, field
 
 from .. import shards
+from ..images import EXPORT_FORMATS
 from ..inference_spec import InferenceSpec, flag
 from ..noise import NoiseSpec
 from ..precision import PRECISIONS
@@ -22,9 +23,12 @@ DEVICES = ("auto", "cpu", "cuda")
 
 @dataclass(frozen=True)
 class DenoiseConfig:
-    input: str = field(default="", metadata={"help": "shard directory, single .parquet file, or URI"})
-    model: str = field(default="", metadata={"help": "model directory (dae.checkpoint.save_model), or "
-                                                     "pretrained:NAME (shipped: see models/)"})
+    input: str = field(default="", metadata={"help": "shard directory, single .parquet file, or URI; or a folder, "
+                                                     "glob ('photos/**/*.jpg') or s3:// prefix of image files "
+                                                     "(PNG, JPEG, TIFF, BMP, WebP; ids: paths under it)"})
+    model: str = field(default="", metadata={"help": "model directory (dae.checkpoint.save_model), "
+                                                     "pretrained:NAME (shipped: see models/), or pretrained:auto "
+                                                     "(gray-blind or color-blind by each image's channels)"})
     output: str = field(default="", metadata={"help": "output directory or URI"})
     split: str = field(default="", metadata={"help": "only INPUT/SPLIT/*.parquet; empty: every shard under INPUT"})
     add_noise: str = field(default="", metadata={"help": "synthesize noise first (evaluation on clean data), "
@@ -60,6 +64,14 @@ class DenoiseConfig:
                 "per input ROW: an id found twice comes out twice (once per occurrence, each in the output "
                 "of the input file it came from)"})
     export_png: str = field(default="", metadata={"help": "also write each denoised image as DIR/<safe id>.png"})
+    export: str = field(default="", metadata={"help": "image-file inputs: also write each denoised image at its "
+                                                      "input's path under DIR (see --export-format); a file there "
+                                                      "that this output did not write is left alone unless "
+                                                      "--overwrite"})
+    export_format: str = field(default="png", metadata={
+        "help": "--export: png (the input's path with .png; 16-bit gray stays 16-bit) or same (the input's own "
+                "name and format; JPEG/WebP at --export-quality)", "choices": EXPORT_FORMATS})
+    export_quality: int = field(default=95, metadata={"help": "--export-format same: JPEG/WebP quality, 1-100"})
     max_error_fraction: float = field(default=0.1, metadata={"help": "fail the job when more than this fraction "
                                                                      "of rows failed"})
     max_pixels: int = field(default=shards.DEFAULT_MAX_PIXELS, metadata={"help": "refuse images above this "
@@ -95,5 +107,9 @@ def validate(cfg: DenoiseConfig) -> None:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
     if not 0.0 <= cfg.max_error_fraction <= 1.0:
         raise ValueError(f"--max-error-fraction must be in [0, 1], got {cfg.max_error_fraction}")
+    if cfg.export_format not in EXPORT_FORMATS:
+        raise ValueError(f"--export-format must be one of {', '.join(EXPORT_FORMATS)}, got {cfg.export_format!r}")
+    if not 1 <= cfg.export_quality <= 100:
+        raise ValueError(f"--export-quality must be in 1..100, got {cfg.export_quality}")
     if cfg.cpus_per_actor < 0:
         raise ValueError(f"--cpus-per-actor must be >= 0 (0: automatic), got {cfg.cpus_per_actor}")

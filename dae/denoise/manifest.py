@@ -42,15 +42,31 @@ def path(out: str) -> str:
     return storage.join(out, NAME)
 
 
-def settings(cfg: DenoiseConfig, model_cfg: dict, spec: InferenceSpec) -> dict:
+def settings(cfg: DenoiseConfig, model_cfg: dict, spec: InferenceSpec, kind: str = "shards") -> dict:
     """Everything the output values depend on, by name (not batch sizes or actor counts: with
     deterministic forward passes the outputs do not depend on them). ``spec``: the forward settings
-    as the actors run them, placed on the plan's device."""
+    as the actors run them, placed on the plan's device. ``kind`` "files" (image files) adds how
+    files are decoded and grouped; ``pretrained:auto`` records each of its models."""
+    from .auto import is_auto, models
+
     noisy = bool(cfg.add_noise)
+    extra = {}
+    if kind != "shards":
+        from ..images import DECODE
+        from .files import GROUP_FILES, GROUP_MAX
+
+        extra = {"input_kind": kind, "decode": DECODE, "groups": [GROUP_FILES, GROUP_MAX]}
+    if is_auto(cfg.model):
+        by = model_cfg["by_channels"]
+        model = {"model": "auto", **{f"channels_{c}": {k: m.get(k) for k in ("model", "model_kwargs", "channels")}
+                                     for c, m in sorted(by.items())}}
+        weights = {str(c): checkpoint.weights_digest(d) for c, d in sorted(models(cfg.model).items())}
+    else:
+        model = {k: model_cfg.get(k) for k in ("model", "model_kwargs", "channels")}
+        weights = checkpoint.weights_digest(cfg.model)
     return {
         "input": storage.redact(storage.absolute(cfg.input)), "split": cfg.split,
-        "model": {k: model_cfg.get(k) for k in ("model", "model_kwargs", "channels")},
-        "model_weights": checkpoint.weights_digest(cfg.model),
+        "model": model, "model_weights": weights, **extra,
         "add_noise": str(cfg.noise_spec) if noisy else "",
         "seed": cfg.seed if noisy else None, "sigma": cfg.sigma,
         **spec.fingerprint_fields(),

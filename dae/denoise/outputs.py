@@ -8,6 +8,7 @@
                                            the identity (size, mtime, rows) of the input it came from;
                                            written by the driver after every part it lists
     OUT/_exported/<stem>.json              --export-png: the images written for <stem>'s committed parts
+    OUT/_export/<stem>.json                --export: the same for the images written at their input paths
     OUT/summary.json, OUT/samples.png, OUT/config.resolved.json
 
 Rules (what makes every input id land exactly once in data or errors, across reruns):
@@ -23,6 +24,8 @@ Rules (what makes every input id land exactly once in data or errors, across rer
   a run that finished, ``data/`` and ``errors/`` hold exactly the committed parts and any Parquet
   reader sees the same rows; after a killed run, only :func:`read_outputs` (or a rerun) gives the
   committed view.
+- Image files (:mod:`.files`) are committed in groups: a <stem> is a group of files, its marker
+  says ``"kind": "files"``, and :func:`read_outputs` gives each row its file as ``input``.
 - The output mirrors the input: an input that is gone (removed, renamed) is retired by its marker
   first, then its exported images and parts (``--keep-removed`` keeps them instead).
 """
@@ -42,6 +45,7 @@ from .manifest import LAYOUT
 # Metric sums are integers in units of 1e-9 (of a dB, of SSIM): integer addition is associative, so
 # the means do not depend on how rows were split into parts (float sums differ in the last bit).
 METRIC_SCALE = 10**9
+STEM = "stem"  # rows of image files: the stem of their commit group (an image's errors row names the file)
 # Columns of the small metadata row a writer returns per part: all the driver ever receives.
 META_COLUMNS = ("stem", "data_part", "errors_part", "rows_ok", "rows_failed", "node",
                 *(f"sum_{k}" for k in inference.METRIC_COLUMNS), *(f"n_{k}" for k in inference.METRIC_COLUMNS))
@@ -111,14 +115,16 @@ def write_parts(batch: dict, out: str, root_inner: str, with_noise: bool, finger
     here on the worker; returns one small metadata row per input file (:data:`META_COLUMNS`)."""
     from .scan import output_stem, relative
 
-    paths = np.asarray(batch[inference.PATH])
+    # Rows of image files carry their commit group's stem (dae.denoise.files); shard rows their file.
+    stems = np.asarray(batch[STEM]).astype(str) if STEM in batch else None
+    keys = stems if stems is not None else np.asarray(batch[inference.PATH])
     errors = np.asarray(batch[inference.ERROR]).astype(str)
     node = _node_id()
     meta: dict[str, list] = {k: [] for k in META_COLUMNS}
-    for inner in sorted(set(paths.tolist())):
-        rows = np.flatnonzero(paths == inner)
-        rel = relative(inner, root_inner)
-        stem = output_stem(rel)
+    for key in sorted(set(keys.tolist())):
+        rows = np.flatnonzero(keys == key)
+        rel = key if stems is not None else relative(key, root_inner)
+        stem = key if stems is not None else output_stem(rel)
         ok, bad = rows[errors[rows] == ""], rows[errors[rows] != ""]
         kv = {"dae.input": rel, "dae.writer_node": node, "dae.fingerprint": fingerprint,
               "dae.layout": str(LAYOUT)}
@@ -147,7 +153,8 @@ def write_parts(batch: dict, out: str, root_inner: str, with_noise: bool, finger
             t = pa.table({"id": pa.array([str(x) for x in batch["id"][bad]], pa.string()),
                           "reason": pa.array([str(x) for x in errors[bad]], pa.string()),
                           "stage": pa.array([str(x) for x in batch[inference.ERROR_STAGE][bad]], pa.string()),
-                          "input": pa.array([rel] * len(bad), pa.string())}, schema=ERRORS_SCHEMA)
+                          "input": pa.array([str(x) for x in batch["id"][bad]] if stems is not None
+                                            else [rel] * len(bad), pa.string())}, schema=ERRORS_SCHEMA)
             errors_part = f"errors/{stem}/part-{uid}.parquet"
             _write_table(storage.join(out, errors_part), t, kv)
         for k, v in (("stem", stem), ("data_part", data_part), ("errors_part", errors_part),

@@ -55,10 +55,10 @@ from .. import checkpoint, inference, shards, storage
 from ..config import config_dict
 from ..inference_spec import InferenceSpec
 from ..jobutil import Progress, save_resolved_config
-from . import commits, manifest, outputs, reader, rerun
+from . import auto, commits, export, files as image_files, manifest, outputs, reader, rerun
 from .config import DenoiseConfig, validate
 from .lease import Lease
-from .scan import InputFile, Listing, check_channels, input_root, list_inputs, scan
+from .scan import Duplicates, InputFile, Listing, check_channels, input_root, scan
 
 log = logging.getLogger("dae")
 
@@ -105,24 +105,32 @@ def plan_actors(cfg: DenoiseConfig, cpus: float, gpus: float) -> dict:
 
 
 def build_dataset(cfg: DenoiseConfig, files: list[InputFile], model_channels: int, plan: dict, spec: InferenceSpec,
-                  fp: str):
-    """The pipeline of the module docstring; ``spec``: how the actors run the model (placed by ``plan``)."""
+                  fp: str, listing: Listing | None = None):
+    """The pipeline of the module docstring; ``spec``: how the actors run the model (placed by ``plan``).
+    Image files (``listing.kind`` "files") start from their listing's Arrow blocks instead of read_parquet,
+    read and decoded by the first stage's workers; ``model_channels`` 0: pretrained:auto."""
     import ray.data
 
     from .. import data
 
     task_cpus, rows = plan["task_cpus"], plan["batch_size"]
-    ds = data.read_shards(cfg.input, files=[f.path for f in files], include_paths=True, num_cpus=task_cpus)
     noise = cfg.noise_spec  # the parsed object goes to the tasks (None: no --add-noise)
-    ds = ds.map_batches(inference.prepare_batch, batch_size=rows, num_cpus=task_cpus,
-                        fn_kwargs=dict(model_channels=model_channels, noise=noise, seed=cfg.seed,
-                                       sigma=cfg.sigma / 255.0 if cfg.sigma >= 0 else None,
-                                       convert=cfg.convert_channels, max_pixels=cfg.max_pixels))
+    prep = dict(model_channels=model_channels, noise=noise, seed=cfg.seed, convert=cfg.convert_channels,
+                sigma=cfg.sigma / 255.0 if cfg.sigma >= 0 else None, max_pixels=cfg.max_pixels)
+    if listing is not None and listing.kind == "files":
+        ds = ray.data.from_arrow(image_files.file_blocks(listing.images, files, rows))
+        ds = ds.map_batches(image_files.read_and_prepare, batch_size=rows, num_cpus=task_cpus, fn_kwargs=prep)
+    else:
+        ds = data.read_shards(cfg.input, files=[f.path for f in files], include_paths=True, num_cpus=task_cpus)
+        ds = ds.map_batches(inference.prepare_batch if model_channels else auto.prepare_rows, batch_size=rows,
+                            num_cpus=task_cpus, fn_kwargs=prep)
+    actor, kwargs = (auto.AutoDenoiser, dict(model_dirs=auto.models(cfg.model))) if auto.is_auto(cfg.model) \
+        else (inference.Denoiser, dict(model_dir=cfg.model))
     ds = ds.map_batches(
-        inference.Denoiser, batch_size=rows,
+        actor, batch_size=rows,
         compute=ray.data.ActorPoolStrategy(min_size=plan["min_actors"], max_size=plan["max_actors"]),
         num_cpus=plan["actor_cpus"], num_gpus=plan["actor_gpus"],
-        fn_constructor_kwargs=dict(model_dir=cfg.model, spec=spec, keep_input=noise is not None))
+        fn_constructor_kwargs=dict(spec=spec, keep_input=noise is not None, **kwargs))
     _, root_inner = storage.resolve(input_root(cfg.input, cfg.split))
     return ds.map_batches(outputs.finish_and_write, batch_size=rows, num_cpus=task_cpus,
                           fn_kwargs=dict(out=storage.absolute(cfg.output), root_inner=root_inner,
@@ -130,21 +138,23 @@ def build_dataset(cfg: DenoiseConfig, files: list[InputFile], model_channels: in
 
 
 def run_pipeline(cfg: DenoiseConfig, files: list[InputFile], model_channels: int, fp: str, plan: dict,
-                 spec: InferenceSpec, books: outputs.Books, generation: str, lease: Lease) -> dict[str, dict]:
+                 spec: InferenceSpec, books: outputs.Books, generation: str, lease: Lease,
+                 listing: Listing | None = None) -> dict[str, dict]:
     """Streams every pending file through the pipeline and commits each input when its last part is
     reported. Returns {stem: marker}."""
     out = storage.absolute(cfg.output)
     by_stem = {f.stem: f for f in files}
 
     def commit(f: InputFile, p: outputs.Pending) -> dict:
-        return commits.commit(out, f.stem, f.rel, p, fp, generation, f.identity, lease.check)
+        extra = f.marker_extra() if isinstance(f, image_files.FileGroup) else None
+        return commits.commit(out, f.stem, f.rel, p, fp, generation, f.identity, lease.check, extra)
 
     markers = {f.stem: commit(f, outputs.Pending(0)) for f in files if f.rows == 0}
     todo = [f for f in files if f.rows > 0]
     if not todo:
         return markers
     progress = Progress("denoise", total=sum(f.rows for f in todo), every=cfg.progress_every)
-    ds = build_dataset(cfg, todo, model_channels, plan, spec, fp)
+    ds = build_dataset(cfg, todo, model_channels, plan, spec, fp, listing)
     pending: list[tuple[str, Future]] = []
     # Commits (a small JSON, and on S3 a LIST for orphans) overlap with the stream.
     with ThreadPoolExecutor(max_workers=4, thread_name_prefix="dae-commit") as pool:
@@ -250,9 +260,9 @@ def summarize(cfg: DenoiseConfig, files: list[InputFile], markers: dict[str, dic
 
 def _check_apart(cfg: DenoiseConfig) -> None:
     """An output (or export) inside the input would be read back as input on the next run."""
-    for name in ("output", "export_png"):
+    for name in ("output", "export_png", "export"):
         where = getattr(cfg, name)
-        how = storage.relation(where, cfg.input) if where else None
+        how = storage.relation(where, image_files.input_dir(cfg.input)) if where else None
         if how:
             raise ValueError(f"--{name.replace('_', '-')} {storage.redact(where)} {how} the --input "
                              f"{storage.redact(cfg.input)}: the next run would read the outputs as inputs; "
@@ -262,6 +272,33 @@ def _check_apart(cfg: DenoiseConfig) -> None:
 def _say_listing(listing: Listing) -> None:
     for reason, rels in listing.skipped.items():
         log.info("input: %d file(s) skipped, %s (first: %s)", len(rels), reason, ", ".join(rels[:3]))
+
+
+def _check_kind(cfg: DenoiseConfig, listing: Listing) -> None:
+    if listing.kind == "files" and cfg.keep_removed:
+        raise ValueError("--keep-removed applies to shard inputs: image files are committed in groups, and a "
+                         "removed file's group is redone without it")
+    if listing.kind != "files" and cfg.export:
+        raise ValueError("--export writes each image at its input file's path, so it needs image files as --input; "
+                         "for shards use --export-png")
+
+
+def _probe(cfg: DenoiseConfig, listing: Listing, model_channels: int) -> None:
+    """A few files' headers, on a Ray worker: the largest image sizes the batches, and images that all
+    mismatch the model fail the run before any work (as the shard scan does)."""
+    import ray
+
+    found = ray.get(ray.remote(num_cpus=1)(image_files.probe_files).remote(image_files.sample(listing.images)))
+    listing.probe = found
+    for g in listing.files:
+        g.max_pixels = found["max_pixels"] or 1 << 20
+    seen = found["channels"]
+    bad = {c: n for c, n in seen.items() if c != model_channels}
+    if model_channels and seen and len(bad) == len(seen) and not cfg.convert_channels:
+        c = max(bad, key=bad.get)
+        raise ValueError(f"the model expects {model_channels}-channel images but {sum(bad.values())} of "
+                         f"{sum(seen.values())} sampled input images do not; "
+                         + inference.channel_fix(c, model_channels))
 
 
 def _check_duplicates(cfg: DenoiseConfig, dups) -> None:
@@ -277,23 +314,31 @@ def run(cfg: DenoiseConfig) -> dict:
 
     t0 = time.perf_counter()
     validate(cfg)
-    storage.check_access(cfg.input, must_exist=True)  # fail before any work, naming the cause
-    storage.check_access(checkpoint.model_dir(cfg.model), must_exist=True)
+    # fail before any work, naming the cause
+    storage.check_access(image_files.input_dir(cfg.input), must_exist=True)
+    for m in (auto.models(cfg.model).values() if auto.is_auto(cfg.model) else [cfg.model]):
+        storage.check_access(checkpoint.model_dir(m), must_exist=True)
     storage.check_access(cfg.output, write=True)
-    if cfg.export_png:
-        storage.check_access(cfg.export_png, write=True)
+    for where in (cfg.export_png, cfg.export):
+        if where:
+            storage.check_access(where, write=True)
     _check_apart(cfg)
-    shards.require_prepared(input_root(cfg.input, cfg.split))  # a prepare killed half way: refused
-    model_cfg = checkpoint.load_config(cfg.model)
-    listing = list_inputs(cfg.input, cfg.split)
+    shards.require_prepared(input_root(image_files.input_dir(cfg.input), cfg.split))  # a prepare killed half way
+    model_cfg = auto.model_config(cfg.model)
+    listing = image_files.list_any(cfg.input, cfg.split)
+    _check_kind(cfg, listing)
     _say_listing(listing)
     raylib.init_ray()
-    dups = scan(listing.files, raylib.cluster_cpus())
+    if listing.kind == "files":  # ids are paths: unique; channels and sizes from a few files' headers
+        dups = Duplicates()
+        _probe(cfg, listing, int(model_cfg["channels"]))
+    else:
+        dups = scan(listing.files, raylib.cluster_cpus())
     _check_duplicates(cfg, dups)
     plan = plan_actors(cfg, raylib.cluster_cpus(), raylib.cluster_gpus())
     # One spec, placed once: the manifest records what the actors are given.
     spec = cfg.inference_spec().placed(plan["device"], plan["torch_threads"])
-    settings = manifest.settings(cfg, model_cfg, spec)
+    settings = manifest.settings(cfg, model_cfg, spec, listing.kind)
     with Lease(storage.absolute(cfg.output)) as lease:
         return _run_held(cfg, listing, model_cfg, settings, plan, spec, dups, lease, t0)
 
@@ -313,8 +358,10 @@ def _run_held(cfg: DenoiseConfig, listing: Listing, model_cfg: dict, settings: d
     pending = p.pending
     log.info("inputs: %d unchanged (skipped), %d changed (redone), %d new, %d retired, %d kept", len(p.unchanged),
              len(p.changed), len(p.new), len(p.retired), len(p.kept))
-    model_channels = int(model_cfg["channels"])
-    channel_counts = check_channels(pending, model_channels, cfg.convert_channels)
+    model_channels = int(model_cfg["channels"])  # 0: pretrained:auto, any of its models' channels
+    channel_counts = check_channels(pending, model_channels, cfg.convert_channels or not model_channels)
+    if listing.kind == "files":
+        channel_counts = {f"{c} (sampled)": n for c, n in listing.probe.get("channels", {}).items()}
     save_resolved_config(cfg, cfg.output, model_config=model_cfg, fingerprint=fp, settings=settings)
     books = outputs.Books({f.stem: f.rows for f in pending if f.rows})
     markers = dict(p.markers)
@@ -323,9 +370,12 @@ def _run_held(cfg: DenoiseConfig, listing: Listing, model_cfg: dict, settings: d
         plan["batch_size"] = batch_size(cfg, pending, spec)
         log.info("denoise: %d files, %d rows, model %s (%d ch), actors %s", len(pending),
                  sum(f.rows for f in pending), model_cfg["model"], model_channels, plan)
-        markers.update(run_pipeline(cfg, pending, model_channels, fp, plan, spec, books, p.generation, lease))
+        markers.update(run_pipeline(cfg, pending, model_channels, fp, plan, spec, books, p.generation, lease,
+                                    listing))
     pipeline_s, pipeline_cpu = time.perf_counter() - t1, _cpu_s() - cpu1
     exported = export_pngs(cfg, markers) if cfg.export_png else 0
+    exports = export.export_files(out, storage.absolute(cfg.export), cfg.export_format, cfg.export_quality,
+                                  cfg.overwrite, markers) if cfg.export else None
     write_samples(cfg)
     summary = summarize(cfg, files, markers, [f.stem for f in pending], time.perf_counter() - t0, pipeline_s,
                         plan if pending else {}, channel_counts)
@@ -333,6 +383,7 @@ def _run_held(cfg: DenoiseConfig, listing: Listing, model_cfg: dict, settings: d
     summary["listing"] = listing.describe()
     summary["duplicate_ids"] = {"ids": dups.ids, "rows": dups.rows}
     summary["exported_png"] = exported
+    summary["export"] = exports
     summary["driver"] = {"cpu_s": round(_cpu_s(), 3), "cpu_s_run": round(_cpu_s() - cpu0, 3),
                          "cpu_s_pipeline": round(pipeline_cpu, 3), "cpu_s_books": round(books.cpu_s, 3),
                          "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
@@ -345,4 +396,6 @@ def _run_held(cfg: DenoiseConfig, listing: Listing, model_cfg: dict, settings: d
         raise RuntimeError(f"{summary['rows_failed']} of {summary['rows_in']} rows failed "
                            f"({summary['error_fraction']:.1%}), above --max-error-fraction "
                            f"{cfg.max_error_fraction:g}; reasons in {storage.join(cfg.output, 'errors')}")
+    if exports and exports["refused"]:
+        raise RuntimeError(f"--export: {exports['refused']} image(s) not written; first: {exports['first_refused'][0]}")
     return summary

@@ -45,14 +45,19 @@ def read_outputs(out: str, what: str = "data", columns: list[str] | None = None)
     Rows come grouped by input file (inputs sorted by path), sorted by id within an input, with an
     ``input`` column naming the input file (the errors table has it already). Parts a killed run left
     uncommitted are never read."""
-    parts = committed_parts(out, what)
+    if what not in ("data", "errors"):
+        raise ValueError(f"what must be 'data' or 'errors', got {what!r}")
     schema = ERRORS_SCHEMA if what == "errors" else None
     tables = []
-    for rel, path in parts:
-        t = _read(path, columns)
-        if what == "data" and (columns is None or "input" in columns):
-            t = t.append_column("input", pa.array([rel] * t.num_rows, pa.string()))
-        tables.append(t)
+    for m in markers(out):
+        for part in m.get(what, []):
+            t = _read(storage.join(out, part), columns)
+            if what == "data" and (columns is None or "input" in columns):
+                # an image file's row: its input is the file (its id), not the group committing it
+                col = t.column("id") if m.get("kind") == "files" and "id" in t.column_names \
+                    else pa.array([m["input"]] * t.num_rows, pa.string())
+                t = t.append_column("input", col)
+            tables.append(t)
     if not tables:
         return schema.empty_table() if schema is not None else pa.table({"id": pa.array([], pa.string())})
     t = pa.concat_tables(tables, promote_options="default")

@@ -54,11 +54,19 @@ class Listing:
 
     files: list[InputFile]
     found: int  # files under the input root
-    skipped: dict[str, list[str]] = field(default_factory=dict)  # reason -> relative paths
+    skipped: dict[str, list[str]] = field(default_factory=dict)  # reason -> relative paths (the first ones)
+    kind: str = "shards"  # or "files": image files, committed in groups (dae.denoise.files)
+    skipped_counts: dict[str, int] = field(default_factory=dict)  # reason -> files, where skipped is cut short
+    images: object = None  # kind "files": the compact listing (dae.denoise.files.ImageListing)
+    probe: dict = field(default_factory=dict)  # kind "files": a few files' headers (dae.denoise.files.probe_files)
 
     def describe(self) -> dict:
-        return {"found": self.found, "inputs": len(self.files),
-                "skipped": {k: {"files": len(v), "first": v[:5]} for k, v in self.skipped.items()}}
+        out = {"kind": self.kind, "found": self.found, "inputs": len(self.files),
+               "skipped": {k: {"files": self.skipped_counts.get(k, len(v)), "first": v[:5]}
+                           for k, v in self.skipped.items()}}
+        if self.images is not None:
+            out["image_files"] = len(self.images.rel)
+        return out
 
 
 # The one rule for which files are inputs. Names starting with "." or "_" anywhere in the path are
@@ -280,7 +288,7 @@ def scan(files: list[InputFile], cpus: float, check_ids: bool = True,
 def check_channels(files: list[InputFile], model_channels: int, convert: bool) -> dict[int, int]:
     """{channels: rows} over ``files``; a dataset whose images do not match the model fails here, before
     any work, with counts and the fix."""
-    from ..inference import channel_mismatch_message
+    from ..inference import channel_fix
 
     counts: dict[int, int] = {}
     for f in files:
@@ -292,5 +300,5 @@ def check_channels(files: list[InputFile], model_channels: int, convert: bool) -
         desc = ", ".join(f"{n} with {c} channel(s)" for c, n in sorted(bad.items()))
         raise ValueError(f"the model expects {model_channels}-channel images but {sum(bad.values())} of {total} "
                          f"input images do not ({desc}); "
-                         + channel_mismatch_message(max(bad, key=bad.get), model_channels).split("; ", 1)[1])
+                         + channel_fix(max(bad, key=bad.get), model_channels))
     return counts
