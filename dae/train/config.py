@@ -28,6 +28,7 @@ from ..noise import NoiseSpec
 from ..objectives import LOSSES, Objective, get_objective, list_objectives
 from ..precision import HELP as PRECISION_HELP, PRECISIONS
 from ..same_run import describe, differences
+from .tracking import TRACKERS, check_tracker
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("onecycle", "cosine", "constant")
@@ -107,6 +108,14 @@ class TrainConfig:
     crops_per_image: int = field(default=1, metadata={"help": "with --crop: crops of each image per epoch"})
     augment: bool = field(default=True, metadata={
         "help": "with --crop: a random flip and 90-degree rotation of each crop, drawn with its position"})
+    log_every_steps: int = field(default=50, metadata={
+        "help": "TensorBoard (OUT/tensorboard, written by every run): rank 0's batch loss and lr every N optimizer "
+                "steps, besides every epoch's figures and samples (0: per epoch only)"})
+    tracker: str = field(default="none", metadata={
+        "help": "mlflow: also log the settings, every epoch's figures, curves.png, samples.png and the best model "
+                "to the MLflow server at MLFLOW_TRACKING_URI (a rerun continues its MLflow run; needs "
+                "pip install 'dae[mlflow]')", "choices": TRACKERS})
+    mlflow_experiment: str = field(default="dae", metadata={"help": "with --tracker mlflow: the MLflow experiment"})
 
     @functools.cached_property
     def noise_spec(self) -> NoiseSpec:
@@ -128,10 +137,11 @@ RESUME_SAME = ("data", "pair_data", "train_split", "val_split", "noise", "object
                "crops_per_image", "augment")
 # ... and these may change on a rerun: how long (epochs may grow: the schedule is stretched and
 # continued, see dae.train.checkpoint.restore), where and how fast it runs (workers: the rows per rank
-# are the same with 1 and N; CPUs, GPUs, threads, precision, data mode, cache size), bookkeeping and outputs.
+# are the same with 1 and N; CPUs, GPUs, threads, precision, data mode, cache size), bookkeeping and outputs
+# (tracking too: a rerun that turns MLflow on gets an MLflow run with the epochs done so far).
 RESUME_FREE = ("epochs", "workers", "gpus_per_worker", "cpus_per_worker", "torch_threads", "precision", "data_mode",
                "cache_max_mb", "run_name", "storage", "out", "num_to_keep", "max_failures", "placement_strategy",
-               "samples")
+               "samples", "log_every_steps", "tracker", "mlflow_experiment")
 
 
 @dataclass(frozen=True)
@@ -147,6 +157,10 @@ class LoopConfig:
     train_rows: int  # rows of the whole train split: stream mode sizes its epochs from it
     out: str  # where rank 0 writes metrics.jsonl
     clean_val: bool = True  # False: the held-out split is noisy-only (validate_noisy)
+    val_files: tuple = ()  # the held-out split's shards: rank 0 redraws samples.png from the first every epoch
+    # --tracker mlflow: {"run_id", "uri", "env"} of the MLflow run the driver opened (env: the MLFLOW_*
+    # settings, credentials included, for workers that do not share the driver's environment).
+    mlflow: dict | None = None
     # Tests only: called as on_epoch_start(epoch, rank, world) on every worker before each epoch (epoch
     # counted from 1, as metrics.jsonl counts it), e.g. to kill a worker. Pickled to the workers with
     # the rest: a module-level function, a picklable object or a functools.partial of one.
@@ -175,6 +189,9 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
         raise ValueError(f"--crop must be >= 0 and --crops-per-image >= 1, got {cfg.crop} and {cfg.crops_per_image}")
     if cfg.gpus_per_worker < 0 or cfg.cpus_per_worker < 0:
         raise ValueError("gpus_per_worker and cpus_per_worker must be >= 0")
+    if cfg.log_every_steps < 0:
+        raise ValueError(f"--log-every-steps must be >= 0 (0: per epoch only), got {cfg.log_every_steps}")
+    check_tracker(cfg.tracker)  # unknown names fail listing the valid ones; mlflow not installed: how to install
     model = create_model(cfg.model, **cfg.model_kwargs)  # unknown kwargs fail here, listing the valid ones
     if model.conditioned and spec.sigma(spec.low) is None:
         raise ValueError(f"{cfg.model} is conditioned on a Gaussian noise sigma; {spec.kind} noise has none "

@@ -9,12 +9,16 @@ work without Ray (tests call them directly):
                       data the objective's held-out loss and the residual's std (validate_noisy)
     report_epoch      rank 0 saves the checkpoint (dae.train.checkpoint) and rewrites metrics.jsonl;
                       every rank reports the epoch's figures to Ray Train
+    track_epoch       rank 0 redraws curves.png and samples.png and tells the trackers (TensorBoard
+                      always, MLflow with --tracker mlflow; dae.train.tracking) the epoch
 
 Rules it keeps:
   * the loss is the objective's (dae.objectives), computed in float32 around a bf16 forward pass;
     weights and batches are channels_last; the optimizer state is float32;
   * validation runs the unwrapped model (no DDP collective per forward), with rank 0's buffers;
-  * ``LoopConfig.on_epoch_start`` (tests only) runs on every worker before each epoch.
+  * ``LoopConfig.on_epoch_start`` (tests only) runs on every worker before each epoch;
+  * tracking never stops training: a tracker's error is a warning line (the run's own outputs,
+    metrics.jsonl and the checkpoints, are written before the trackers are told).
 """
 
 from __future__ import annotations
@@ -43,7 +47,8 @@ from .data import (
     samples_per_epoch,
     split_pairs,
 )
-from .report import REPORTED, say, say_epoch, write_metrics
+from .report import REPORTED, EpochFigures, guarded, say, say_epoch, start_trackers, track_epoch, write_metrics
+from .tracking import Tracker
 
 
 def make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
@@ -75,12 +80,15 @@ def _forward(model: torch.nn.Module, device: torch.device, arith: str):
 
 
 def train_one_epoch(model: torch.nn.Module, loader, opt, sched, objective, device: torch.device | str = "cpu",
-                    world: int = 1, steps_left: float = math.inf, after_first_step=None, arith: str = "auto") -> dict:
+                    world: int = 1, steps_left: float = math.inf, after_first_step=None, arith: str = "auto",
+                    on_step=None) -> dict:
     """One optimizer step per (clean, noisy, sigma, extra) batch of ``loader``, with the step's loss
     ``objective`` (``Objective.loss_at(epoch)``, :func:`dae.train.make_objective`). ``sched`` steps at
     most ``steps_left`` times (stream mode may yield a batch more than planned). Returns the epoch's
     figures over all ranks (train_loss, images_per_s, train_s, train_cpu_s, data_s) and this rank's
-    ``steps``. ``arith``: the precision of the forward pass (auto, fp32, bf16; dae.precision)."""
+    ``steps``. ``arith``: the precision of the forward pass (auto, fp32, bf16; dae.precision).
+    ``on_step(steps, loss)``: called after every step (steps taken this epoch, from 1; the batch's loss
+    tensor: reading it syncs the host, so the caller does it every N steps only)."""
     device = torch.device(device)
     run = _forward(model, device, arith)
     t0, c0 = time.perf_counter(), time.process_time()
@@ -101,6 +109,8 @@ def train_one_epoch(model: torch.nn.Module, loader, opt, sched, objective, devic
         steps += 1
         if steps == 1 and after_first_step is not None:
             after_first_step()
+        if on_step is not None:
+            on_step(steps, loss)
         loss_sum += loss.detach().double() * len(clean)  # no host sync per step
         n_seen += len(clean)
         td = time.perf_counter()
@@ -237,6 +247,8 @@ class Worker:
     setup_s: float  # loading the data: in the first epoch's row of this attempt
     arith: str = "fp32"  # the resolved --precision of the forward passes
     start_epoch: int = 0
+    tracker: Tracker | None = None  # rank 0 only: TensorBoard, and MLflow with --tracker mlflow
+    figures: EpochFigures | None = None  # rank 0 only: curves.png and samples.png every epoch
 
     @property
     def per_worker(self) -> int:
@@ -275,16 +287,28 @@ def setup_worker(lc: LoopConfig, rank: int, world: int, device: torch.device) ->
     arith = precision.resolve(cfg.precision, device)
     if rank == 0:
         say(f"precision {arith} ({cfg.precision} on {torch.device(device).type}), channels_last")
-    return Worker(lc, rank, world, torch.device(device), val, data, raw_model, model, opt, sched, objective_of(cfg),
-                  state, total_steps, setup_s, arith, start_epoch=state.epoch)
+    w = Worker(lc, rank, world, torch.device(device), val, data, raw_model, model, opt, sched, objective_of(cfg),
+               state, total_steps, setup_s, arith, start_epoch=state.epoch)
+    if rank == 0:
+        w.figures = EpochFigures(cfg, lc.out, list(lc.val_files), lc.clean_val)
+        w.tracker = guarded(lambda: start_trackers(lc, state.attempt, state.history, total_steps // cfg.epochs),
+                            "start")
+    return w
 
 
 def train_and_validate(w: Worker, epoch: int) -> dict:
     """Epoch ``epoch`` (counted from 0): its metrics row, appended to the run's history."""
     cfg = w.lc.cfg
+    on_step = None
+    if w.tracker is not None and cfg.log_every_steps > 0:
+        first = epoch * (w.total_steps // cfg.epochs)  # the global step from the epoch: a resumed run continues it
+
+        def on_step(steps, loss):
+            if steps % cfg.log_every_steps == 0:
+                w.tracker.log_step(first + steps, {"train_loss": float(loss), "lr": w.opt.param_groups[0]["lr"]})
     row = train_one_epoch(w.model, batches(w.data, cfg, epoch, w.rank, w.per_worker, w.objective), w.opt, w.sched,
                           w.objective.loss_at(epoch), w.device, w.world,
-                          steps_left=w.total_steps - w.state.steps_done, arith=w.arith)
+                          steps_left=w.total_steps - w.state.steps_done, arith=w.arith, on_step=on_step)
     w.state.steps_done += row.pop("steps")
     t1 = time.perf_counter()
     sync_buffers(w.raw_model, w.world)
@@ -325,5 +349,8 @@ def train_loop_per_worker(lc: LoopConfig) -> None:
             lc.on_epoch_start(epoch + 1, w.rank, w.world)
         row = train_and_validate(w, epoch)
         report_epoch(w, row)
+        track_epoch(w, row)
         if w.rank == 0:
             say_epoch(row, lc.cfg, time.perf_counter() - t_run)
+    if w.tracker is not None:
+        guarded(w.tracker.end, "end")

@@ -6,6 +6,7 @@ collapse warning (a model that outputs one image for every input).
     OUT/metrics.jsonl   one row per epoch of the run's lineage (rewritten whole by rank 0 every epoch)
     OUT/curves.png      train loss and validation PSNR (held-out loss on noisy-only data) per epoch
     OUT/samples.png     held-out images clean, noisy and denoised the way jobs.denoise runs a model
+                        (both redrawn by rank 0 every epoch; samples.png at the end with the best model)
     OUT/summary.json    what run() returns, less the history (:func:`format_summary` prints it)
 
 Rules it keeps: a worker's line is one ``logging`` line, never print() (Ray Train V2 echoes printed
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 
 import numpy as np
@@ -23,8 +25,10 @@ import torch
 
 from .. import shards, storage
 from ..config import config_dict
+from ..inference_spec import InferenceSpec
 from ..noise import add_noise_batch, noise_sigmas
-from .config import TrainConfig
+from .config import LoopConfig, TrainConfig
+from .tracking import MlflowTracker, TensorBoardTracker, Tracker, Trackers
 
 REPORTED = ("epoch", "train_loss", "val_psnr", "val_ssim", "noisy_psnr", "noisy_ssim", "val_loss", "residual_std",
             "images_per_s")
@@ -120,19 +124,99 @@ def _read_samples(files: list[str], n: int) -> tuple[list[np.ndarray], np.ndarra
     return [np.asarray(b["image"][i], dtype=np.float32) for i in order], np.asarray(b["id"]).astype(str)[order]
 
 
+def sample_inputs(cfg: TrainConfig, files: list[str]) -> tuple[list[np.ndarray], list[np.ndarray], list[float]]:
+    """samples.png's inputs: the first ``cfg.samples`` held-out images by id, with the validation noise
+    (clean, noisy, sigmas); read once per run (rank 0 redraws the figure every epoch)."""
+    images, ids = _read_samples(files, cfg.samples)
+    noisy = add_noise_batch(images, ids, cfg.noise_spec, cfg.val_seed, 0)
+    return images, list(noisy), noise_sigmas(ids, cfg.noise_spec, cfg.val_seed, 0).tolist()
+
+
+def samples_grid(model: torch.nn.Module, inputs: tuple, clean: bool = True, spec=None):
+    """samples.png as a PIL image: rows clean (unless ``clean`` is False: a noisy-only split), noisy and
+    denoised the way jobs.denoise does it (dae.inference.denoise_images; ``spec``: its device and
+    precision, default the model's device)."""
+    from ..inference import denoise_images
+    from ..viz import grid
+
+    images, noisy, sigmas = inputs
+    training = model.training
+    model.eval()
+    try:
+        den = [np.clip(d, 0, 1) for d in denoise_images(model, noisy, spec, sigmas=sigmas)]
+    finally:
+        model.train(training)
+    rows = [("clean", list(images))] if clean else []
+    return grid(rows + [("noisy", noisy), ("denoised", den)])
+
+
 def save_samples(model: torch.nn.Module, cfg: TrainConfig, files: list[str], path: str, clean: bool = True) -> None:
     """samples.png: the first ``cfg.samples`` held-out images clean, with the validation noise, and
     denoised the way jobs.denoise does it (dae.inference.denoise_images); on a noisy-only split the
     images as they are and denoised."""
-    from ..inference import denoise_images
-    from ..viz import save_grid
+    from ..viz import save_png
 
-    images, ids = _read_samples(files, cfg.samples)
-    noisy = add_noise_batch(images, ids, cfg.noise_spec, cfg.val_seed, 0)
-    sigmas = noise_sigmas(ids, cfg.noise_spec, cfg.val_seed, 0).tolist()
-    den = [np.clip(d, 0, 1) for d in denoise_images(model, list(noisy), sigmas=sigmas)]
-    rows = [("clean", list(images))] if clean else []
-    save_grid(rows + [("noisy", list(noisy)), ("denoised", den)], path)
+    save_png(samples_grid(model, sample_inputs(cfg, files), clean), path)
+
+
+class EpochFigures:
+    """Rank 0 redraws ``curves.png`` and ``samples.png`` (with the model as it is) after every epoch, so
+    a long run has something to look at; the driver draws them once more at the end, samples.png with
+    the best model. :meth:`draw` returns the samples grid for the trackers."""
+
+    def __init__(self, cfg: TrainConfig, out: str, val_files: list[str], clean_val: bool):
+        self.cfg, self.out, self.files, self.clean_val = cfg, out, list(val_files), clean_val
+        self.inputs = None
+
+    def draw(self, history: list[dict], model: torch.nn.Module, spec=None) -> dict[str, np.ndarray]:
+        from ..viz import save_png
+
+        save_curves(history, self.cfg, self.clean_val, storage.join(self.out, "curves.png"))
+        if self.cfg.samples <= 0 or not self.files:
+            return {}
+        if self.inputs is None:
+            self.inputs = sample_inputs(self.cfg, self.files)
+        image = samples_grid(model, self.inputs, self.clean_val, spec)
+        save_png(image, storage.join(self.out, "samples.png"))
+        return {"samples": np.asarray(image)}
+
+
+# ---------------------------------------------------------------- rank 0: figures and trackers every epoch
+
+
+def start_trackers(lc: LoopConfig, attempt: int, done: list[dict], steps_per_epoch: int) -> Tracker:
+    """Rank 0's trackers, started: TensorBoard in OUT/tensorboard (a resumed run's stored events trimmed
+    to its checkpoint, ``done`` its epochs so far) and, with --tracker mlflow, the MLflow run the driver
+    opened (its metrics only: the driver logs the params and artifacts and ends it)."""
+    trackers: list[Tracker] = [TensorBoardTracker(lc.out, steps_per_epoch, attempt)]
+    if lc.mlflow:
+        os.environ.update(lc.mlflow["env"])  # credentials and TLS settings of the driver's MLflow server
+        trackers.append(MlflowTracker(lc.mlflow["run_id"], lc.mlflow["uri"], ends_run=False))
+    tracker = Trackers(trackers)
+    tracker.start(params=storage.redact(config_dict(lc.cfg)), done=done)
+    return tracker
+
+
+def guarded(fn, what: str):
+    """``fn()``, or None after a warning line: a tracker that fails (a server gone) does not stop training."""
+    try:
+        return fn()
+    except Exception as e:  # noqa: BLE001 - reported, and training goes on
+        say(f"warning: tracking ({what}) failed, training goes on: {type(e).__name__}: {str(e).splitlines()[0]}")
+        return None
+
+
+def track_epoch(w, row: dict) -> None:
+    """Rank 0 (``w``: its dae.train.loop.Worker), after the epoch's checkpoint: curves.png and
+    samples.png redrawn, the epoch's row and samples grid to the trackers, and the two figures as
+    artifacts (MLflow shows them mid-run)."""
+    if w.figures is None:
+        return
+    spec = InferenceSpec(device=str(w.device), precision=w.arith)
+    images = guarded(lambda: w.figures.draw(w.state.history, w.raw_model, spec), "figures") or {}
+    if w.tracker is not None:
+        figures = {name: storage.join(w.lc.out, name) for name in ("curves.png", "samples.png")}
+        guarded(lambda: (w.tracker.log_epoch(row, images), w.tracker.log_artifacts(figures)), "epoch")
 
 
 def format_summary(s: dict) -> str:

@@ -12,8 +12,12 @@
      failing fast when they cannot fit (Ray would otherwise wait forever for the resources);
   2. reads the shards with Ray Data (:func:`dae.train.data.make_datasets`); in cache mode they are
      materialized BEFORE the trainer starts, so no Ray Data task competes with the worker actors;
-  3. fits, then copies the last and the best checkpoint's model to ``OUT/final_model`` and
-     ``OUT/best_model`` and writes ``curves.png``, ``samples.png`` and ``summary.json``.
+  3. fits (rank 0 redraws ``curves.png`` and ``samples.png`` and writes TensorBoard events in
+     ``OUT/tensorboard`` every epoch; with ``--tracker mlflow`` the driver opens the MLflow run first,
+     or continues the one RUN_DIR/mlflow.json names, and rank 0 logs every epoch to it), then copies
+     the last and the best checkpoint's model to ``OUT/final_model`` and ``OUT/best_model``, writes
+     ``curves.png``, ``samples.png`` (best model) and ``summary.json``, and logs them, the metrics and
+     the best model to the MLflow run, which it ends (FAILED when the fit raised).
 
 Rule it keeps: everything that can be refused is refused before Ray Train starts, and a refused rerun
 leaves its run directory untouched.
@@ -21,6 +25,7 @@ leaves its run directory untouched.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import time
@@ -34,6 +39,7 @@ from .data import describe_data, make_datasets
 from .loop import train_loop_per_worker
 from .plan import plan_resources
 from .report import collapsed, read_metrics, save_curves, save_samples, score_metric
+from .tracking import MlflowTracker, Tracker, mlflow_env, tracking_uri
 
 log = logging.getLogger("dae")
 
@@ -48,6 +54,7 @@ def run(cfg: TrainConfig, on_epoch_start: Callable[[int, int, int], None] | None
     from ..raylib import init_ray
 
     cfg = check_config(cfg)
+    uri = tracking_uri() if cfg.tracker == "mlflow" else ""  # unset: refused before any work
     _check_access(cfg)
     run_dir = storage.join(cfg.storage, cfg.run_name)
     if (stored := stored_run_config(run_dir)) is not None:  # a rerun resumes that run: the same settings only
@@ -77,15 +84,35 @@ def run(cfg: TrainConfig, on_epoch_start: Callable[[int, int, int], None] | None
     datasets = make_datasets(cfg, train_desc, val_desc, mode)
     data_s = time.perf_counter() - t0
     log.info("data ready in %.1fs", data_s)
+    tracker, mlflow_run = Tracker(), None
+    if uri:
+        tracker = MlflowTracker.open(run_dir, cfg.mlflow_experiment, cfg.run_name, uri)
+        tracker.start(params=storage.redact(config_dict(cfg)))
+        tracker.log_artifacts({"config.resolved.json": storage.join(out, "config.resolved.json")})
+        mlflow_run = {"run_id": tracker.run_id, "uri": uri, "env": mlflow_env()}
     lc = LoopConfig(cfg, mode=mode, torch_threads=threads, channels=train_desc["channels"],
                     size=(train_desc["height"], train_desc["width"]), train_rows=train_desc["rows"], out=out,
-                    clean_val=not val_desc["noisy_only"], on_epoch_start=on_epoch_start)
+                    clean_val=not val_desc["noisy_only"], on_epoch_start=on_epoch_start,
+                    val_files=tuple(val_desc["files"]), mlflow=mlflow_run)
     t_fit = time.perf_counter()
-    result = _trainer(lc, res, datasets, callbacks).fit()
+    try:
+        result = _trainer(lc, res, datasets, callbacks).fit()
+    except BaseException:
+        with contextlib.suppress(Exception):  # the fit's error is the one to see
+            tracker.end("FAILED")  # a rerun of the run name sets it RUNNING again
+        raise
     fit_s = time.perf_counter() - t_fit
     facts = {"run_dir": run_dir, "data_mode": mode, "data_s": data_s, "fit_s": fit_s, "resources": res,
              "torch_threads": threads}
-    return _outputs(result, lc, val_desc["files"], t_start, facts)
+    summary = _outputs(result, lc, val_desc["files"], t_start, facts)
+    try:
+        tracker.log_artifacts({name: storage.join(out, name) for name in (
+            "curves.png", "samples.png", "metrics.jsonl", "summary.json", "best_model")})
+        tracker.end()
+    except Exception as e:  # noqa: BLE001 - the run and its outputs are complete: say so, do not fail it
+        log.warning("MLflow: logging the run's outputs failed (they are in %s): %s: %s", out, type(e).__name__,
+                    str(e).splitlines()[0])
+    return summary
 
 
 def _check_access(cfg: TrainConfig) -> None:

@@ -8,10 +8,12 @@ import os
 import time
 
 import pytest
+from mlflowserver import mlflow_server_fixture
 
 from helpers import mnist5k_digits
 
 pytestmark = pytest.mark.ray
+mlflow_server = mlflow_server_fixture("module")
 
 MODEL_ARGS = ["--model", "dncnn", "--model-kwargs", "{depth: 5, width: 16}", "--lr", "0.01", "--batch-size", "32",
               "--noise", "gaussian:0.5", "--samples", "4"]
@@ -65,6 +67,13 @@ def fail_once(at_epoch, marker):
 def read_metrics(out):
     with open(os.path.join(out, "metrics.jsonl")) as fh:
         return [json.loads(line) for line in fh if line.strip()]
+
+
+def tb_steps(out, tag="epoch/train_loss"):
+    """The steps of a tag in the run's TensorBoard event files (all attempts): each once."""
+    from dae.train.tracking import TB_DIR, read_scalars
+
+    return [step for step, _ in read_scalars(os.path.join(out, TB_DIR)).get(tag, [])]
 
 
 # ---------------------------------------------------------------- no training
@@ -123,7 +132,7 @@ def test_two_workers_train_and_checkpoint_reloads(ray_session, shards_root, tmp_
 def test_worker_failure_resumes_from_last_checkpoint(ray_session, shards_root, tmp_path):
     marker = tmp_path / "failed-once"
     res = train(shards_root, tmp_path / "runs", "fault", "--workers", 2, "--epochs", 2, "--max-failures", 2,
-                on_epoch_start=fail_once(2, str(marker)))
+                "--log-every-steps", 1, on_epoch_start=fail_once(2, str(marker)))
     assert marker.exists(), "the fault hook never fired"
     hist = read_metrics(res["out"])
     # Rank 1 died at the start of epoch 2. Epoch 1 comes from the first worker group (attempt 0) and was
@@ -131,13 +140,28 @@ def test_worker_failure_resumes_from_last_checkpoint(ray_session, shards_root, t
     assert [h["epoch"] for h in hist] == [1, 2]
     assert [h["attempt"] for h in hist] == [0, 1]
     assert hist[1]["val_psnr"] > hist[1]["noisy_psnr"]
+    # TensorBoard: one event file per attempt, each epoch and each of the 2 x 8 steps once
+    assert tb_steps(res["out"]) == [1, 2] and tb_steps(res["out"], "step/train_loss") == list(range(1, 17))
 
 
 @pytest.fixture(scope="module")
-def reference_run(ray_session, shards_root, tmp_path_factory):
-    """1 worker, 2 epochs, constant LR: the uninterrupted run the next tests compare against."""
+def reference_run(ray_session, shards_root, tmp_path_factory, request):
+    """1 worker, 2 epochs, constant LR: the uninterrupted run the next tests compare against. Tracked
+    in MLflow (tracking changes no figure) where the package is installed."""
+    import importlib.util
+
     storage = tmp_path_factory.mktemp("ref")
-    res = train(shards_root, storage, "reference", "--workers", 1, "--epochs", 2, "--schedule", "constant")
+    args = ["--workers", 1, "--epochs", 2, "--schedule", "constant", "--log-every-steps", 3]
+    if importlib.util.find_spec("mlflow") is not None:
+        server = request.getfixturevalue("mlflow_server")
+        mp = pytest.MonkeyPatch()
+        mp.setenv("MLFLOW_TRACKING_URI", server.uri)
+        args += ["--tracker", "mlflow", "--mlflow-experiment", "dae-e2e"]
+    try:
+        res = train(shards_root, storage, "reference", *args)
+    finally:
+        if "--tracker" in args:
+            mp.undo()
     return read_metrics(res["out"]), res["final_model"]
 
 
@@ -147,13 +171,12 @@ def resumed_run(ray_session, shards_root, tmp_path_factory):
     storage = tmp_path_factory.mktemp("resume")
     first = read_metrics(train(shards_root, storage, "resume", "--workers", 1, "--epochs", 1,
                                "--schedule", "constant")["out"])
-    second = read_metrics(train(shards_root, storage, "resume", "--workers", 1, "--epochs", 2,
-                                "--schedule", "constant")["out"])
-    return first, second
+    out = train(shards_root, storage, "resume", "--workers", 1, "--epochs", 2, "--schedule", "constant")["out"]
+    return first, read_metrics(out), out
 
 
 def test_resume_by_run_name_continues(resumed_run, reference_run):
-    first, hist = resumed_run
+    first, hist, out = resumed_run
     ref, _ = reference_run
     assert [h["epoch"] for h in first] == [1]
     assert [h["epoch"] for h in hist] == [1, 2]
@@ -163,13 +186,40 @@ def test_resume_by_run_name_continues(resumed_run, reference_run):
     # the uninterrupted run's epoch 2.
     assert hist[1]["train_loss"] == pytest.approx(ref[1]["train_loss"], rel=1e-6)
     assert hist[1]["val_psnr"] == pytest.approx(ref[1]["val_psnr"], abs=1e-6)
+    assert tb_steps(out) == [1, 2]  # TensorBoard: the rerun appended epoch 2 to the run's events
+
+
+def test_reference_run_is_tracked(reference_run, mlflow_server):
+    """Every run writes TensorBoard events (each epoch's figures and samples, rank 0's loss every 3 of
+    its 8 steps per epoch); with --tracker mlflow the run is on the server: the settings, each epoch's
+    metrics, the figures and the best model."""
+    from mlflow.tracking import MlflowClient
+
+    from dae.train.tracking import MLFLOW_RUN_FILE
+
+    hist, final_model = reference_run
+    run_dir = os.path.dirname(final_model)
+    assert tb_steps(run_dir) == [1, 2] and tb_steps(run_dir, "epoch/val_psnr") == [1, 2]
+    assert tb_steps(run_dir, "step/train_loss") == [3, 6, 9, 12, 15]
+    client = MlflowClient(mlflow_server.uri)
+    run = client.get_run(json.load(open(os.path.join(run_dir, MLFLOW_RUN_FILE)))["run_id"])
+    assert run.info.status == "FINISHED" and run.info.run_name == "reference"
+    assert client.get_experiment(run.info.experiment_id).name == "dae-e2e"
+    assert run.data.params["model"] == "dncnn" and run.data.params["tracker"] == "mlflow"
+    psnr = client.get_metric_history(run.info.run_id, "val_psnr")
+    assert [(m.step, m.value) for m in psnr] == [(h["epoch"], pytest.approx(h["val_psnr"])) for h in hist]
+    arts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"curves.png", "samples.png", "metrics.jsonl", "summary.json", "config.resolved.json",
+            "best_model"} <= arts, arts
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "best_model")} == {
+        "best_model/config.json", "best_model/model.safetensors"}
 
 
 def test_same_seed_same_metrics_one_worker(resumed_run, reference_run):
     # Two separate runs with the same seed (1 worker, CPU): bit-identical epoch-1 metrics. With 2
     # workers the rows per rank are fixed too (ids sorted, every 2nd per rank), so 2-worker runs
     # also repeat exactly on CPU (seen in manual runs; not asserted here to keep the file short).
-    first, _ = resumed_run
+    first, _, _ = resumed_run
     for key in ("train_loss", "val_psnr", "val_ssim", "noisy_psnr"):
         assert first[0][key] == reference_run[0][0][key], key
 
