@@ -43,11 +43,13 @@ PLAIN_FORWARD = InferenceSpec(device="cpu", forward_batch=64, deterministic=Fals
 @dataclass(frozen=True)
 class BenchDenoiseConfig:
     sets: str = field(default="fashion,photos,color-blind", metadata={
-        "help": "comma list of: fashion, photos, color-blind (the photos with pretrained:color-blind by precision)"})
+        "help": "comma list of: fashion, photos, color-blind (the photos with pretrained:color-blind by precision), "
+                "files (a folder of --files-n image files: the driver's memory against N, a killed run resumed)"})
     precision_parts: str = field(default=",".join(PRECISION_PARTS), metadata={
         "help": f"color-blind: comma list of {', '.join(PRECISION_PARTS)} (dae.experiments.bench.precision)"})
     fashion_n: int = field(default=70_000, metadata={"help": "small images: Fashion-MNIST's 70,000 cycled up to N"})
     photos_n: int = field(default=1_728, metadata={"help": "photos: CBSD432's 432 cycled up to N"})
+    files_n: int = field(default=100_000, metadata={"help": "files: image files in the folder (also run at N/10)"})
     work: str = field(default="bench_out/denoise", metadata={"help": "scratch directory (shards, models, outputs)"})
     noise: str = field(default="", metadata={
         "help": "synthetic noise and metrics in the job (--add-noise) and the script, e.g. gaussian:0.2; "
@@ -208,8 +210,13 @@ def run(cfg: BenchDenoiseConfig) -> dict:
                                       os.path.abspath(cfg.work), tuple(filter(None, cfg.precision_parts.split(","))),
                                       cfg.job_args)
             continue
+        if name == "files":
+            from .files import bench_files
+
+            results[name] = bench_files(cfg.files_n, cfg.work, cfg.job_args)
+            continue
         if name not in SETS:
-            raise SystemExit(f"error: unknown set {name!r}; valid: {', '.join(SETS)}, color-blind")
+            raise SystemExit(f"error: unknown set {name!r}; valid: {', '.join(SETS)}, color-blind, files")
         results[name] = bench_set(name, cfg.fashion_n if name == "fashion" else cfg.photos_n, cfg)
     path = os.path.join(cfg.work, "bench-denoise.json")
     with open(path, "w") as fh:
