@@ -64,7 +64,7 @@ def test_glob_and_single_file_inputs(folder):
     lst = files.list_any(os.path.join(folder, "**", "*.jpg"))
     assert lst.images.rel.to_pylist() == ["a/x.jpg"] and lst.images.root == os.path.abspath(folder)
     lst = files.list_any(os.path.join(folder, "a", "*"))  # one folder level: deep/ is not matched
-    assert lst.images.rel.to_pylist() == ["a/x.jpg"]
+    assert lst.images.rel.to_pylist() == ["x.jpg"]  # ids are relative to the folder before the wildcard
     lst = files.list_any(os.path.join(folder, "b.png"))
     assert lst.kind == "files" and lst.images.rel.to_pylist() == ["b.png"]
     assert files.split_glob("s3://bucket/photos/*/x?.jpg") == ("s3://bucket/photos", "*/x?.jpg")
