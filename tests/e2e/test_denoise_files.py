@@ -87,3 +87,16 @@ def test_a_folder_of_photos_in_and_out(ray_session, tmp_path):
     s = run(*argv)
     assert s["files_processed"] == 0 and s["export"]["groups"] == 0 and s["rows_in"] == 6
     assert before == {p: os.path.getmtime(p) for p in before}
+
+
+def test_photos_that_all_mismatch_the_model_fail_before_any_work(ray_session, tmp_path):
+    src = tmp_path / "photos"
+    _photos(src)
+    out = tmp_path / "out"
+    # a glob of the RGB photos and the gray model: the error names the model that fits
+    with pytest.raises(ValueError, match=r"expects 1-channel images but 2 of 2 sampled input images do not; "
+                                         r"3-channel images with a 1-channel model: use --model "
+                                         r"pretrained:color-blind \(or pretrained:auto"):
+        run("--input", src / "trip" / "*", "--model", "pretrained:gray-blind", "--output", out)
+    assert not out.exists()
+

@@ -225,6 +225,18 @@ def test_channel_mismatch_names_the_model_that_fits():
     assert "use --model pretrained:gray-blind" in inference.channel_mismatch_message(1, 3)
 
 
+def test_export_needs_image_files_and_keep_removed_needs_shards(folder, tmp_path, tiny_shards):
+    from dae.denoise import DenoiseConfig, pipeline
+
+    images_in = files.list_any(folder)
+    shards_in = files.list_any(tiny_shards(n_test=2, root=tmp_path / "shards"))
+    with pytest.raises(ValueError, match="--export writes each image at its input file's path.*--export-png"):
+        pipeline._check_kind(DenoiseConfig(input="x", model="m", output="o", export="e"), shards_in)
+    with pytest.raises(ValueError, match="--keep-removed applies to shard inputs"):
+        pipeline._check_kind(DenoiseConfig(input="x", model="m", output="o", keep_removed=True), images_in)
+    pipeline._check_kind(DenoiseConfig(input="x", model="m", output="o", export="e"), images_in)
+
+
 def test_auto_picks_the_shipped_models_by_channels():
     assert auto.models("pretrained:auto") == {1: "pretrained:gray-blind", 3: "pretrained:color-blind"}
     cfg = auto.model_config("pretrained:auto")

@@ -119,6 +119,9 @@ def killed_and_resumed(root: str, model_dir: str, out: str, groups: int, extra: 
             proc.wait()
     committed = len([n for n in os.listdir(done) if n.endswith(".json")]) if os.path.isdir(done) else 0
     print(f"  killed after {committed} of {groups} groups were committed", flush=True)
+    if committed >= groups:
+        print("  (the run ended before the kill: too few files, or batches as big as the groups; try a larger "
+              "--files-n or --job-args '--batch-size 64')", flush=True)
     r = run_files_job(root, model_dir, out, extra)
     _report("resumed", r)
     from dae.denoise import read_outputs
