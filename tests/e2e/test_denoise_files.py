@@ -87,6 +87,16 @@ def test_a_folder_of_photos_in_and_out(ray_session, tmp_path):
     s = run(*argv)
     assert s["files_processed"] == 0 and s["export"]["groups"] == 0 and s["rows_in"] == 6
     assert before == {p: os.path.getmtime(p) for p in before}
+    # the output and the export mirror the folder: a photo removed, one added
+    os.remove(src / "w.webp")
+    Image.fromarray(np.full((9, 10), 77, np.uint8)).save(src / "trip" / "new.png")
+    s = run(*argv)
+    assert s["rows_in"] == 6 and s["export"]["refused"] == 0
+    ids = sorted(read_outputs(str(out)).column("id").to_pylist())
+    assert ids == sorted(["gray.png", "trip/rot.jpg", "trip/raw/deep16.tif", "trip/c.bmp", "trip/new.png"])
+    exported = sorted(os.path.relpath(p, exp) for p in glob.glob(str(exp / "**" / "*"), recursive=True)
+                      if os.path.isfile(p))
+    assert exported == sorted(["gray.png", "trip/rot.png", "trip/raw/deep16.png", "trip/c.png", "trip/new.png"])
 
 
 def test_photos_that_all_mismatch_the_model_fail_before_any_work(ray_session, tmp_path):
