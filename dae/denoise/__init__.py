@@ -3,12 +3,16 @@
     from dae.denoise import DenoiseConfig, run, read_outputs
     summary = run(DenoiseConfig(input="data/fm", split="test", model="runs/m/best_model", output="out/d"))
     table = read_outputs("out/d")            # the committed rows (pyarrow.Table), one per input row
+    run(DenoiseConfig(input="~/photos", model="pretrained:auto", output="out/p", export="out/photos"))
+                                             # image files in (ids: their paths), photos out
 
 Modules: :mod:`.config` (the frozen config), :mod:`.scan` (listing, row counts, channel and
 duplicate-id checks as Ray tasks), :mod:`.pipeline` (the Ray Data pipeline and the driver's books),
 :mod:`.outputs` (the output layout and its rules, the worker-side writer, the driver's books),
 :mod:`.commits` (markers, commits, retirements, clean-up), :mod:`.reader`, :mod:`.manifest` (the
-run's settings), :mod:`.rerun` (what a rerun does), :mod:`.lease` (one writer).
+run's settings), :mod:`.rerun` (what a rerun does), :mod:`.lease` (one writer); for image files as input
+:mod:`.files` (the input's kind, the compact listing, commit groups, the workers' read stage),
+:mod:`.auto` (``pretrained:auto``, rows of several channel counts) and :mod:`.export` (``--export``).
 """
 
 from .config import DenoiseConfig, validate

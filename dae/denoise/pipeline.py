@@ -13,6 +13,10 @@ Pipeline, over every pending input file at once::
       -> driver            adds up rows per input; an input whose rows are all accounted for is
                            committed: its marker, listing its parts, is written
 
+Image files (:mod:`.files`) start from the listing's Arrow blocks (path, id, group) instead of
+read_parquet: the first stage's workers read and decode the files; groups of files are committed
+as shard files are.
+
 The driver never receives an image: only metadata rows (stem, part names, counts, metric sums,
 writer node), about 200 bytes per part (``summary.json`` reports what it received). See
 :mod:`dae.denoise.outputs` for the layout and why every id lands exactly once.
