@@ -5,14 +5,16 @@ reruns that do nothing. The pieces without Ray are in tests/unit/test_denoise_fi
 from __future__ import annotations
 
 import glob
+import io
 import os
+import uuid
 
 import numpy as np
 import pytest
 import ray  # noqa: F401  (imported here: Ray's log handlers must not bind to a test's capsys stream)
 from PIL import Image
 
-from dae import shards
+from dae import shards, storage
 from dae.denoise import read_outputs
 from helpers import run_job
 
@@ -109,4 +111,25 @@ def test_photos_that_all_mismatch_the_model_fail_before_any_work(ray_session, tm
                                          r"pretrained:color-blind \(or pretrained:auto"):
         run("--input", src / "trip" / "*", "--model", "pretrained:gray-blind", "--output", out)
     assert not out.exists()
+
+
+def test_an_s3_prefix_of_photos_in_and_out(ray_session, s3_server):
+    """The same from and to object storage: the listing is one LIST, the workers read the objects,
+    the export is one PUT per image (the server is the session's SeaweedFS, tests/s3server.py)."""
+    s3_server.create_bucket("dae-files")
+    base = f"s3://dae-files/t-{uuid.uuid4().hex[:8]}"
+    with s3_server.env():
+        for rel, a in (("a/g.png", np.full((12, 14), 90, np.uint8)), ("b.jpg", np.full((10, 8, 3), 120, np.uint8))):
+            buf = io.BytesIO()
+            Image.fromarray(a).save(buf, format="PNG" if rel.endswith(".png") else "JPEG")
+            storage.write_bytes(f"{base}/photos/{rel}", buf.getvalue())
+        storage.write_bytes(f"{base}/photos/a/bad.png", b"no image")
+        argv = ["--input", f"{base}/photos/", "--model", "pretrained:auto", "--output", f"{base}/out",
+                "--export", f"{base}/exp", "--export-format", "same", "--max-error-fraction", 0.5, "--sigma", 25]
+        s = run(*argv)
+        assert (s["rows_in"], s["rows_out"], s["rows_failed"], s["export"]["written"]) == (3, 2, 1, 2)
+        assert sorted(read_outputs(f"{base}/out").column("id").to_pylist()) == ["a/g.png", "b.jpg"]
+        assert Image.open(io.BytesIO(storage.read_bytes(f"{base}/exp/b.jpg"))).format == "JPEG"
+        assert shards.decode_png(storage.read_bytes(f"{base}/exp/a/g.png")).shape == (12, 14, 1)
+        assert run(*argv)["files_processed"] == 0
 
