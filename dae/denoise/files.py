@@ -11,7 +11,9 @@
 Rules:
 - Kind: a glob is image files; a .parquet file, or --split, is shards; a folder or prefix holding
   any (not hidden) .parquet file is shards, else image files if it holds any; else a one-line error.
-  Hidden names ('.' or '_' anywhere in the path) are skipped, as for shards.
+  Names starting with '.' anywhere in the path are hidden and skipped (.thumbnails/, .DS_Store,
+  ._IMG_1.JPG); unlike shard roots (Spark's rule, '.' or '_'), '_' names are photos like any other:
+  cameras name files _DSC0001.JPG.
 - An image's id is its path under the input root ('/'-separated; for a glob, under the folder before
   its first wildcard).
 - The driver holds the listing as Arrow/numpy arrays (relative path, size, mtime): no image bytes and
@@ -35,13 +37,14 @@ import numpy as np
 import pyarrow as pa
 
 from .. import images, inference, shards, storage
-from .scan import HIDDEN_PREFIXES, SKIP_HIDDEN, InputFile, Listing, list_inputs, relative
+from .scan import InputFile, Listing, list_inputs, relative
 
 GROUP_FILES = 256  # files per commit group, on average
 GROUP_MAX = 1024
 LIST_CHUNK = 8192
 SKIP_NOT_IMAGE = f"not an image file ({', '.join(images.EXTENSIONS)})"
 SKIP_NO_MATCH = "does not match the glob"
+SKIP_HIDDEN = "hidden: a name in its path starts with '.'"
 SHOW = 20  # skipped paths kept per reason (the rest counted)
 
 
@@ -156,7 +159,7 @@ def _classify(rel: str, match: re.Pattern | None) -> str:
     """'' for an image file that is an input, 'parquet' for a shard, else the skip reason."""
     if match is not None and not match.match(rel):
         return SKIP_NO_MATCH
-    if any(p.startswith(HIDDEN_PREFIXES) for p in rel.split("/") if p):
+    if any(p.startswith(".") for p in rel.split("/") if p):
         return SKIP_HIDDEN
     if images.is_image_name(rel):
         return ""

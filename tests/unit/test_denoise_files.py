@@ -33,7 +33,8 @@ def folder(tmp_path):
     _save(root, "a/x.jpg", rng.integers(0, 256, (6, 7, 3), dtype=np.uint8), quality=95)
     _save(root, "a/deep/y.tif", rng.integers(0, 65536, (5, 4), dtype=np.uint16))
     _save(root, ".hidden/z.png", rng.integers(0, 256, (4, 4), dtype=np.uint8))
-    _save(root, "_thumbs/t.png", rng.integers(0, 256, (4, 4), dtype=np.uint8))
+    _save(root, ".thumbnails/t.png", rng.integers(0, 256, (4, 4), dtype=np.uint8))
+    _save(root, "a/_DSC0001.JPG", rng.integers(0, 256, (4, 4, 3), dtype=np.uint8))  # a camera's name: an input
     with open(os.path.join(root, "notes.txt"), "w") as fh:
         fh.write("not an image")
     return root
@@ -44,19 +45,19 @@ def folder(tmp_path):
 
 def test_listing_ids_are_relative_paths_and_the_listing_is_arrays(folder):
     lst = files.list_any(folder)
-    assert lst.kind == "files" and lst.found == 6
-    assert lst.images.rel.to_pylist() == ["a/deep/y.tif", "a/x.jpg", "b.png"]  # sorted, '/'-separated
+    assert lst.kind == "files" and lst.found == 7
+    assert lst.images.rel.to_pylist() == ["a/_DSC0001.JPG", "a/deep/y.tif", "a/x.jpg", "b.png"]  # sorted, '/'-separated
     assert lst.images.size.dtype == np.int64 and lst.images.mtime_ns.dtype == np.int64
     assert lst.images.root == os.path.abspath(folder)
     d = lst.describe()
-    assert d["skipped"]["hidden: a name in its path starts with '.' or '_'"]["files"] == 2
+    assert d["skipped"][files.SKIP_HIDDEN]["files"] == 2
     assert d["skipped"][files.SKIP_NOT_IMAGE]["first"] == ["notes.txt"]
-    assert sum(g.rows for g in lst.files) == 3
+    assert sum(g.rows for g in lst.files) == 4
     # the rows the workers get: the full path, the id, the group's stem
     (block,) = files.file_blocks(lst.images, lst.files, rows=10)
     rows = block.to_pylist()
-    assert [r["id"] for r in rows] == ["a/deep/y.tif", "a/x.jpg", "b.png"]
-    assert rows[0]["path"] == os.path.join(os.path.abspath(folder), "a", "deep", "y.tif")
+    assert [r["id"] for r in rows] == ["a/_DSC0001.JPG", "a/deep/y.tif", "a/x.jpg", "b.png"]
+    assert rows[1]["path"] == os.path.join(os.path.abspath(folder), "a", "deep", "y.tif")
     assert {r["stem"] for r in rows} == {lst.files[0].stem}
 
 
@@ -64,7 +65,7 @@ def test_glob_and_single_file_inputs(folder):
     lst = files.list_any(os.path.join(folder, "**", "*.jpg"))
     assert lst.images.rel.to_pylist() == ["a/x.jpg"] and lst.images.root == os.path.abspath(folder)
     lst = files.list_any(os.path.join(folder, "a", "*"))  # one folder level: deep/ is not matched
-    assert lst.images.rel.to_pylist() == ["x.jpg"]  # ids are relative to the folder before the wildcard
+    assert lst.images.rel.to_pylist() == ["_DSC0001.JPG", "x.jpg"]  # ids: relative to the folder before the *
     lst = files.list_any(os.path.join(folder, "b.png"))
     assert lst.kind == "files" and lst.images.rel.to_pylist() == ["b.png"]
     assert files.split_glob("s3://bucket/photos/*/x?.jpg") == ("s3://bucket/photos", "*/x?.jpg")
@@ -135,7 +136,7 @@ def test_read_files_batch_keeps_every_row(folder):
     lst = files.list_any(folder)
     (block,) = files.file_blocks(lst.images, lst.files, rows=10)
     batch = {k: block.column(k).to_numpy(zero_copy_only=False) for k in block.column_names}
-    batch["path"][0] = batch["path"][0] + ".gone"  # vanished between listing and reading
+    batch["path"][1] = batch["path"][1] + ".gone"  # a/deep/y.tif vanished between listing and reading
     out = files.read_files_batch(batch)
     by = dict(zip(out["id"], range(len(out["id"]))))
     gone = by["a/deep/y.tif"]
