@@ -5,10 +5,11 @@
     MODEL_DIR/model.safetensors   the weights (safetensors: no pickle, safe to load from anywhere)
 
 ``load_model(dir)`` rebuilds the model from the directory alone. Works on local paths and URIs, and
-on ``pretrained:NAME`` for the models shipped in the repository's ``models/NAME/`` (each with a model
-card, README.md): ``python -m jobs.denoise --model pretrained:gray-blind ...``. The name is resolved
-where the model is loaded (each Ray worker finds ``models/`` beside its own copy of the package), so
-it travels to a cluster as a name, not as a path of the submitting machine.
+on ``pretrained:NAME`` for the shipped models (the repository's ``models/NAME/``, each with a model
+card, README.md; installed, the package's ``dae/pretrained/NAME/``): ``dae denoise --model
+pretrained:gray-blind ...``; ``dae models`` lists them. The name is resolved where the model is loaded
+(each Ray worker finds the models beside its own copy of the package), so it travels to a cluster as a
+name, not as a path of the submitting machine.
 No Ray import.
 """
 
@@ -28,7 +29,11 @@ from .models import AnySize, create_model
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
 PRETRAINED = "pretrained:"
-MODELS_ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models")
+_PACKAGE = os.path.dirname(os.path.abspath(__file__))
+# The shipped models: installed (a wheel, the Docker image), the package holds them as dae/pretrained/
+# (pyproject.toml maps the repository's models/ there); in a checkout they are the repository's models/.
+MODELS_ROOT = next((d for d in (os.path.join(_PACKAGE, "pretrained"), os.path.join(os.path.dirname(_PACKAGE), "models"))
+                    if os.path.isdir(d)), os.path.join(os.path.dirname(_PACKAGE), "models"))
 
 
 def list_pretrained() -> list[str]:

@@ -10,7 +10,7 @@
 
 ``--config`` takes a YAML file, a run's ``config.resolved.json`` (which reruns that run: its record
 of the run under the reserved key ``_run`` is not a setting and is skipped), or the name of one of the
-job's presets in ``jobs/presets/`` (without ``.yaml``; a job lists only its own: ``train-*`` for
+job's presets in ``dae/presets/`` (without ``.yaml``; a job lists only its own: ``train-*`` for
 jobs.train). Every preset value must have its field's type (``overwrite: "false"`` is a string, not a
 bool, and fails naming the key). Every field becomes a ``--kebab-case`` flag; dict and list fields
 take YAML/JSON text (``--model-kwargs '{width: 32}'``), or space-separated words when the field's
@@ -46,7 +46,7 @@ from typing import Any
 
 import yaml
 
-PRESET_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "jobs", "presets")
+PRESET_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "presets")
 # The key of a config.resolved.json under which a job records what it found out about its run (data
 # mode, resources, the model's config, ...): not a setting, so a preset or --config file may hold it
 # and build_config skips it. Every other key of that file is a config field, at the top level.

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 import sys
 import time
 from typing import Any, Callable
 
-from . import storage
+from . import paths, storage
 from .config import RUN_KEY, add_config_args, config_dict, resolve_config
 
 log = logging.getLogger("dae")
@@ -37,18 +38,58 @@ def config_parser(doc: str, cls, add_help: bool = True, s3: bool = True,
     add_config_args(parser, cls, presets)
     if s3:
         storage.add_s3_args(parser)
+    add_run_args(parser)
     return parser
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+# How the job talks to dae.raylib.init_ray (which starts Ray, maybe in a later module): environment
+# variables, so that the processes a job starts (tune trials, benchmark jobs) inherit them too.
+LOG_LEVEL_ENV = "DAE_LOG_LEVEL"
+DASHBOARD_ENV = "DAE_RAY_DASHBOARD"
+
+
+def add_run_args(parser: argparse.ArgumentParser) -> None:
+    """How a job talks, not what it computes (so not config fields, not in config.resolved.json)."""
+    g = parser.add_argument_group("output and Ray")
+    g.add_argument("--log-level", choices=LOG_LEVELS, default=None,
+                   help=f"what the job and Ray log (default: info; or ${LOG_LEVEL_ENV})")
+    g.add_argument("-q", "--quiet", action="store_const", dest="log_level", const="warning",
+                   help="warnings, errors and the final summary only (= --log-level warning): no progress lines, "
+                        "no Ray Data progress, no worker output")
+    g.add_argument("--assume-shared-fs", action="store_true",
+                   help="on a multi-node cluster, trust that the local paths given are one shared mount on every "
+                        "node (skips the check that each node sees them as the driver does: dae.paths)")
+    g.add_argument("--dashboard", action="store_true",
+                   help="a local Ray (no RAY_ADDRESS) starts with its dashboard (http://127.0.0.1:8265; it "
+                        "needs ray[default]); a cluster's dashboard is the cluster's")
+
+
+def apply_run_args(args: argparse.Namespace) -> None:
+    level = getattr(args, "log_level", None) or os.environ.get(LOG_LEVEL_ENV) or "info"
+    if level not in LOG_LEVELS:
+        raise ValueError(f"{LOG_LEVEL_ENV}={level!r}: valid levels: {', '.join(LOG_LEVELS)}")
+    os.environ[LOG_LEVEL_ENV] = level
+    if getattr(args, "dashboard", False):
+        os.environ[DASHBOARD_ENV] = "1"
+    setup_logging(getattr(logging, level.upper()))
 
 
 def stage_config(args: argparse.Namespace, cls):
     """What every stage job does before its stage: logging, S3 settings from the flags, and the
     config resolved from defaults <- preset <- flags."""
-    setup_logging()
+    apply_run_args(args)
     storage.configure_from_args(args)
-    return resolve_config(cls, args)
+    cfg = resolve_config(cls, args)
+    paths.check_relative(cfg)  # under `ray job submit`: relative paths refused (dae.paths says why)
+    paths.declare(cfg, assume_shared_fs=getattr(args, "assume_shared_fs", False))
+    return cfg
 
 
-def setup_logging(level: int = logging.INFO) -> None:
+def setup_logging(level: int | None = None) -> None:
+    """The "dae" logger on stdout at ``level`` (default: the job's --log-level, else info)."""
+    if level is None:
+        level = getattr(logging, os.environ.get(LOG_LEVEL_ENV, "info").upper(), logging.INFO)
     if not log.handlers:
         h = _StdoutHandler()
         h.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s", "%H:%M:%S"))
@@ -117,12 +158,12 @@ def _user_error(e: BaseException) -> BaseException | None:
     return None
 
 
-def cli(parser: argparse.ArgumentParser, main: Callable[..., Any], **kwargs) -> Any:
-    """``if __name__ == "__main__"`` of every job: parses the command line and runs ``main``. An
-    expected error becomes ``error: <what is wrong and how to fix it>`` on stderr and exit code 2;
-    ``--debug`` shows the Python traceback instead."""
+def cli(parser: argparse.ArgumentParser, main: Callable[..., Any], argv: list[str] | None = None, **kwargs) -> Any:
+    """``if __name__ == "__main__"`` of every job (and each ``dae COMMAND``): parses the command line
+    (``argv``, else sys.argv) and runs ``main``. An expected error becomes ``error: <what is wrong and
+    how to fix it>`` on stderr and exit code 2; ``--debug`` shows the Python traceback instead."""
     parser.add_argument("--debug", action="store_true", help="on an error, show the Python traceback")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     try:
         return main(args, **kwargs)
     except Exception as e:  # noqa: BLE001 - sorted into expected (one line) and bugs (traceback) below

@@ -12,7 +12,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import ray  # noqa: E402
 
-from . import storage  # noqa: E402
+from . import paths, storage  # noqa: E402
 
 log = logging.getLogger("dae")
 
@@ -47,15 +47,51 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, training: 
         storage.share_with_ray()  # S3 settings for this job's workers (see dae.storage)
         return False
     address = address or os.environ.get("RAY_ADDRESS") or "local"
-    kwargs: dict = {"address": address, "log_to_driver": True}
+    # --log-level / -q of the job (dae.jobutil): Ray's own driver-side logs (Ray Data's progress
+    # lines among them) follow it; below info, the workers' output is not relayed either.
+    level = getattr(logging, os.environ.get("DAE_LOG_LEVEL", "info").upper(), logging.INFO)
+    kwargs: dict = {"address": address, "log_to_driver": level <= logging.INFO, "logging_level": level}
     if address == "local":
-        kwargs.update(include_dashboard=False, num_cpus=num_cpus)
+        # --dashboard: the local dashboard on (the State API, the job's progress); off by default
+        # because it slows every local start (see the measurements above).
+        kwargs.update(include_dashboard=os.environ.get("DAE_RAY_DASHBOARD") == "1", num_cpus=num_cpus)
         if training:  # only Train runs the cleaner; the hook's runtime env slows every worker's start
             kwargs["runtime_env"] = {"worker_process_setup_hook": f"{__name__}.drop_pg_cleaner_noise"}
     ray.init(**kwargs)
     storage.share_with_ray()
     log.info("ray: %s, resources %s", address, ray.cluster_resources())
+    if address != "local":
+        check_paths_on_nodes()
     return True
+
+
+@ray.remote(num_cpus=0)
+def _look(entries: list, probes: dict) -> dict:
+    return paths.look(entries, probes)
+
+
+def check_paths_on_nodes(timeout: float = 120.0) -> None:
+    """dae.paths' node check: every alive node sees the job's local paths as the driver does."""
+    entries, assume_shared = paths.declared()
+    nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive")]
+    if not entries or assume_shared or len(nodes) < 2:
+        return
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    probes = paths.write_probes(entries)
+    try:
+        here = paths.look(entries, probes)
+        refs = [_look.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n, soft=False)).remote(entries, probes)
+                for n in nodes]
+        seen = dict(zip(nodes, ray.get(refs, timeout=timeout)))
+    finally:
+        for probe in probes.values():
+            try:
+                os.remove(probe)
+            except OSError:
+                pass
+    paths.compare(entries, here, seen)
+    log.info("paths: %d local path(s) seen alike on all %d nodes", len(entries), len(nodes))
 
 
 def cluster_cpus() -> float:

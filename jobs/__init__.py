@@ -1,2 +1,2 @@
-"""Jobs: each ``jobs/NAME.py`` has ``get_args_parser()`` and ``main(args)`` and runs as
-``python -m jobs.NAME`` (locally, by ``ray job submit``, or as a KubeRay RayJob entrypoint)."""
+"""The checkout's entry points: ``python -m jobs.NAME`` runs ``dae NAME`` (the module dae/commands/NAME.py).
+Not installed with the package (pyproject.toml lists only dae): installed, the command is ``dae``."""

@@ -25,8 +25,9 @@ class EvaluateConfig:
     # The three lists are flags of space-separated words (nargs): `--noise gaussian:0.1 gaussian:0.5`.
     noise: tuple = field(default=("gaussian:0.1", "gaussian:0.5", "salt_pepper:0.2"),
                          metadata={"help": "noise specs, each scored separately", "nargs": "+"})
-    models: tuple = field(default=(), metadata={"help": "model directories (config.json + model.safetensors); "
-                                                        "named by directory", "nargs": "*"})
+    models: tuple = field(default=(), metadata={
+        "help": "model directories (config.json + model.safetensors) or pretrained:NAME; named by directory",
+        "nargs": "*"})
     ensemble: tuple = field(default=(1,), metadata={
         "help": "self-ensemble sizes every model is scored at: 1 plain; 2, 4 or 8 flips/rotations averaged "
                 "(N x the time), a row 'NAME xN' each", "nargs": "+", "type": int})
@@ -91,8 +92,10 @@ def check_config(cfg: EvaluateConfig) -> tuple[dict[str, NoiseSpec], list[str]]:
         check_ensemble(n)
     storage.check_access(cfg.data, must_exist=True)  # fail before any work, naming the cause
     shards.require_prepared(cfg.data)  # a prepare killed half way: refused, not evaluated on part of a split
+    from ..checkpoint import model_dir
+
     for m in cfg.models:
-        storage.check_access(m, must_exist=True)
+        storage.check_access(model_dir(m), must_exist=True)  # pretrained:NAME: the shipped model's dir
     storage.check_access(cfg.out, write=True)
     return specs, names
 

@@ -26,14 +26,14 @@ _GENERIC_DIR_NAMES = {"model", "best_model", "final_model", "checkpoint", "last_
 def _model_entries(dirs: Sequence[str], taken: set[str], ensembles: Sequence[int] = (1,)) -> list[dict]:
     """[{key, name, dir, config, weights, ensemble}] with unique display names (directory name, else
     config model), one per model and self-ensemble size ("NAME x8")."""
-    from ..checkpoint import load_config, weights_digest
+    from ..checkpoint import PRETRAINED, load_config, weights_digest
 
     entries = []
     names = set(taken)
     for i, d in enumerate(dirs):
         cfg = load_config(d)
         path = str(d).rstrip("/")
-        base = os.path.basename(path)
+        base = os.path.basename(path).removeprefix(PRETRAINED)  # pretrained:color-blind -> "color-blind"
         if base in _GENERIC_DIR_NAMES:  # runs/unet-g05/best_model -> "unet-g05"
             base = os.path.basename(os.path.dirname(path)) or base
         base = base or cfg.get("model", f"model{i}")

@@ -19,6 +19,16 @@ def init_epochs(path: str):
         return "?"
 
 
+# What the scores above do not say (issue 29): the models know synthetic white Gaussian noise only.
+REAL_PHOTOS = (
+    "- **Real photos**: trained on synthetic additive white Gaussian noise only: the same sigma at every pixel, "
+    "independent of brightness and between neighbours. Real camera noise is not like that (it grows with "
+    "brightness, is correlated across pixels and channels after demosaicing, and JPEG reshapes it), so on real "
+    "photos expect less than these scores and some texture taken for noise; give `--sigma` about the noise "
+    "you see (the estimate assumes white noise), or train on your own noisy photos (`dae train --objective "
+    "nb2nb` needs no clean images).")
+
+
 def _row(label: str, values) -> str:
     return f"| {label} | " + " | ".join(fmt(v) for v in values) + " |"
 
@@ -90,12 +100,14 @@ def ship(cfg, name: str, trained: dict, table: dict, sets: list[str], first_stag
         "weights: a residual U-Net told the noise level by a sigma map as an extra input channel (FFDNet, "
         "DRUNet), one model for sigma 0-55 on the 0-255 scale.",
         "",
-        f"    python -m jobs.denoise --input PHOTOS --model pretrained:{name} --output OUT"
+        f"    dae denoise --input PHOTOS --model pretrained:{name} --output OUT"
         "             # sigma estimated",
-        f"    python -m jobs.denoise --input PHOTOS --model pretrained:{name} --sigma 25 --output OUT  # sigma given",
+        f"    dae denoise --input PHOTOS --model pretrained:{name} --sigma 25 --output OUT  # sigma given",
         "",
         *_training_lines(trained, mcfg, kind, sets, first_stage),
         *_score_lines(name, run, table, levels, cfg.ensemble, precision),
+        "",
+        REAL_PHOTOS,
         "",
         "Weights load with safetensors only (`dae.checkpoint.load_model`), never pickle.",
         "",

@@ -227,10 +227,11 @@ def test_cluster_layout_gpu_cpu_groups_head_without_tasks_and_token_auth():
                 assert any(m["mountPath"] == "/dev/shm" for m in c.get("volumeMounts", [])), (name, group)
 
 
-def _entrypoint_args(doc: dict, module: str) -> list[str]:
+def _entrypoint_args(doc: dict, command: str) -> list[str]:
+    # The image installs the package: its `dae` command, not the checkout's `python -m jobs.NAME`.
     argv = shlex.split(doc["spec"]["entrypoint"])
-    assert argv[:3] == ["python", "-m", module], argv
-    return argv[3:]
+    assert argv[:2] == ["dae", command], argv
+    return argv[2:]
 
 
 def test_rayjobs_train_and_denoise():
@@ -246,8 +247,8 @@ def test_rayjobs_train_and_denoise():
         for g in spec["rayClusterSpec"]["workerGroupSpecs"]:
             assert g["minReplicas"] == g["replicas"] == g["maxReplicas"], (name, g["groupName"])
 
-    train = _entrypoint_args(jobs["dae-train"], "jobs.train")
-    denoise = _entrypoint_args(jobs["dae-denoise"], "jobs.denoise")
+    train = _entrypoint_args(jobs["dae-train"], "train")
+    denoise = _entrypoint_args(jobs["dae-denoise"], "denoise")
     gpu_pods = {n: next(g for g in j["spec"]["rayClusterSpec"]["workerGroupSpecs"] if g["groupName"] == "gpu")
                 for n, j in jobs.items()}
 
@@ -271,15 +272,12 @@ def test_rayjobs_train_and_denoise():
 
 
 def _parse_job_args(name: str, argv: list[str]):
-    """The entrypoint's flags through the job's own parser (so a renamed flag fails here), or None
-    when that job module is not in the tree yet."""
-    if not (REPO / "jobs" / f"{name}.py").exists():
-        return None
+    """The entrypoint's flags through the command's own parser (so a renamed flag fails here)."""
     import importlib
 
     from dae.config import resolve_config
 
-    mod = importlib.import_module(f"jobs.{name}")
+    mod = importlib.import_module(f"dae.commands.{name}")
     parsed = mod.get_args_parser().parse_args(argv)
     cls = {"train": "TrainConfig", "denoise": "DenoiseConfig"}[name]
     cfg_cls = getattr(mod, cls, None)
@@ -305,7 +303,8 @@ def test_dockerfile_builds_on_the_official_ray_gpu_image_with_the_pinned_package
     (base,) = re.findall(r"^ARG RAY_IMAGE=(\S+)$", text, re.M)
     assert base == f"rayproject/ray:{RAY_VERSION}-py311-gpu"
     assert re.search(r"^FROM \$\{RAY_IMAGE\}$", text, re.M)
-    for src in ("pyproject.toml", "README.md", "dae", "jobs"):
+    # What the image's install needs (tests/e2e/test_install.py builds the wheel from exactly these).
+    for src in ("pyproject.toml", "README.md", "LICENSE", "dae", "models"):
         assert re.search(rf"^COPY .*\b{re.escape(src)}\b", text, re.M), src
         assert (REPO / src).exists(), src
     assert re.search(r"^RUN pip install \.", text, re.M)

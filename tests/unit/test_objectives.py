@@ -55,6 +55,23 @@ def test_supervised_and_n2n_are_mse():
         assert loss(Half(), noisy, _sigma(1), target).item() == pytest.approx(0.625)
 
 
+def test_supervised_psnr_average_is_the_mean_log_mse_of_the_images():
+    noisy = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]], [[[0.2, 0.2], [0.2, 0.2]]]])
+    target = torch.tensor([[[[0.0, 2.0], [1.0, 1.0]]], [[[0.0, 0.0], [0.0, 0.0]]]])
+    run = Half()
+    plain = get_objective("supervised")(loss="mse")
+    psnr = get_objective("supervised")(loss="mse", average="psnr")
+    # image 0: MSE 0.625 (above); image 1: 0.5 * 0.2 = 0.1 everywhere -> MSE 0.01
+    assert plain.train_loss(run, target, noisy, _sigma(2), {}, 0).item() == pytest.approx((0.625 + 0.01) / 2)
+    assert psnr.train_loss(run, target, noisy, _sigma(2), {}, 0).item() == pytest.approx(
+        (np.log(0.625) + np.log(0.01)) / 2, rel=1e-5)
+    # the gradient weighs each image by 1 / its MSE: the clean-ish image 1 now counts 62.5x image 0
+    with pytest.raises(ValueError, match="average: psnr needs --loss mse, got --loss l1"):
+        get_objective("supervised")(loss="l1", average="psnr")
+    with pytest.raises(ValueError, match="unknown --objective-kwargs average 'mean'; valid: batch, psnr"):
+        get_objective("supervised")(loss="mse", average="mean")
+
+
 # ---------------------------------------------------------------- Neighbor2Neighbor
 
 
