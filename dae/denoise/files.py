@@ -19,8 +19,10 @@ Rules:
 - The driver holds the listing as Arrow/numpy arrays (relative path, size, mtime): no image bytes and
   no per-file Python object outlives the listing step (it is built in chunks of LIST_CHUNK files).
 - Commits: files are committed in groups, each one marker (:mod:`.outputs`). A group starts at
-  a file whose path hashes to 0 mod GROUP_FILES (content-defined: adding or removing a file changes
-  only its own group, and the groups after it keep their members), or after GROUP_MAX files. A
+  a file chosen by its own path and size alone: with probability max(1/GROUP_FILES, size/GROUP_BYTES),
+  decided by a hash of the path (content-defined: adding or removing a file changes only its own
+  group, and the groups after it keep their members; small images come ~GROUP_FILES to a group, 4 MB
+  photos ~64, so a killed run redoes minutes of work, not hours), or after GROUP_MAX files. A
   group's stem comes from its first path; its identity is the digest of its files' (path, size,
   mtime), so the rerun rules of :mod:`.rerun` apply to groups as to shard files (a changed group is
   redone, a gone one retired).
@@ -39,7 +41,8 @@ import pyarrow as pa
 from .. import images, inference, shards, storage
 from .scan import InputFile, Listing, list_inputs, relative
 
-GROUP_FILES = 256  # files per commit group, on average
+GROUP_FILES = 256  # files per commit group, on average, for small files
+GROUP_BYTES = 256 * 2**20  # bytes of input files per commit group, on average, for large ones
 GROUP_MAX = 1024
 LIST_CHUNK = 8192
 SKIP_NOT_IMAGE = f"not an image file ({', '.join(images.EXTENSIONS)})"
@@ -253,13 +256,16 @@ def _h(text: str, size: int = 8) -> bytes:
     return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=size).digest()
 
 
-def group_starts(rel: pa.Array, every: int = GROUP_FILES, most: int = GROUP_MAX) -> np.ndarray:
-    """Indices where groups start (module docstring), over the sorted relative paths."""
+def group_starts(rel: pa.Array, size: np.ndarray | None = None, every: int = GROUP_FILES,
+                 most: int = GROUP_MAX, group_bytes: int = GROUP_BYTES) -> np.ndarray:
+    """Indices where groups start (module docstring), over the sorted relative paths and their sizes."""
     n = len(rel)
+    size = np.zeros(n, np.int64) if size is None else size
     cuts = [0] if n else []
     for lo in range(0, n, LIST_CHUNK):
+        p = np.maximum(1.0 / every, np.minimum(1.0, size[lo:lo + LIST_CHUNK] / group_bytes))
         for k, r in enumerate(rel.slice(lo, LIST_CHUNK).to_pylist()):
-            if lo + k and int.from_bytes(_h(r), "little") % every == 0:
+            if lo + k and int.from_bytes(_h(r), "little") / 2.0**64 < p[k]:
                 cuts.append(lo + k)
     out = []
     for a, b in zip(cuts, cuts[1:] + [n]):
@@ -268,7 +274,7 @@ def group_starts(rel: pa.Array, every: int = GROUP_FILES, most: int = GROUP_MAX)
 
 
 def groups(listing: ImageListing) -> list[FileGroup]:
-    starts = group_starts(listing.rel)
+    starts = group_starts(listing.rel, listing.size)
     ends = np.append(starts[1:], len(listing.rel))
     out = []
     for a, b in zip(starts.tolist(), ends.tolist()):

@@ -53,9 +53,9 @@ def settings(cfg: DenoiseConfig, model_cfg: dict, spec: InferenceSpec, kind: str
     extra = {}
     if kind != "shards":
         from ..images import DECODE
-        from .files import GROUP_FILES, GROUP_MAX
+        from .files import GROUP_BYTES, GROUP_FILES, GROUP_MAX
 
-        extra = {"input_kind": kind, "decode": DECODE, "groups": [GROUP_FILES, GROUP_MAX]}
+        extra = {"input_kind": kind, "decode": DECODE, "groups": [GROUP_FILES, GROUP_BYTES, GROUP_MAX]}
     if is_auto(cfg.model):
         by = model_cfg["by_channels"]
         model = {"model": "auto", **{f"channels_{c}": {k: m.get(k) for k in ("model", "model_kwargs", "channels")}

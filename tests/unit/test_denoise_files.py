@@ -106,6 +106,9 @@ def test_groups_are_stable_when_files_come_and_go():
         assert 1 <= len(differ) <= 2, differ
     starts = files.group_starts(pa.array(rels), every=256, most=50)
     assert np.diff(np.append(starts, 3000)).max() <= 50  # the cap
+    # large files come fewer to a group: 4 MiB photos about 64 to 256 MiB
+    big = files.group_starts(pa.array(rels), np.full(3000, 4 * 2**20, np.int64))
+    assert 25 <= 3000 / len(big) <= 150
 
 
 # ---------------------------------------------------------------- decoding (the workers' read stage)
