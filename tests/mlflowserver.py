@@ -21,6 +21,8 @@ import urllib.request
 
 import pytest
 
+# MLflow 3 sends usage telemetry unless told not to; nothing here may reach out (nor wait on a network)
+QUIET = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
 START_TIMEOUT_S = 120.0  # on 2 busy cores the first start (database migrations) took ~15 s
 
 
@@ -46,7 +48,8 @@ class MlflowServer:
                "--artifacts-destination", os.path.join(work_dir, "artifacts")]
         with open(log_path, "wb") as log:
             # its own session: stop() ends the server and the workers it forks, nothing else
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                    env={**os.environ, **QUIET})
         srv = cls(proc, f"http://127.0.0.1:{port}", log_path)
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:

@@ -37,6 +37,9 @@ REPORTED = ("epoch", "train_loss", "val_psnr", "val_ssim", "noisy_psnr", "noisy_
 # outputs one image whatever the input. Seen: conv28k/keras_blog with MSE on MNIST reach 0 exactly
 # (sigmoid saturated at 0 on the mostly black digits); trained ones measured 0.10-0.26 (tests, sweep).
 COLLAPSE_SPREAD = 1e-3
+# The trackers' copy of samples.png (TensorBoard stores one per epoch): at most this many pixels a side
+# (8 photo crops at full size would add megabytes to the event file every epoch).
+TRACKED_IMAGE_MAX = 1600
 
 
 def score_metric(clean_val: bool) -> tuple[str, str]:
@@ -178,6 +181,7 @@ class EpochFigures:
             self.inputs = sample_inputs(self.cfg, self.files)
         image = samples_grid(model, self.inputs, self.clean_val, spec)
         save_png(image, storage.join(self.out, "samples.png"))
+        image.thumbnail((TRACKED_IMAGE_MAX, TRACKED_IMAGE_MAX))  # in place; only ever shrinks
         return {"samples": np.asarray(image)}
 
 

@@ -151,8 +151,10 @@ def read_scalars(logdir: str) -> dict[str, list[tuple[int, float]]]:
 
 
 class TensorBoardTracker(Tracker):
-    """Event files in ``OUT/tensorboard``, written by tensorboardX: in place on a local ``out``; on a
-    URI in a local folder whose files are uploaded (written whole) after every epoch and at the end."""
+    """Event files in ``OUT/tensorboard``, written by tensorboardX: one file per attempt, in place, on
+    a local ``out``; on a URI one file per epoch, written in a local folder and uploaded once, whole,
+    after the epoch (object stores cannot append; re-uploading one growing file would cost
+    epochs^2 / 2 file sizes)."""
 
     def __init__(self, out: str, steps_per_epoch: int, attempt: int = 0, flush_secs: int = 30):
         self.dest = storage.join(out, TB_DIR)
@@ -160,18 +162,25 @@ class TensorBoardTracker(Tracker):
         self.steps_per_epoch, self.attempt, self.flush_secs = steps_per_epoch, attempt, flush_secs
         self.writer = None
         self.logdir = ""
+        self.files = 0
+
+    def _writer(self):
+        if self.writer is None:
+            from tensorboardX import SummaryWriter
+
+            # tensorboardX names a file by the second and the host: the suffix keeps attempts and files apart
+            self.files += 1
+            self.writer = SummaryWriter(self.logdir, filename_suffix=f".attempt{self.attempt}.{self.files:05d}",
+                                        flush_secs=self.flush_secs)
+        return self.writer
 
     def start(self, params=None, done=()):
-        from tensorboardX import SummaryWriter
-
         epochs_done = max((int(r["epoch"]) for r in done), default=0)
         kept = self._trim(epochs_done)
         self.logdir = tempfile.mkdtemp(prefix="dae-tb-") if self.remote else self.dest
-        # One file per attempt (tensorboardX names it by time and host; the suffix keeps attempts apart).
-        self.writer = SummaryWriter(self.logdir, filename_suffix=f".attempt{self.attempt}", flush_secs=self.flush_secs)
         if params and ("config", 0) not in kept:
             text = "\n".join(f"    {k}: {v}" for k, v in sorted(params.items()))  # indented: markdown code
-            self.writer.add_text("config", text, 0)
+            self._writer().add_text("config", text, 0)
         for row in done:
             if ("epoch/train_loss", int(row["epoch"])) not in kept:
                 self.log_epoch(row, sync=False)
@@ -207,31 +216,38 @@ class TensorBoardTracker(Tracker):
 
     def log_step(self, step, values):
         for k, v in values.items():
-            self.writer.add_scalar(f"step/{k}", float(v), step)
+            self._writer().add_scalar(f"step/{k}", float(v), step)
 
     def log_epoch(self, row, images=None, sync: bool = True):
-        epoch = int(row["epoch"])
+        epoch, writer = int(row["epoch"]), self._writer()
         for k, v in numeric(row).items():
-            self.writer.add_scalar(f"epoch/{k}", v, epoch)
+            writer.add_scalar(f"epoch/{k}", v, epoch)
         for name, img in (images or {}).items():
-            self.writer.add_image(name, np.asarray(img), epoch, dataformats="HWC")
+            writer.add_image(name, np.asarray(img), epoch, dataformats="HWC")
         if sync:
             self._sync()
 
     def _sync(self) -> None:
-        self.writer.flush()
-        if self.remote:  # object stores cannot append: each file is uploaded whole
-            for name in sorted(os.listdir(self.logdir)):
-                with open(os.path.join(self.logdir, name), "rb") as fh:
-                    storage.write_bytes(storage.join(self.dest, name), fh.read())
+        if self.writer is None:
+            return
+        if not self.remote:
+            self.writer.flush()
+            return
+        self.writer.close()  # the next event opens the next file
+        self.writer = None
+        for name in sorted(os.listdir(self.logdir)):
+            local = os.path.join(self.logdir, name)
+            with open(local, "rb") as fh:
+                storage.write_bytes(storage.join(self.dest, name), fh.read())
+            os.remove(local)
 
     def end(self, status="FINISHED"):
+        self._sync()
         if self.writer is not None:
             self.writer.close()
-            self._sync()
-            if self.remote:
-                shutil.rmtree(self.logdir, ignore_errors=True)
             self.writer = None
+        if self.remote and self.logdir:
+            shutil.rmtree(self.logdir, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- MLflow

@@ -156,6 +156,7 @@ def reference_run(ray_session, shards_root, tmp_path_factory, request):
         server = request.getfixturevalue("mlflow_server")
         mp = pytest.MonkeyPatch()
         mp.setenv("MLFLOW_TRACKING_URI", server.uri)
+        mp.setenv("MLFLOW_DISABLE_TELEMETRY", "true")  # the workers get the MLFLOW_* settings too
         args += ["--tracker", "mlflow", "--mlflow-experiment", "dae-e2e"]
     try:
         res = train(shards_root, storage, "reference", *args)
