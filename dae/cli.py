@@ -61,7 +61,9 @@ def main(argv: list[str] | None = None) -> None:
     mod = importlib.import_module(f"dae.commands.{COMMANDS[name]}")
     parser = mod.get_args_parser()
     parser.prog = f"dae {name}"
-    cli(parser, mod.main, argv=argv[1:])
+    rc = cli(parser, mod.main, argv=argv[1:])
+    if isinstance(rc, int) and not isinstance(rc, bool):  # a job whose main returns its exit code (gpu-check)
+        sys.exit(rc)
 
 
 if __name__ == "__main__":

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from dae import inference, shards
+from dae.commands import denoise
 from dae.denoise.scan import bucket_of, find_duplicates, scan_files
 from dae.inference_spec import InferenceSpec
 from dae.models import create_model
 from helpers import HOSTILE, fashion
-from jobs import denoise
 
 
 def test_export_name_never_leaves_the_folder():

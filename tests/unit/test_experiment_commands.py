@@ -18,7 +18,12 @@ JOBS = ("bench_train", "bench_denoise", "quality_train", "quality_sweep", "quali
 TARGETS = {"bench-train": "bench_train", "bench-denoise": "bench_denoise", "quality-train": "quality_train",
            "quality-sweep": "quality_sweep", "quality-natural": "quality_natural",
            "quality-selfsup": "quality_selfsup", "gpu-check": "gpu_check", "demo": "demo"}
-COMMAND = re.compile(r"python3? -m jobs\.(\w+)")
+# `python -m jobs.NAME` (the checkout's entry points) or `dae NAME-WITH-DASHES` (the installed command).
+COMMAND = re.compile(r"python3? -m jobs\.(\w+)|\bdae ([a-z][\w-]*)")
+
+
+def _name(c: re.Match) -> str:
+    return c.group(1) or c.group(2).replace("-", "_")
 
 
 def _config_class(job):
@@ -28,7 +33,7 @@ def _config_class(job):
 
 def parse(name: str, argv: list[str]):
     """The job's config from ``argv``, as the job resolves it (defaults <- preset <- flags)."""
-    job = importlib.import_module(f"jobs.{name}")
+    job = importlib.import_module(f"dae.commands.{name}")
     return resolve_config(_config_class(job), job.get_args_parser().parse_args(argv))
 
 
@@ -46,7 +51,7 @@ def makefile_commands() -> dict[str, list[str]]:
             target = m.group(1)
         c = COMMAND.search(line)
         if line.startswith("\t") and c and target in TARGETS:
-            out[target] = [c.group(1)] + shlex.split(line[c.end():])
+            out[target] = [_name(c)] + shlex.split(line[c.end():])
     return out
 
 
@@ -68,7 +73,7 @@ def _code_commands(text: str):
                 pass
             j += 1
             cmd += "\n" + lines[j].strip()
-        yield words
+        yield [_name(c), *words[len(COMMAND.match(cmd).group(0).split()):]]
 
 
 def _inline_commands(text: str):
@@ -77,22 +82,24 @@ def _inline_commands(text: str):
         span = m.group(2)
         c = COMMAND.search(span)
         if c:
-            yield shlex.split(" ".join(span[c.start():].split()))
+            yield [_name(c), *shlex.split(" ".join(span[c.end():].split()))]
 
 
 def documented_commands() -> list[tuple[str, list[str]]]:
     """(where, argv) of every experiment-job command in the README and the jobs' docstrings."""
     out = []
-    for path in ["README.md"] + [f"jobs/{j}.py" for j in JOBS]:
+    for path in ["README.md"] + [f"dae/commands/{j}.py" for j in JOBS]:
         text = _read(path)
         if path.endswith(".py"):
-            text = importlib.import_module(f"jobs.{path[5:-3]}").__doc__
-        for words in [*_code_commands(text), *_inline_commands(text)]:
-            i = next(k for k, w in enumerate(words) if w.startswith("jobs."))
-            name = words[i][5:]
+            text = importlib.import_module(f"dae.commands.{j_of(path)}").__doc__
+        for name, *argv in [*_code_commands(text), *_inline_commands(text)]:
             if name in JOBS:
-                out.append((f"{path}: {' '.join(words[i - 2:])}", [name] + words[i + 1:]))
+                out.append((f"{path}: {name} {' '.join(argv)}", [name, *argv]))
     return out
+
+
+def j_of(path: str) -> str:
+    return os.path.basename(path)[:-3]
 
 
 def test_every_make_target_names_its_job():
@@ -123,13 +130,13 @@ def test_the_readme_and_the_docstrings_commands_parse():
 
 
 # What the benchmark jobs' flags were as plain argparse flags: the same names, defaults and meaning (issue 28
-# added the precision and compile runs and the color-blind set to the defaults).
+# added the precision and compile runs and the color-blind set to the defaults, issue 29 the files set).
 BEFORE = {
     "bench_train": {"data": "/tmp/dae-fashion-shards", "images": 20000, "val_images": 1000, "model": "conv28k",
                     "noise": "gaussian:0.5", "batch_size": 128, "epochs": 2,
                     "runs": "plain,job1,job2,precision,compile", "data_mode": "auto", "work": "/tmp/dae-bench",
                     "worker_niceness": 0},
-    "bench_denoise": {"sets": "fashion,photos,color-blind", "fashion_n": 70_000, "photos_n": 1_728,
+    "bench_denoise": {"sets": "fashion,photos,color-blind,files", "fashion_n": 70_000, "photos_n": 1_728,
                       "work": "bench_out/denoise", "noise": "", "job_args": "", "skip": "", "cluster": False},
     "quality_train": {"data": "/tmp/dae-fashion-shards", "model": "conv28k", "noise": "gaussian:0.5",
                       "epochs": 10, "batch_size": 128, "lr": 2e-3, "seed": 0, "runs": "plain,job1,job2",

@@ -263,7 +263,7 @@ def test_each_objective_declares_what_a_sample_needs_and_its_losses():
     assert get_objective("supervised").losses == get_objective("n2n").losses == LOSSES
     assert get_objective("nb2nb").losses == get_objective("n2v").losses == ("mse",)
     assert {n: {k: o.flag for k, o in get_objective(n).options.items()} for n in OBJECTIVES} == {
-        "supervised": {}, "n2n": {}, "nb2nb": {"gamma": "nb2nb_gamma"},
+        "supervised": {"average": ""}, "n2n": {}, "nb2nb": {"gamma": "nb2nb_gamma"},
         "n2v": {"fraction": "n2v_fraction", "channels": "n2v_channels"}}
 
 
@@ -274,7 +274,7 @@ def test_options_take_their_defaults_are_cast_and_fail_in_one_line():
     for make, says in (
             (lambda: get_objective("nb2nb")(gama=1.0), r"unknown argument\(s\) \['gama'\] for objective 'nb2nb'; "
                                                        r"valid: gamma$"),
-            (lambda: get_objective("supervised")(gamma=1.0), r"for objective 'supervised'; valid: none$"),
+            (lambda: get_objective("supervised")(gamma=1.0), r"for objective 'supervised'; valid: average$"),
             (lambda: get_objective("n2v")(fraction=1.5), r"^--objective-kwargs fraction must be in \(0, 1\), got 1.5$"),
             (lambda: get_objective("n2v")(channels="both"), r"^unknown --objective-kwargs channels 'both'; valid: "
                                                             r"independent, joint$"),

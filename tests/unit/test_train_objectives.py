@@ -71,7 +71,7 @@ def test_objective_inputs_come_from_seed_id_and_epoch(digits):
     ({"objective": "nb2nb", "objective_kwargs": {"gamma": -1}}, "--objective-kwargs gamma must be >= 0"),
     ({"objective": "n2v", "objective_kwargs": {"gama": 1}},
      r"\['gama'\] for objective 'n2v'; valid: fraction, channels"),
-    ({"objective": "supervised", "objective_kwargs": {"gamma": 1}}, "for objective 'supervised'; valid: none"),
+    ({"objective": "supervised", "objective_kwargs": {"gamma": 1}}, "for objective 'supervised'; valid: average"),
     # the older flags are checked whatever the objective, as they always were
     ({"objective": "supervised", "nb2nb_gamma": -1.0}, "--nb2nb-gamma must be >= 0, got -1"),
 ])

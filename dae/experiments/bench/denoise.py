@@ -42,7 +42,7 @@ PLAIN_FORWARD = InferenceSpec(device="cpu", forward_batch=64, deterministic=Fals
 
 @dataclass(frozen=True)
 class BenchDenoiseConfig:
-    sets: str = field(default="fashion,photos,color-blind", metadata={
+    sets: str = field(default="fashion,photos,color-blind,files", metadata={
         "help": "comma list of: fashion, photos, color-blind (the photos with pretrained:color-blind by precision), "
                 "files (a folder of --files-n image files: the driver's memory against N, a killed run resumed)"})
     precision_parts: str = field(default=",".join(PRECISION_PARTS), metadata={
