@@ -304,7 +304,7 @@ def train_and_validate(w: Worker, epoch: int) -> dict:
         first = epoch * (w.total_steps // cfg.epochs)  # the global step from the epoch: a resumed run continues it
 
         def on_step(steps, loss):
-            if steps % cfg.log_every_steps == 0:
+            if (first + steps) % cfg.log_every_steps == 0:
                 w.tracker.log_step(first + steps, {"train_loss": float(loss), "lr": w.opt.param_groups[0]["lr"]})
     row = train_one_epoch(w.model, batches(w.data, cfg, epoch, w.rank, w.per_worker, w.objective), w.opt, w.sched,
                           w.objective.loss_at(epoch), w.device, w.world,
