@@ -29,6 +29,7 @@ Rules:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass, field
@@ -81,7 +82,8 @@ def check_config(cfg: TuneConfig) -> TuneConfig:
         raise ValueError(f"--grace-period {cfg.grace_period} is more than --max-epochs {cfg.max_epochs}")
     if cfg.reduction_factor < 2:
         raise ValueError(f"--reduction-factor must be >= 2, got {cfg.reduction_factor}")
-    return cfg
+    # Each trial runs in a working dir of its own (Tune's): local paths are pinned to this one now.
+    return dataclasses.replace(cfg, data=storage.absolute(cfg.data), storage=storage.absolute(cfg.storage))
 
 
 def trial_config(cfg: TuneConfig, sampled: dict, trial_id: str, cpus: float):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import socket
 import subprocess
@@ -310,6 +311,17 @@ def test_submit_prepare_train_denoise_across_nodes(cluster, shared):
     assert summary["actors"]["max_actors"] == 3
     denoise_nodes = actor_nodes(cluster, lambda c: c.startswith("MapWorker(") and "Denoiser" in c)
     assert len(denoise_nodes) == 3 and set(denoise_nodes) <= nodes, denoise_nodes
+    # Every node saw the train job's local paths as its driver did (dae.paths' node check ran and passed).
+    assert re.search(r"paths: \d local path\(s\) seen alike on all 2 nodes", logs), logs[-3000:]
+
+    # A relative path in a job submitted with a working dir would land in Ray's temporary copy of it:
+    # refused in one line, before any work.
+    cp = cluster.ray("job", "submit", "--submission-id", "dae-relative", "--working-dir", str(shared["wd"]), "--",
+                     "python", "-m", "jobs.denoise", "--input", str(data / "test"), "--model",
+                     str(run_dir / "best_model"), "--output", "rel/out", timeout=300, check=False)
+    said = cp.stdout + cp.stderr
+    assert cp.returncode != 0 and "error: --output 'rel/out' is a relative path, and this job runs in Ray's " \
+        "temporary copy of the working dir" in said, said[-3000:]
 
 
 def test_denoise_survives_a_killed_worker_node_exactly_once(cluster, shared, tiny_shards):

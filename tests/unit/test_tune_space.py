@@ -3,6 +3,8 @@ trial runs, and a trial's sample becomes a train config."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from dae.config import build_config, load_preset
@@ -49,3 +51,8 @@ def test_the_tune_config_checks_its_numbers_and_the_preset_parses():
         check_config(TuneConfig(data="d", space={"lr": 0.1}, base={"data": "x"}))
     cfg = check_config(build_config(TuneConfig, {**load_preset("tune-natural", "tune"), "data": "d"}))
     assert "model_kwargs.width" in cfg.space and cfg.base["model"] == "cunet"
+    # relative paths pinned here: each trial runs in a working dir of Tune's (a relative --data was
+    # looked for there and every trial failed)
+    assert cfg.data == os.path.abspath("d") and cfg.storage == os.path.abspath("runs")
+    cfg = check_config(build_config(TuneConfig, {**load_preset("tune-natural-gray", "tune"), "data": "s3://b/d"}))
+    assert cfg.data == "s3://b/d" and cfg.base["crops_per_image"] == 2
