@@ -234,9 +234,12 @@ def format_summary(s: dict) -> str:
         f"  last epoch {s['last']['epoch']}: {val_line(s['last'])}, {s['last']['images_per_s']:.0f} images/s",
         f"  time: data {s['data_s']:.1f}s, training {s['fit_s']:.1f}s, total {s['total_s']:.1f}s",
         f"  best model:  {s['best_model']}",
-        f"  outputs:     {s['out']}/(metrics.jsonl, curves.png, samples.png, config.resolved.json, summary.json)",
+        f"  outputs:     {s['out']}/(metrics.jsonl, curves.png, samples.png, tensorboard/, config.resolved.json, "
+        f"summary.json)",
         f"  checkpoints: {s['run_dir']}",
     ]
+    if s.get("mlflow_run_id"):
+        lines.append(f"  MLflow run:  {s['mlflow_run_id']} (experiment {cfg['mlflow_experiment']!r})")
     if s.get("collapsed"):
         lines.append(f"  WARNING: {collapse_message(cfg)}")
     return "\n".join(lines)

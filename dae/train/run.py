@@ -103,7 +103,7 @@ def run(cfg: TrainConfig, on_epoch_start: Callable[[int, int, int], None] | None
         raise
     fit_s = time.perf_counter() - t_fit
     facts = {"run_dir": run_dir, "data_mode": mode, "data_s": data_s, "fit_s": fit_s, "resources": res,
-             "torch_threads": threads}
+             "torch_threads": threads, **({"mlflow_run_id": mlflow_run["run_id"]} if mlflow_run else {})}
     summary = _outputs(result, lc, val_desc["files"], t_start, facts)
     try:
         tracker.log_artifacts({name: storage.join(out, name) for name in (
@@ -175,6 +175,7 @@ def _outputs(result, lc: LoopConfig, val_files: list[str], t_start: float, facts
                "best_epoch": best["epoch"], "collapsed": collapsed(history[-1]),
                "best": best, "last": history[-1], "history": history, "data_mode": facts["data_mode"],
                "data_s": facts["data_s"], "fit_s": facts["fit_s"], "total_s": time.perf_counter() - t_start,
-               "resources": facts["resources"], "torch_threads": facts["torch_threads"], "config": config_dict(cfg)}
+               "resources": facts["resources"], "torch_threads": facts["torch_threads"], "config": config_dict(cfg),
+               **{k: facts[k] for k in ("mlflow_run_id",) if k in facts}}
     storage.write_json(storage.join(out, "summary.json"), {k: v for k, v in summary.items() if k != "history"})
     return summary

@@ -204,6 +204,7 @@ def test_reference_run_is_tracked(reference_run, mlflow_server):
     assert tb_steps(run_dir, "step/train_loss") == [3, 6, 9, 12, 15]
     client = MlflowClient(mlflow_server.uri)
     run = client.get_run(json.load(open(os.path.join(run_dir, MLFLOW_RUN_FILE)))["run_id"])
+    assert json.load(open(os.path.join(run_dir, "summary.json")))["mlflow_run_id"] == run.info.run_id
     assert run.info.status == "FINISHED" and run.info.run_name == "reference"
     assert client.get_experiment(run.info.experiment_id).name == "dae-e2e"
     assert run.data.params["model"] == "dncnn" and run.data.params["tracker"] == "mlflow"
