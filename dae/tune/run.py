@@ -32,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import re
 from dataclasses import dataclass, field
 
 from .. import storage
@@ -204,6 +205,13 @@ def _trial_rows(cfg: TuneConfig, results) -> list[dict]:
     return sorted(rows, key=lambda x: -x["best"] if not math.isnan(x["best"]) else math.inf)
 
 
+def _label(row: dict, keys: list[str]) -> str:
+    """'5: 28, 2, 0.0023, 64, psnr': the trial's number (Tune's trial_<exp>_00005_...) and its values."""
+    number = re.search(r"_(\d{5})(?:_|$)", row["trial"])
+    values = [f"{v:.2g}" if isinstance(v, float) else str(v) for v in (row["values"].get(k, "") for k in keys)]
+    return f"{int(number.group(1)) if number else row['trial'][:12]}: {', '.join(values)}"
+
+
 def _write_text(path: str, text: str) -> None:
     storage.write_bytes(path, text.encode())
 
@@ -228,13 +236,15 @@ def write_outputs(cfg: TuneConfig, exp: str, results) -> dict:
         _write_text(storage.join(exp, "best.yaml"),
                     f"# jobs.tune {cfg.name}: trial {rows[0]['trial']}, best {cfg.metric} "
                     f"{rows[0]['best']:.3f} after {rows[0]['epochs']} epoch(s). Train it with:\n"
-                    f"#   python -m jobs.train --config {storage.join(exp, 'best.yaml')} --data DATA\n"
+                    f"#   dae train --config {storage.join(exp, 'best.yaml')} --data DATA\n"
                     + yaml_text(best))
         md += ["", f"Best: trial {rows[0]['trial']} ({cfg.metric} {rows[0]['best']:.3f}); train preset "
                    f"`{storage.join(exp, 'best.yaml')}`."]
-        save_lines({cfg.metric: {r["trial"]: ([e for e, _ in r["curve"]], [v for _, v in r["curve"]])
+        # Short labels (the trial's number and its values; the keys once, in the title): Tune's trial
+        # names run to 150 characters and the legend hid the curves.
+        save_lines({cfg.metric: {_label(r, keys): ([e for e, _ in r["curve"]], [v for _, v in r["curve"]])
                                  for r in rows if r["curve"]}}, storage.join(exp, "tune.png"), xlabel="epoch",
-                   title=f"tune {cfg.name}")
+                   title=f"tune {cfg.name}: trial: {', '.join(k.rsplit('.', 1)[-1] for k in keys)}")
     _write_text(storage.join(exp, "tune_results.md"), "\n".join(md) + "\n")
     storage.write_json(storage.join(exp, "tune_results.json"), summary)
     return summary

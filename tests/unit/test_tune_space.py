@@ -56,3 +56,11 @@ def test_the_tune_config_checks_its_numbers_and_the_preset_parses():
     assert cfg.data == os.path.abspath("d") and cfg.storage == os.path.abspath("runs")
     cfg = check_config(build_config(TuneConfig, {**load_preset("tune-natural-gray", "tune"), "data": "s3://b/d"}))
     assert cfg.data == "s3://b/d" and cfg.base["crops_per_image"] == 2
+
+
+def test_the_plots_labels_are_the_trials_number_and_values():
+    from dae.tune.run import _label
+
+    row = {"trial": "trial_f4821_00005_5_crop=64,lr=0.0023,model_kwargs_levels=2,model_kwargs_width=28_2026-12-06",
+           "values": {"model_kwargs.width": 28, "lr": 0.002347760340678129, "crop": 64}}
+    assert _label(row, ["model_kwargs.width", "lr", "crop"]) == "5: 28, 0.0023, 64"
