@@ -15,9 +15,18 @@ latest checkpoint (give a larger ``--epochs`` to train further); the run's setti
 workers and resources may change.
 ``--config`` also takes a run's config.resolved.json, which reruns that run.
 
+Tracking: every run writes TensorBoard event files in OUT/tensorboard (each epoch's figures and
+samples, rank 0's batch loss every ``--log-every-steps`` steps; ``tensorboard --logdir STORAGE``), and
+curves.png and samples.png are redrawn every epoch. ``--tracker mlflow`` (``pip install 'dae[mlflow]'``)
+also logs the settings, each epoch's metrics, the figures and the best model to the MLflow server at
+MLFLOW_TRACKING_URI, in the experiment ``--mlflow-experiment`` (default dae); a rerun continues its MLflow run.
+
+    MLFLOW_TRACKING_URI=http://127.0.0.1:5000 dae train --config train-fashion --tracker mlflow
+
 Outputs, in ``--out`` (default: the run directory STORAGE/RUN_NAME, next to Ray Train's
 checkpoints): best_model/ (load with dae.checkpoint.load_model), metrics.jsonl, curves.png,
-samples.png, config.resolved.json, summary.json. More: docs/training.md.
+samples.png, tensorboard/, config.resolved.json, summary.json (and, with --tracker mlflow, mlflow.json in
+the run directory). More: docs/training.md.
 """
 
 from __future__ import annotations
