@@ -312,7 +312,8 @@ def test_submit_prepare_train_denoise_across_nodes(cluster, shared):
     denoise_nodes = actor_nodes(cluster, lambda c: c.startswith("MapWorker(") and "Denoiser" in c)
     assert len(denoise_nodes) == 3 and set(denoise_nodes) <= nodes, denoise_nodes
     # Every node saw the train job's local paths as its driver did (dae.paths' node check ran and passed).
-    assert re.search(r"paths: \d local path\(s\) seen alike on all 2 nodes", logs), logs[-3000:]
+    assert re.search(r"paths: \d local path\(s\) seen alike on all 3 nodes", logs), \
+        [line for line in logs.splitlines() if " dae " in line][:30]
 
     # A relative path in a job submitted with a working dir would land in Ray's temporary copy of it:
     # refused in one line, before any work.
