@@ -22,6 +22,7 @@ Readers validate the schema and name the file and the missing or wrong column. N
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from typing import Iterable, Iterator, Sequence
 
@@ -33,20 +34,17 @@ from PIL import Image
 from . import storage
 
 FORMAT_VERSION = "1"
-SCHEMA = pa.schema(
-    [
-        pa.field("id", pa.string(), nullable=False),
-        pa.field("image", pa.binary(), nullable=False),
-        pa.field("height", pa.int32(), nullable=False),
-        pa.field("width", pa.int32(), nullable=False),
-        pa.field("channels", pa.int8(), nullable=False),
-        pa.field("label", pa.int64(), nullable=True),
-        pa.field("split", pa.string(), nullable=False),
-    ]
-)
+SCHEMA = pa.schema([
+    pa.field("id", pa.string(), nullable=False),
+    pa.field("image", pa.binary(), nullable=False),
+    pa.field("height", pa.int32(), nullable=False),
+    pa.field("width", pa.int32(), nullable=False),
+    pa.field("channels", pa.int8(), nullable=False),
+    pa.field("label", pa.int64(), nullable=True),
+    pa.field("split", pa.string(), nullable=False),
+])
 COLUMNS = tuple(SCHEMA.names)
-# Refuse to decode images above this many pixels (decompression bombs: a tiny PNG can claim
-# 100000 x 100000 pixels and allocate 10 GB on decode).
+# Images above this many pixels are refused (bombs: a tiny PNG can claim 100000^2 pixels, 10 GB decoded).
 DEFAULT_MAX_PIXELS = 64 * 1024 * 1024
 
 
@@ -88,12 +86,10 @@ def encode_png(array: np.ndarray, compress_level: int = 1) -> bytes:
     return buf.getvalue()
 
 
-def decode_png(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """(H, W, C) uint8 or uint16 array from encoded image bytes (PNG, or anything Pillow reads).
-
-    Raises ImageDecodeError for undecodable bytes, empty images, oversized images (checked from
-    the header, before any pixel is decoded) and unsupported modes.
-    """
+def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Encoded image bytes (PNG, or anything Pillow reads) -> a loaded PIL image. Raises
+    ImageDecodeError for undecodable bytes, empty images and oversized ones (checked from the header,
+    before any pixel is decoded)."""
     if data is None or len(data) == 0:
         raise ImageDecodeError("empty image bytes")
     try:
@@ -112,9 +108,16 @@ def decode_png(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageDecodeError(f"decompression bomb refused: {e}") from None
-    except Exception as e:  # PIL raises many types for corrupt data
-        raise ImageDecodeError(f"undecodable image: {type(e).__name__}: {e}") from None
-    return image_to_array(img)
+    except Exception as e:  # PIL raises many types for corrupt data; it names the in-memory file: "<file>"
+        text = re.sub(r"<[\w.]+ object at 0x[0-9a-fA-F]+>", "<file>", str(e))  # the same reason every run
+        raise ImageDecodeError(f"undecodable image: {type(e).__name__}: {text}") from None
+    return img
+
+
+def decode_png(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """(H, W, C) uint8 or uint16 array from encoded image bytes: :func:`open_image` (and its errors),
+    then :func:`image_to_array` (ImageDecodeError for unsupported modes)."""
+    return image_to_array(open_image(data, max_pixels))
 
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -5,7 +5,6 @@ plain script it is compared with is :func:`dae.experiments.reference.plain_denoi
 from __future__ import annotations
 
 import glob
-import gzip
 import json
 import os
 import shutil
@@ -24,10 +23,9 @@ from dae import shards
 from dae.checkpoint import save_model
 from dae.inference_spec import InferenceSpec
 from dae.models import create_model
-from dae.sources.offline import FASHION_MNIST_DIR
 
 from ..reference import plain_denoise
-from .jobproc import REPO, job_env, report_job, run_job
+from .jobproc import REPO, fashion_pngs, job_env, report_job, run_job
 from .precision import PARTS as PRECISION_PARTS, run_parts
 
 CBSD432 = os.path.join(os.path.dirname(REPO), "shared", "datasets", "natural", "train", "CBSD432")
@@ -60,17 +58,6 @@ class BenchDenoiseConfig:
 
 
 # ---------------------------------------------------------------- inputs
-
-
-def fashion_pngs() -> list[bytes]:
-    out = []
-    for name in ("t10k-images-idx3-ubyte.gz", "train-images-idx3-ubyte.gz"):
-        path = os.path.join(FASHION_MNIST_DIR, name)
-        if not os.path.exists(path):
-            raise SystemExit(f"error: {path} is missing; run `make data` (Debian's dataset-fashion-mnist)")
-        with gzip.open(path) as fh:
-            out += [shards.encode_png(a) for a in np.frombuffer(fh.read(), np.uint8, offset=16).reshape(-1, 28, 28)]
-    return out
 
 
 def photo_pngs() -> list[bytes]:

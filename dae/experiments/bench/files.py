@@ -25,28 +25,9 @@ import subprocess
 import sys
 import time
 
-from .jobproc import REPO, TreeSampler, job_env
+from .jobproc import REPO, TreeSampler, fashion_pngs, job_env
 
 PER_DIR = 1000
-
-
-def fashion_pngs() -> list[bytes]:
-    """The 70,000 Fashion-MNIST images as PNG (as the fashion set's; not imported from there: no cycle)."""
-    import gzip
-
-    import numpy as np
-
-    from dae import shards
-    from dae.sources.offline import FASHION_MNIST_DIR
-
-    out = []
-    for name in ("t10k-images-idx3-ubyte.gz", "train-images-idx3-ubyte.gz"):
-        path = os.path.join(FASHION_MNIST_DIR, name)
-        if not os.path.exists(path):
-            raise SystemExit(f"error: {path} is missing; run `make data` (Debian's dataset-fashion-mnist)")
-        with gzip.open(path) as fh:
-            out += [shards.encode_png(a) for a in np.frombuffer(fh.read(), np.uint8, offset=16).reshape(-1, 28, 28)]
-    return out
 
 
 def make_files(work: str, n: int) -> str:

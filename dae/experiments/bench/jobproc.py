@@ -108,3 +108,22 @@ def report_job(tag: str, r: dict) -> None:
           f"{1000 * r['driver_cpu_s_pipeline'] / r['images']:.3f} ms/image, of which the books and commits "
           f"{1000 * (r['driver_cpu_s_books'] or 0) / r['images']:.3f} ms/image), driver peak RSS "
           f"{r['driver_peak_rss_mb']:.0f} MiB, driver received {r['driver_received_bytes']} bytes", flush=True)
+
+
+def fashion_pngs() -> list[bytes]:
+    """The 70,000 Fashion-MNIST images as PNG (the fashion and files sets' inputs)."""
+    import gzip
+
+    import numpy as np
+
+    from dae import shards
+    from dae.sources.offline import FASHION_MNIST_DIR
+
+    out = []
+    for name in ("t10k-images-idx3-ubyte.gz", "train-images-idx3-ubyte.gz"):
+        path = os.path.join(FASHION_MNIST_DIR, name)
+        if not os.path.exists(path):
+            raise SystemExit(f"error: {path} is missing; run `make data` (Debian's dataset-fashion-mnist)")
+        with gzip.open(path) as fh:
+            out += [shards.encode_png(a) for a in np.frombuffer(fh.read(), np.uint8, offset=16).reshape(-1, 28, 28)]
+    return out
