@@ -13,6 +13,7 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from mlflowserver import mlflow_server_fixture  # noqa: E402
 
 TESTS = Path(__file__).resolve().parent
 
@@ -31,6 +32,11 @@ def pytest_collection_modifyitems(config, items):
 
 
 # ---------------------------------------------------------------- shards
+
+
+# One real MLflow tracking server for the whole run (its start takes 15-20 s): the tracker's unit tests
+# and the e2e train run log to it, each in an experiment of its own.
+mlflow_server = mlflow_server_fixture("session")
 
 
 @pytest.fixture(scope="session")

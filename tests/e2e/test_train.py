@@ -8,12 +8,10 @@ import os
 import time
 
 import pytest
-from mlflowserver import mlflow_server_fixture
 
 from helpers import mnist5k_digits
 
 pytestmark = pytest.mark.ray
-mlflow_server = mlflow_server_fixture("module")
 
 MODEL_ARGS = ["--model", "dncnn", "--model-kwargs", "{depth: 5, width: 16}", "--lr", "0.01", "--batch-size", "32",
               "--noise", "gaussian:0.5", "--samples", "4"]

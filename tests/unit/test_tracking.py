@@ -6,9 +6,6 @@ import os
 
 import numpy as np
 import pytest
-from mlflowserver import mlflow_server_fixture
-
-mlflow_server = mlflow_server_fixture("module")
 
 
 def rows(*epochs):
