@@ -110,7 +110,7 @@ def train_one_epoch(model: torch.nn.Module, loader, opt, sched, objective, devic
         if steps == 1 and after_first_step is not None:
             after_first_step()
         if on_step is not None:
-            on_step(steps, loss)
+            on_step(steps, loss.detach())  # the caller may read it (float): no graph attached
         loss_sum += loss.detach().double() * len(clean)  # no host sync per step
         n_seen += len(clean)
         td = time.perf_counter()
