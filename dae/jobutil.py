@@ -86,10 +86,15 @@ def stage_config(args: argparse.Namespace, cls):
     return cfg
 
 
+def log_level() -> int:
+    """The job's --log-level (or $DAE_LOG_LEVEL) as a logging level; info when unset."""
+    return getattr(logging, os.environ.get(LOG_LEVEL_ENV, "info").upper(), logging.INFO)
+
+
 def setup_logging(level: int | None = None) -> None:
     """The "dae" logger on stdout at ``level`` (default: the job's --log-level, else info)."""
     if level is None:
-        level = getattr(logging, os.environ.get(LOG_LEVEL_ENV, "info").upper(), logging.INFO)
+        level = log_level()
     if not log.handlers:
         h = _StdoutHandler()
         h.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s", "%H:%M:%S"))

@@ -13,6 +13,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 import ray  # noqa: E402
 
 from . import paths, storage  # noqa: E402
+from .jobutil import DASHBOARD_ENV, log_level  # noqa: E402
 
 log = logging.getLogger("dae")
 
@@ -49,12 +50,12 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, training: 
     address = address or os.environ.get("RAY_ADDRESS") or "local"
     # --log-level / -q of the job (dae.jobutil): Ray's own driver-side logs (Ray Data's progress
     # lines among them) follow it; below info, the workers' output is not relayed either.
-    level = getattr(logging, os.environ.get("DAE_LOG_LEVEL", "info").upper(), logging.INFO)
+    level = log_level()
     kwargs: dict = {"address": address, "log_to_driver": level <= logging.INFO, "logging_level": level}
     if address == "local":
         # --dashboard: the local dashboard on (the State API, the job's progress); off by default
         # because it slows every local start (see the measurements above).
-        kwargs.update(include_dashboard=os.environ.get("DAE_RAY_DASHBOARD") == "1", num_cpus=num_cpus)
+        kwargs.update(include_dashboard=os.environ.get(DASHBOARD_ENV) == "1", num_cpus=num_cpus)
         if training:  # only Train runs the cleaner; the hook's runtime env slows every worker's start
             kwargs["runtime_env"] = {"worker_process_setup_hook": f"{__name__}.drop_pg_cleaner_noise"}
     ray.init(**kwargs)
