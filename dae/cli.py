@@ -26,7 +26,12 @@ COMMANDS = {
 
 
 def _summary(module: str) -> str:
-    doc = importlib.import_module(f"dae.commands.{module}").__doc__ or ""
+    # The module's docstring read from its source, not imported: `dae --help` would import torch and Ray.
+    import ast
+    from importlib.util import find_spec
+
+    with open(find_spec(f"dae.commands.{module}").origin, encoding="utf-8") as fh:
+        doc = ast.get_docstring(ast.parse(fh.read())) or ""
     first = " ".join(doc.strip().split("\n\n")[0].split())  # the first paragraph, on one line
     return first.split(": ")[0] if len(first) > 90 else first
 

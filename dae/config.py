@@ -20,7 +20,7 @@ metadata has ``nargs`` (``--noise gaussian:0.1 gaussian:0.5``); bool fields are 
 The other way round, :func:`command_line` writes the command that reruns a config; every recorded
 command (reports, quality tables) comes from it, so what is recorded always parses back::
 
-    command_line("jobs.train", TrainConfig(data="d", epochs=3))   # 'python -m jobs.train --data d --epochs 3'
+    command_line("train", TrainConfig(data="d", epochs=3))   # 'dae train --data d --epochs 3'
 
 A config may hold one group of options picked by another of its fields (:class:`dae.prepare.PrepareConfig`:
 ``--source folder`` -> ``options=FolderOptions(...)``). The group's field names the picking field and
@@ -345,9 +345,11 @@ def yaml_text(value) -> str:
                      width=math.inf).strip()
 
 
-def command_line(module: str, cfg, *, full: bool = False) -> str:
-    """The shell command that reruns ``cfg``: ``python -m MODULE --flag value ...`` for the fields that
-    differ from the defaults (every field with ``full``), in field order, quoted with shlex.
+def command_line(command: str, cfg, *, full: bool = False) -> str:
+    """The shell command that reruns ``cfg``: ``dae COMMAND --flag value ...`` for the fields that
+    differ from the defaults (every field with ``full``), in field order, quoted with shlex. ``dae``
+    is the installed command (a checkout's venv has it too), so a recorded command runs without the
+    checkout; ``command`` is its name (``quality-sweep``) or the checkout's module (``jobs.quality_sweep``).
 
     The flags are the ones :func:`add_config_args` makes: bools as ``--flag`` / ``--no-flag``
     (argparse's BooleanOptionalAction; ``--flag True`` is rejected), dicts and lists as one line of
@@ -356,7 +358,7 @@ def command_line(module: str, cfg, *, full: bool = False) -> str:
     ``--flag=value`` so argparse does not read them as an option.
     """
     every = settings(type(cfg))
-    parts = ["python", "-m", module]
+    parts = ["dae", command.removeprefix("jobs.").replace("_", "-")]
     for name, value in _values(cfg).items():
         f, tp = every[name]
         if value is None or (not full and value == field_default(f)):

@@ -40,7 +40,7 @@ log = logging.getLogger("dae")
 def report_command(cfg: EvaluateConfig, argv: Sequence[str] | None = None) -> str:
     """The report's command: the one that reruns ``cfg``, every field spelled out; run from a shell
     (``argv``), what was typed, then that resolved equivalent."""
-    resolved = command_line("jobs.evaluate", cfg, full=True)
+    resolved = command_line("evaluate", cfg, full=True)
     if argv is None:
         return resolved
     return f"{shlex.join(['python', '-m', 'jobs.evaluate', *argv])}\n# resolved: {resolved}"

@@ -221,7 +221,7 @@ def train_all(cfg: QualityNaturalConfig, data: dict[str, str]) -> dict[str, dict
         init = recipe.get("init", "")
         t["init"] = f"runs/{init}/final_model" if init in cfg.train else init
         t["init_dir"] = tcfg.init
-        t["command"] = command_line("jobs.train", dataclasses.replace(tcfg, storage="runs", data=f"data/{first}",
+        t["command"] = command_line("train", dataclasses.replace(tcfg, storage="runs", data=f"data/{first}",
                                                                       init=t["init"]))
         trained[name] = t
     return trained

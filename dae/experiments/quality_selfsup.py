@@ -192,7 +192,7 @@ def run(cfg: QualitySelfSupConfig) -> dict:
     for obj in cfg.objectives:
         tcfg = train_config(cfg, obj, data[cfg.sets[0]])
         t = train_or_reuse(tcfg, obj, SAME + OWN.get(obj, ()))
-        t["command"] = command_line("jobs.train", dataclasses.replace(tcfg, storage="runs",
+        t["command"] = command_line("train", dataclasses.replace(tcfg, storage="runs",
                                                                       data=f"data/{cfg.sets[0]}"))
         trained[obj] = t
     reports = {name: evaluate_set(cfg, name, data[name], [trained[o]["model_dir"] for o in cfg.objectives])

@@ -40,7 +40,7 @@ def prepare_or_reuse(pcfg, name: str) -> str:
                              f"another --out, or delete it to prepare it again")
         log.info("sweep: data %s: reusing %s", name, pcfg.out)
         return pcfg.out
-    log.info("sweep: data %s: %s", name, command_line("jobs.prepare", pcfg))
+    log.info("sweep: data %s: %s", name, command_line("prepare", pcfg))
     log.info("%s", format_summary(prepare_run(pcfg)))
     return pcfg.out
 
@@ -97,4 +97,4 @@ def evaluate_or_reuse(ecfg, name: str) -> dict:
             log.info("sweep: eval %s: reusing %s", name, report_path)
             return old
     log.info("sweep: evaluate %s: %d models, %d levels", name, len(model_dirs), len(levels))
-    return eval_run(ecfg, command_line("jobs.evaluate", ecfg, full=True))
+    return eval_run(ecfg, command_line("evaluate", ecfg, full=True))

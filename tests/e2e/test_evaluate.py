@@ -161,7 +161,7 @@ def test_outputs_contain_every_pair(report):
     v = on_disk["versions"]
     for k in ("torch", "ray", "numpy", "scikit-image", "dae"):
         assert v[k] and v[k] != "not installed"
-    assert "python -m jobs.evaluate" in on_disk["command"] and "--bm3d-limit 3" in on_disk["command"]
+    assert "dae evaluate" in on_disk["command"] and "--bm3d-limit 3" in on_disk["command"]
     assert on_disk["tuning"]["source"] == "train" and on_disk["tuning"]["images"] == 4
     assert not set(on_disk["tuning"]["ids"]) & {x for x in _scored_ids(on_disk)}
 

@@ -91,12 +91,12 @@ def test_recorded_commands_rerun_the_same_configs(sweep):
 
     out, res = sweep
     md = open(os.path.join(out, "quality.md")).read()
-    command = re.search(r"```\n(python -m jobs.quality_sweep .*)\n```", md).group(1)
+    command = re.search(r"```\n(dae quality-sweep .*)\n```", md).group(1)
     assert command == res["command"]
-    argv = shlex.split(command)[3:]
+    argv = shlex.split(command)[2:]  # dae quality-sweep ...
     assert resolve_config(qs.SweepConfig, quality_sweep.get_args_parser().parse_args(argv)) == tiny_sweep(out)
     report = json.load(open(os.path.join(out, "eval", "mnist5k", "report.json")))
-    ecfg = resolve_config(EvaluateConfig, evaluate.get_args_parser().parse_args(shlex.split(report["command"])[3:]))
+    ecfg = resolve_config(EvaluateConfig, evaluate.get_args_parser().parse_args(shlex.split(report["command"])[2:]))
     assert {k: list(v) if isinstance(v, tuple) else v for k, v in vars(ecfg).items()} == report["config"]
     assert len(ecfg.models) == 5 and ecfg.baselines == ("median", "tv")
 

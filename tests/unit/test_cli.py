@@ -20,6 +20,13 @@ def test_every_command_has_its_module_parser_and_summary():
     assert all(f"  {n} " in text for n in cli.COMMANDS)
 
 
+def test_help_lists_the_commands_without_importing_torch_or_ray():
+    code = ("import sys; from dae import cli; cli.main(['--help']); "
+            "print('heavy:', sorted(m for m in ('torch', 'ray', 'dae.commands.train') if m in sys.modules))")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert p.returncode == 0 and "  denoise " in p.stdout and "heavy: []" in p.stdout, p.stderr
+
+
 def test_every_checkout_job_is_a_command():
     import os
 

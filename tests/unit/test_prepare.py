@@ -220,12 +220,14 @@ def _configs():
 def test_command_line_parses_back_to_the_same_config(module, cfg, full):
     """What command_line writes, the job's own parser + resolve_config read back as an equal config:
     bools as --flag / --no-flag (argparse rejects '--flag True'), dicts and lists as YAML."""
+    from dae.cli import COMMANDS
+
     cmd = command_line(module, cfg, full=full)
     argv = shlex.split(cmd)
-    assert argv[:3] == ["python", "-m", module]
+    assert argv[0] == "dae" and COMMANDS[argv[1]] == module.removeprefix("jobs.")  # the installed command's name
     assert "True" not in argv and "False" not in argv
     job = importlib.import_module(module)
-    assert resolve_config(type(cfg), job.get_args_parser().parse_args(argv[3:])) == cfg
+    assert resolve_config(type(cfg), job.get_args_parser().parse_args(argv[2:])) == cfg
 
 
 def test_command_line_spells_bools_and_leaves_defaults_out():
@@ -233,9 +235,9 @@ def test_command_line_spells_bools_and_leaves_defaults_out():
     from dae.prepare import PrepareConfig
 
     cmd = command_line("jobs.prepare", PrepareConfig(source="mnist5k", out="o", overwrite=True, name="-x"))
-    assert cmd == "python -m jobs.prepare --source mnist5k --out o --name=-x --overwrite"
+    assert cmd == "dae prepare --source mnist5k --out o --name=-x --overwrite"
     no_det = command_line("jobs.denoise", DenoiseConfig(deterministic=False))
-    assert no_det == "python -m jobs.denoise --no-deterministic"
+    assert no_det == "dae denoise --no-deterministic"
     assert "--deterministic --" in command_line("jobs.denoise", DenoiseConfig(), full=True)
     assert "--limit" not in command_line("jobs.prepare", PrepareConfig(), full=True)  # None: the flag's absence
 

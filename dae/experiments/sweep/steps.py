@@ -71,7 +71,7 @@ def run(cfg: SweepConfig) -> dict:
     cells, levels = check(cfg)
     if cfg.dry_run:
         return {"cells": [dataclasses.asdict(c) for c in cells], "levels": levels}
-    command = command_line("jobs.quality_sweep", cfg)
+    command = command_line("quality-sweep", cfg)
     storage.check_access(cfg.out, write=True)
     t0 = time.perf_counter()
     init_ray(training=True)
