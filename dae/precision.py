@@ -19,6 +19,9 @@ Rules:
   481 x 321 photo 5.1 -> 10.2 photos/s in fp32, 12.5 -> 29 in bf16). ``memory_format`` can turn it off.
 - A ``precision`` travels resolved ("fp32" or "bf16") wherever it is recorded (denoise fingerprint,
   model card scores, train metrics), so a record says what ran, not what was asked.
+- ``--compile`` (training) wraps the trained module in ``torch.compile`` (:func:`compiled`); inductor
+  builds C++ (CPU) or Triton (GPU) kernels, so it needs a C++ compiler, checked before a run starts
+  (:func:`check_compiler`). Checkpoints and validation keep the plain module.
 - torch is imported by the functions that need it, not at import: configs import this module.
 - ``DAE_CPU_FLAGS`` (space-separated), when set, replaces the CPU's flags in every process that reads
   it (the driver and the Ray workers it starts): how a benchmark runs as on a CPU without native bf16
@@ -111,3 +114,23 @@ def to_channels_last(x: torch.Tensor, memory_format: str = "channels_last") -> t
     if memory_format == "channels_last" and x.ndim == 4:
         return x.contiguous(memory_format=torch.channels_last)
     return x
+
+
+def check_compiler() -> str:
+    """The C++ compiler torch.compile's inductor will call (``$CXX``, else g++, c++ or clang++ on PATH);
+    a one-line error when there is none, before any work starts."""
+    import shutil
+
+    cxx = os.environ.get("CXX") or next((c for c in ("g++", "c++", "clang++") if shutil.which(c)), "")
+    if not cxx:
+        raise ValueError("--compile needs a C++ compiler for torch.compile (none of $CXX, g++, c++, clang++ is "
+                         "installed): install one (e.g. apt-get install g++) or train without --compile")
+    return cxx
+
+
+def compiled(model: torch.nn.Module, enabled: bool = True, backend: str = "inductor") -> torch.nn.Module:
+    """``torch.compile(model)`` when enabled (the module is compiled at its first call), else the model.
+    ``backend``: tests use "aot_eager" (the same tracing and autograd, no kernel build: seconds, not a minute)."""
+    import torch
+
+    return torch.compile(model, backend=backend) if enabled else model

@@ -4,7 +4,7 @@ work without Ray (tests call them directly):
     setup_worker      this rank's validation copy and training rows (dae.train.data), the model (DDP
                       when world > 1), optimizer and schedule, restored from the run's latest checkpoint
     train_one_epoch   one optimizer step per batch with the objective's loss (--precision: bf16 autocast
-                      where the hardware has it natively, dae.precision)
+                      where the hardware has it natively, dae.precision; --compile: torch.compile)
     validate          mean per-image PSNR/SSIM over the whole held-out split (all ranks); on noisy-only
                       data the objective's held-out loss and the residual's std (validate_noisy)
     report_epoch      rank 0 saves the checkpoint (dae.train.checkpoint) and rewrites metrics.jsonl;
@@ -276,6 +276,7 @@ def setup_worker(lc: LoopConfig, rank: int, world: int, device: torch.device) ->
         init_weights(raw_model, cfg.init)
     precision.prepare_model(raw_model)  # channels_last weights (before DDP, which keeps their layout)
     model = ray.train.torch.prepare_model(raw_model)  # device placement + DDP when world > 1
+    model = precision.compiled(model, cfg.compile)  # --compile: the trained module (DDP's too), not raw_model
     opt = make_optimizer(cfg, model.parameters())
     sched = make_scheduler(cfg, opt, total_steps)
     state = TrainState()
@@ -286,7 +287,8 @@ def setup_worker(lc: LoopConfig, rank: int, world: int, device: torch.device) ->
             say(f"resumed run {cfg.run_name} after epoch {state.epoch} (attempt {state.attempt})")
     arith = precision.resolve(cfg.precision, device)
     if rank == 0:
-        say(f"precision {arith} ({cfg.precision} on {torch.device(device).type}), channels_last")
+        say(f"precision {arith} ({cfg.precision} on {torch.device(device).type}), channels_last"
+            + (", torch.compile" if cfg.compile else ""))
     w = Worker(lc, rank, world, torch.device(device), val, data, raw_model, model, opt, sched, objective_of(cfg),
                state, total_steps, setup_s, arith, start_epoch=state.epoch)
     if rank == 0:

@@ -122,6 +122,52 @@ def test_the_train_step_runs_the_model_in_the_precision_with_float32_outputs():
     assert model.inner.body.stem.weight.grad.dtype == torch.float32
 
 
+def test_compiled_train_steps_match_eager_ones_and_keep_the_plain_module():
+    """--compile: the same losses and weights as eager after a few bf16 steps, through torch.compile's
+    tracing and compiled autograd (backend aot_eager: inductor's kernel build costs ~45 s of CPU here;
+    the real backend ran in `dae bench-train --runs compile`); the weights are the plain module's."""
+    def steps(compile: bool):
+        torch.manual_seed(0)
+        raw = precision.prepare_model(create_model("cunet", channels=1, width=4, levels=1))
+        model = precision.compiled(raw, compile, backend="aot_eager")
+        assert (getattr(model, "_orig_mod", None) is raw) == compile  # an OptimizedModule around the module
+        run = _forward(model, torch.device("cpu"), "bf16")
+        opt = torch.optim.Adam(raw.parameters(), lr=1e-3)
+        g = torch.Generator().manual_seed(1)
+        losses = []
+        for _ in range(3):
+            clean = torch.rand(4, 1, 16, 16, generator=g)
+            noisy = clean + 0.1 * torch.randn(4, 1, 16, 16, generator=g)
+            loss = torch.nn.functional.mse_loss(run(noisy, torch.full((4,), 0.1)), clean)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+        return raw, losses
+
+    eager, l_eager = steps(False)
+    torch._dynamo.utils.counters.clear()
+    comp, l_comp = steps(True)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # the steps ran a traced graph
+    np.testing.assert_allclose(l_comp, l_eager, rtol=0.02)
+    assert comp.state_dict().keys() == eager.state_dict().keys()
+    assert max(float((a - b).detach().abs().max()) for a, b in zip(comp.parameters(), eager.parameters())) < 0.01
+
+
+def test_compile_without_a_cpp_compiler_fails_in_one_line(monkeypatch, tmp_path):
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))  # nothing on it
+    with pytest.raises(ValueError, match=r"--compile needs a C\+\+ compiler .*apt-get install g\+\+"):
+        precision.check_compiler()
+    from dae.config import build_config
+    from dae.train import TrainConfig, check_config
+
+    with pytest.raises(ValueError, match="--compile needs"):
+        check_config(build_config(TrainConfig, {"data": str(tmp_path), "compile": True}))
+    monkeypatch.setenv("CXX", "/opt/cc/bin/g++")
+    assert precision.check_compiler() == "/opt/cc/bin/g++"
+
+
 def test_the_benchmark_counts_flops_once_and_reports_each_variant_against_its_peak(fake_cpu):
     from dae.experiments.bench.compute import count_flops, forward_figures, peaks, report_lines, step_figures
 
