@@ -8,7 +8,7 @@ covariance, K1=0.01, K2=0.03, data_range=1, mean over the valid interior of the 
 channels); the tests check agreement with scikit-image within 1e-4. Its window means are running sums
 in float64 numpy on the host (every caller holds its images there): the denoise job's finish stage
 spent 140 ms per 481x321 RGB photo in torch's float64 ``avg_pool2d`` (49 additions per pixel), more than
-the model's bf16 forward pass (72 ms); running sums take 86 ms, the same values within 1e-15.
+the model's bf16 forward pass (72 ms); running sums take about 90 ms, the same values within 1e-15.
 """
 
 from __future__ import annotations

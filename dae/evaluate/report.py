@@ -43,7 +43,7 @@ def report_command(cfg: EvaluateConfig, argv: Sequence[str] | None = None) -> st
     resolved = command_line("evaluate", cfg, full=True)
     if argv is None:
         return resolved
-    return f"{shlex.join(['python', '-m', 'jobs.evaluate', *argv])}\n# resolved: {resolved}"
+    return f"{shlex.join(['dae', 'evaluate', *argv])}\n# resolved: {resolved}"
 
 
 def package_versions() -> dict[str, str]:
