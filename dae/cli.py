@@ -15,14 +15,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-# Command -> module of dae.commands, in the order `dae --help` lists them (the user's path first).
-COMMANDS = {
-    "denoise": "denoise", "train": "train", "prepare": "prepare", "evaluate": "evaluate", "models": "models",
-    "tune": "tune", "demo": "demo",
-    "bench-train": "bench_train", "bench-denoise": "bench_denoise", "gpu-check": "gpu_check",
-    "quality-natural": "quality_natural", "quality-selfsup": "quality_selfsup",
-    "quality-sweep": "quality_sweep", "quality-train": "quality_train",
-}
+from .commands import COMMANDS  # the table lives with the commands: dae.config reads it too
 
 
 def _summary(module: str) -> str:

@@ -357,8 +357,12 @@ def command_line(command: str, cfg, *, full: bool = False) -> str:
     A None value is the flag's absence and is left out. Values starting with ``-`` are written
     ``--flag=value`` so argparse does not read them as an option.
     """
+    from .commands import COMMANDS  # the one table of command names and their modules
+
+    if command not in COMMANDS:
+        command = {module: name for name, module in COMMANDS.items()}[command.removeprefix("jobs.")]
     every = settings(type(cfg))
-    parts = ["dae", command.removeprefix("jobs.").replace("_", "-")]
+    parts = ["dae", command]
     for name, value in _values(cfg).items():
         f, tp = every[name]
         if value is None or (not full and value == field_default(f)):
