@@ -311,8 +311,11 @@ def test_crops_of_mixed_size_photos_train_and_validate_whole(ray_session, tiny_s
         train(root, tmp_path, f"whole-{mode}", "--epochs", 1)
     with pytest.raises(ValueError, match="smaller than --crop 48"):
         train(root, tmp_path, f"big-{mode}", "--crop", 48)
+    # lr 0.003, not the module's 0.01: at 0.01 the 40 steps sometimes ended on a spike below the noisy
+    # input (stream mode's batch order varies run to run; epoch-4 margins seen: -0.84 to +1.81 dB);
+    # at 0.003 three stream runs ended at +1.40 to +1.49 dB.
     res = train(root, tmp_path, f"crops-{mode}", "--crop", 24, "--crops-per-image", 16, "--epochs", 4,
-                "--noise", "awgn:25", "--data-mode", mode, "--batch-size", 16)
+                "--noise", "awgn:25", "--data-mode", mode, "--batch-size", 16, "--lr", 0.003)
     hist = read_metrics(res["out"])
     assert res["data_mode"] == mode and [h["epoch"] for h in hist] == [1, 2, 3, 4]
     assert 19.5 < hist[-1]["noisy_psnr"] < 21.5  # awgn:25 on whole images of four sizes, unclipped
