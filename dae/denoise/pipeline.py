@@ -372,8 +372,10 @@ def _run_held(cfg: DenoiseConfig, listing: Listing, model_cfg: dict, settings: d
     cpu1, t1 = _cpu_s(), time.perf_counter()
     if pending:
         plan["batch_size"] = batch_size(cfg, pending, spec)
-        log.info("denoise: %d files, %d rows, model %s (%d ch), actors %s", len(pending),
-                 sum(f.rows for f in pending), model_cfg["model"], model_channels, plan)
+        # pretrained:auto has no one channel count: each image goes to the model that fits it
+        channels = f"{model_channels} ch" if model_channels else "gray or color per image"
+        log.info("denoise: %d files, %d rows, model %s (%s), actors %s", len(pending),
+                 sum(f.rows for f in pending), model_cfg["model"], channels, plan)
         markers.update(run_pipeline(cfg, pending, model_channels, fp, plan, spec, books, p.generation, lease,
                                     listing))
     pipeline_s, pipeline_cpu = time.perf_counter() - t1, _cpu_s() - cpu1
@@ -393,9 +395,11 @@ def _run_held(cfg: DenoiseConfig, listing: Listing, model_cfg: dict, settings: d
                          "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
                          "received": books.received}
     storage.write_json(storage.join(cfg.output, "summary.json"), summary)
-    log.info("denoise: %d rows in, %d out, %d failed (see %s), %.1f images/s, metrics %s",
-             summary["rows_in"], summary["rows_out"], summary["rows_failed"],
-             storage.join(cfg.output, "errors"), summary["images_per_s"] or 0.0, summary["metrics"])
+    # A rerun with nothing new says so, instead of "0.0 images/s"; no metrics (no --add-noise): none shown.
+    speed = f"{summary['images_per_s'] or 0.0:.1f} images/s" if pending else "nothing to denoise: no new or changed input"
+    log.info("denoise: %d rows in, %d out, %d failed (see %s), %s%s",
+             summary["rows_in"], summary["rows_out"], summary["rows_failed"], storage.join(cfg.output, "errors"),
+             speed, f", metrics {summary['metrics']}" if summary["metrics"] else "")
     if summary["error_fraction"] > cfg.max_error_fraction:
         raise RuntimeError(f"{summary['rows_failed']} of {summary['rows_in']} rows failed "
                            f"({summary['error_fraction']:.1%}), above --max-error-fraction "
