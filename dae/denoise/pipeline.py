@@ -396,7 +396,8 @@ def _run_held(cfg: DenoiseConfig, listing: Listing, model_cfg: dict, settings: d
                          "received": books.received}
     storage.write_json(storage.join(cfg.output, "summary.json"), summary)
     # A rerun with nothing new says so, instead of "0.0 images/s"; no metrics (no --add-noise): none shown.
-    speed = f"{summary['images_per_s'] or 0.0:.1f} images/s" if pending else "nothing to denoise: no new or changed input"
+    speed = (f"{summary['images_per_s'] or 0.0:.1f} images/s" if pending
+             else "nothing to denoise: no new or changed input")
     log.info("denoise: %d rows in, %d out, %d failed (see %s), %s%s",
              summary["rows_in"], summary["rows_out"], summary["rows_failed"], storage.join(cfg.output, "errors"),
              speed, f", metrics {summary['metrics']}" if summary["metrics"] else "")
