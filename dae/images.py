@@ -10,9 +10,10 @@
 Rules:
 - Formats: PNG, JPEG, TIFF, BMP, and WebP where this Pillow reads it (:data:`EXTENSIONS`).
 - Decoding is :func:`dae.shards.image_to_array` after ``ImageOps.exif_transpose``: phone photos come
-  upright, gray stays 1 channel, 16-bit gray stays 16-bit (the shard format's rule: Pillow writes no
-  16-bit RGB PNG, so 16-bit RGB becomes 8-bit), alpha is dropped. The decompression-bomb guard is
-  checked from the header, before any pixel is decoded (as :func:`dae.shards.decode_png`).
+  upright, gray stays 1 channel, alpha is dropped. 16-bit stays 16-bit: 16-bit color PNGs and TIFFs,
+  which Pillow would make 8-bit, are decoded by :func:`dae.shards.decode_wide` and turned upright by
+  :func:`orient` with the EXIF orientation Pillow reads from the header. The decompression-bomb guard
+  is checked from the header, before any pixel is decoded (as :func:`dae.shards.decode_png`).
 - An id is a relative path as listed; an export path is that id under the export folder, and a path
   that would land outside it (``..``, absolute, a symlinked folder pointing elsewhere) is refused.
 - Export writes are whole or absent: a temporary file in the same folder, fsynced, then linked (a new
@@ -34,7 +35,7 @@ from . import shards, storage
 from .shards import ImageDecodeError
 
 # What the decode of an image file does to its pixels: in the denoise manifest (a change redoes outputs).
-DECODE = "pillow+exif_transpose/1"
+DECODE = "pillow+exif_transpose/2"  # 2: 16-bit color kept 16-bit
 _WEBP = (".webp",) if features.check("webp") else ()
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", *_WEBP)
 # --export-format same: the Pillow format of each extension
@@ -53,12 +54,49 @@ def decode_image(data: bytes, max_pixels: int = shards.DEFAULT_MAX_PIXELS) -> np
     header) and unsupported modes."""
     if data is None or len(data) == 0:
         raise ImageDecodeError("empty file")
+    a = shards.decode_wide(data, max_pixels)
+    if a is not None:
+        return orient(a, exif_orientation(data))
     img = shards.open_image(data, max_pixels)
     try:
         img = ImageOps.exif_transpose(img)
     except Exception:  # noqa: BLE001 - a broken EXIF block costs the orientation, not the image
         pass
     return shards.image_to_array(img)
+
+
+ORIENTATION = 0x0112  # the EXIF tag
+
+
+def exif_orientation(data: bytes) -> int:
+    """The EXIF orientation (1-8) of an image file's bytes, 1 when it has none or it cannot be read.
+    Pillow reads it from the header without decoding pixels."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            value = int(img.getexif().get(ORIENTATION, 1))
+    except Exception:  # noqa: BLE001 - as in decode_image: a broken EXIF block costs the orientation
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
+# EXIF orientation -> the numpy steps that make an (H, W, C) array upright: ImageOps.exif_transpose's
+# transposes (2 flip left-right, 3 rotate 180, 4 flip top-bottom, 5 transpose, 6 rotate 270, 7 transverse,
+# 8 rotate 90), written for arrays Pillow cannot hold (16-bit color).
+_ORIENT = {
+    1: lambda a: a,
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.transpose(1, 0, 2),
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: np.rot90(a, 2).transpose(1, 0, 2),
+    8: lambda a: np.rot90(a, 1),
+}
+
+
+def orient(a: np.ndarray, orientation: int) -> np.ndarray:
+    """(H, W, C) array ``a`` made upright for its EXIF ``orientation``, as ImageOps.exif_transpose does."""
+    return np.ascontiguousarray(_ORIENT[orientation](a))
 
 
 # ---------------------------------------------------------------- export paths
@@ -120,10 +158,15 @@ def encode_export(png: bytes, rel: str, fmt: str, quality: int = 95) -> bytes:
     if name == "PNG":
         return bytes(png)
     a = shards.decode_png(bytes(png))
-    if a.dtype == np.uint16 and name not in ("TIFF",):
+    buf = io.BytesIO()
+    if a.dtype == np.uint16 and name == "TIFF" and a.shape[2] == 3:  # Pillow has no 16-bit RGB
+        import tifffile
+
+        tifffile.imwrite(buf, a, photometric="rgb", compression="zlib")
+        return buf.getvalue()
+    if a.dtype == np.uint16 and name != "TIFF":
         a = np.rint(a.astype(np.float32) / 257).astype(np.uint8)  # 16 -> 8 bit, nearest
     img = Image.fromarray(a[:, :, 0] if a.shape[2] == 1 else a)
-    buf = io.BytesIO()
     kw = {"quality": int(quality)} if name in ("JPEG", "WEBP") else {}
     img.save(buf, format=name, **kw)
     return buf.getvalue()

@@ -214,8 +214,7 @@ def prepare_batch(batch: dict, model_channels: int, noise: NoiseSpec | str | Non
         except ImageDecodeError as e:
             errors[i], stages[i] = str(e), "decode"
             continue
-        # 16-bit survives only for gray output; Pillow writes no 16-bit RGB PNG.
-        depth[i] = 16 if a.dtype == np.uint16 and model_channels == 1 else 8
+        depth[i] = 16 if a.dtype == np.uint16 else 8  # the output keeps the input's bit depth
         x = to_float(a)
         if x.shape[2] != model_channels:
             if not convert:

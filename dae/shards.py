@@ -3,7 +3,7 @@
 Schema (``SCHEMA``), one row per image:
 
     id        string   not null  unique, stable id (e.g. "fashion-mnist/train/000042")
-    image     binary   not null  PNG bytes, lossless: 8-bit gray (L), 8-bit RGB, or 16-bit gray (I;16)
+    image     binary   not null  PNG bytes, lossless: 8-bit or 16-bit, gray or RGB
     height    int32    not null
     width     int32    not null
     channels  int8     not null  1 or 3
@@ -17,21 +17,34 @@ of a split live at ``ROOT/SPLIT/part-00000.parquet``, ..., ``rows_per_shard`` ro
 in write order so the same input gives the same file names.
 
 Readers validate the schema and name the file and the missing or wrong column. No Ray import.
+
+The image bytes' codec (PNG encode and decode, the header, pixel conversions) is :mod:`dae.codec`; its
+names are used as ``shards.NAME`` too.
 """
 
 from __future__ import annotations
 
-import io
-import re
-import warnings
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image
 
 from . import storage
+from .codec import (  # noqa: F401 - the shard format's image codec, used as shards.NAME
+    DEFAULT_MAX_PIXELS,
+    PNG_CHANNELS,
+    PNG_SIGNATURE,
+    ImageDecodeError,
+    decode_png,
+    decode_wide,
+    encode_png,
+    from_float,
+    image_to_array,
+    open_image,
+    png_header,
+    to_float,
+)
 
 FORMAT_VERSION = "1"
 SCHEMA = pa.schema([
@@ -44,158 +57,11 @@ SCHEMA = pa.schema([
     pa.field("split", pa.string(), nullable=False),
 ])
 COLUMNS = tuple(SCHEMA.names)
-# Images above this many pixels are refused (bombs: a tiny PNG can claim 100000^2 pixels, 10 GB decoded).
-DEFAULT_MAX_PIXELS = 64 * 1024 * 1024
+
 
 
 class ShardSchemaError(ValueError):
     pass
-
-
-class ImageDecodeError(ValueError):
-    pass
-
-
-# ---------------------------------------------------------------- PNG encode / decode
-
-
-def encode_png(array: np.ndarray, compress_level: int = 1) -> bytes:
-    """PNG bytes of an (H, W), (H, W, 1) or (H, W, 3) uint8 array, or a uint16 gray array.
-
-    compress_level 1: PNG is lossless at any level; level 1 encodes ~5x faster than the default 6
-    for files ~10% larger, the right trade for throughput-bound jobs.
-    """
-    a = np.asarray(array)
-    if a.ndim == 3 and a.shape[2] == 1:
-        a = a[:, :, 0]
-    if a.ndim == 2:
-        if a.dtype == np.uint8:
-            img = Image.fromarray(a, mode=None)
-        elif a.dtype == np.uint16:
-            img = Image.fromarray(a)  # mode I;16, stored as 16-bit gray PNG
-        else:
-            raise ValueError(f"gray images must be uint8 or uint16, got {a.dtype}")
-    elif a.ndim == 3 and a.shape[2] == 3:
-        if a.dtype != np.uint8:
-            raise ValueError(f"RGB images must be uint8 (PNG via Pillow has no 16-bit RGB), got {a.dtype}")
-        img = Image.fromarray(a)
-    else:
-        raise ValueError(f"expected (H, W), (H, W, 1) or (H, W, 3) image, got shape {a.shape}")
-    buf = io.BytesIO()
-    img.save(buf, format="PNG", compress_level=compress_level)
-    return buf.getvalue()
-
-
-def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Encoded image bytes (PNG, or anything Pillow reads) -> a loaded PIL image. Raises
-    ImageDecodeError for undecodable bytes, empty images and oversized ones (checked from the header,
-    before any pixel is decoded)."""
-    if data is None or len(data) == 0:
-        raise ImageDecodeError("empty image bytes")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            w, h = img.size
-            if w == 0 or h == 0:
-                raise ImageDecodeError(f"empty image ({w}x{h})")
-            if w * h > max_pixels:
-                raise ImageDecodeError(
-                    f"image of {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels} (decompression bomb?)"
-                )
-            img.load()
-    except ImageDecodeError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageDecodeError(f"decompression bomb refused: {e}") from None
-    except Exception as e:  # PIL raises many types for corrupt data; it names the in-memory file: "<file>"
-        text = re.sub(r"<[\w.]+ object at 0x[0-9a-fA-F]+>", "<file>", str(e))  # the same reason every run
-        raise ImageDecodeError(f"undecodable image: {type(e).__name__}: {text}") from None
-    return img
-
-
-def decode_png(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """(H, W, C) uint8 or uint16 array from encoded image bytes: :func:`open_image` (and its errors),
-    then :func:`image_to_array` (ImageDecodeError for unsupported modes)."""
-    return image_to_array(open_image(data, max_pixels))
-
-
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-# (bit depth, PNG color type) -> channels of decode_png's array: every valid pair. decode_png drops alpha
-# (gray + alpha -> gray, RGBA -> RGB) and makes palette images RGB, with or without transparency; Pillow
-# opens 16-bit gray + alpha as RGBA, so that one becomes RGB (3 channels), not gray.
-PNG_CHANNELS = {(1, 0): 1, (2, 0): 1, (4, 0): 1, (8, 0): 1, (16, 0): 1, (8, 2): 3, (16, 2): 3, (1, 3): 3,
-                (2, 3): 3, (4, 3): 3, (8, 3): 3, (8, 4): 1, (16, 4): 3, (8, 6): 3, (16, 6): 3}
-
-
-def png_header(data: bytes) -> tuple[int, int, int, int]:
-    """(height, width, channels, bit depth) of PNG bytes, from the signature and IHDR chunk alone
-    (the first 33 bytes, nothing decoded). ``channels`` is what :func:`decode_png` returns for the
-    image (:data:`PNG_CHANNELS`): 1 for gray and 8-bit gray + alpha, 3 for RGB, RGBA, palette and
-    16-bit gray + alpha. Raises ImageDecodeError for bytes that are not a PNG or whose header is
-    truncated or invalid."""
-    import zlib
-
-    head = bytes(data[:33]) if data is not None else b""
-    if not head:
-        raise ImageDecodeError("empty image bytes")
-    if head[:8] != PNG_SIGNATURE and not (len(head) < 8 and PNG_SIGNATURE.startswith(head)):
-        raise ImageDecodeError("not a PNG (no PNG signature)")
-    if len(head) < 33:
-        raise ImageDecodeError(f"truncated PNG header ({len(head)} bytes, IHDR needs 33)")
-    if head[8:16] != b"\x00\x00\x00\x0dIHDR":
-        raise ImageDecodeError("invalid PNG header: the first chunk is not a 13-byte IHDR")
-    if zlib.crc32(head[12:29]) != int.from_bytes(head[29:33], "big"):
-        raise ImageDecodeError("invalid PNG header: bad IHDR checksum")
-    width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
-    depth, color = head[24], head[25]
-    channels = PNG_CHANNELS.get((depth, color))
-    if channels is None:
-        raise ImageDecodeError(f"invalid PNG header: bit depth {depth} with color type {color}")
-    if width == 0 or height == 0:
-        raise ImageDecodeError(f"empty image ({width}x{height})")
-    return height, width, channels, depth
-
-
-def image_to_array(img: Image.Image) -> np.ndarray:
-    """(H, W, C) uint8/uint16 array of a Pillow image: gray stays 1 channel, 16-bit gray stays
-    16-bit, RGBA/LA drop alpha, palette and CMYK become RGB."""
-    mode = img.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
-        a = np.asarray(img, dtype=np.uint16)
-    elif mode == "I":  # 32-bit int gray; Pillow opens 16-bit PNGs this way too
-        a = np.asarray(img)
-        if a.size and (a.min() < 0 or a.max() > 65535):
-            raise ImageDecodeError(f"32-bit integer image with values outside 16-bit range ({a.min()}..{a.max()})")
-        a = a.astype(np.uint16)
-    elif mode == "1":
-        a = np.asarray(img.convert("L"))
-    elif mode == "L":
-        a = np.asarray(img)
-    elif mode == "LA":
-        a = np.asarray(img.convert("L"))
-    elif mode in ("RGB", "RGBA", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "RGBX"):
-        a = np.asarray(img.convert("RGB"))
-    else:
-        raise ImageDecodeError(f"unsupported image mode {mode!r}")
-    if a.ndim == 2:
-        a = a[:, :, None]
-    return np.ascontiguousarray(a)
-
-
-def to_float(a: np.ndarray) -> np.ndarray:
-    """uint8/uint16 (H, W, C) -> float32 in [0, 1]."""
-    if a.dtype == np.uint8:
-        return a.astype(np.float32) * np.float32(1 / 255)
-    if a.dtype == np.uint16:
-        return a.astype(np.float32) * np.float32(1 / 65535)
-    return np.asarray(a, dtype=np.float32)
-
-
-def from_float(a: np.ndarray, dtype=np.uint8) -> np.ndarray:
-    """float [0, 1] -> uint8/uint16, rounded to nearest."""
-    peak = 255 if np.dtype(dtype) == np.uint8 else 65535
-    return np.clip(np.rint(np.asarray(a, dtype=np.float32) * peak), 0, peak).astype(dtype)
 
 
 # ---------------------------------------------------------------- batches (Ray Data friendly)

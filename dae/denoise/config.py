@@ -69,7 +69,7 @@ class DenoiseConfig:
                                                       "that this output did not write is left alone unless "
                                                       "--overwrite"})
     export_format: str = field(default="png", metadata={
-        "help": "--export: png (the input's path with .png; 16-bit gray stays 16-bit) or same (the input's own "
+        "help": "--export: png (the input's path with .png; 16-bit stays 16-bit) or same (the input's own "
                 "name and format; JPEG/WebP at --export-quality)", "choices": EXPORT_FORMATS})
     export_quality: int = field(default=95, metadata={"help": "--export-format same: JPEG/WebP quality, 1-100"})
     max_error_fraction: float = field(default=0.1, metadata={"help": "fail the job when more than this fraction "

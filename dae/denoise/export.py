@@ -1,6 +1,6 @@
 """``--export DIR``: each denoised image of an image-file input written at its input's path under DIR.
 
-    photos/2024/IMG_1.JPG  ->  DIR/2024/IMG_1.png     (--export-format png, the default; 16-bit gray
+    photos/2024/IMG_1.JPG  ->  DIR/2024/IMG_1.png     (--export-format png, the default; 16-bit
                                                        stays 16-bit)
                            ->  DIR/2024/IMG_1.JPG     (--export-format same, JPEG at --export-quality)
 

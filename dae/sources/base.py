@@ -4,7 +4,7 @@ A source turns its input into a :class:`Prepared`: the dataset name, where it ca
 iterable of records per split. A record is ``(id, image, label)``:
 
     id     str                 unique and stable, e.g. "fashion-mnist/train/000042" or a relative path
-    image  np.ndarray          (H, W), (H, W, 1) or (H, W, 3) uint8, or (H, W[, 1]) uint16 gray
+    image  np.ndarray          (H, W), (H, W, 1) or (H, W, 3) uint8 or uint16
            | Encoded           PNG bytes already encoded by a parallel reader (the folder source)
     label  int | None
 """

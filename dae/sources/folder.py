@@ -1,12 +1,12 @@
-"""A folder of images (recursive): PNG, JPEG, TIFF, BMP; gray, RGB, RGBA, 16-bit gray.
+"""A folder of images (recursive): PNG, JPEG, TIFF, BMP; gray, RGB, RGBA; 8-bit or 16-bit.
 
 * ids are the relative paths (``cats/001.png``), so they are unique and stable;
 * the train/test split hashes the relative path (:func:`dae.sources.is_test`): the same file lands
   in the same split whatever else is in the folder and however many workers read it;
 * with ``labels_from_subdirs`` the first path component is the class; sorted class names map to
   0, 1, ... (:mod:`dae.prepare` saves the mapping as ``classes.json``);
-* RGBA/LA images lose their alpha channel (counted in ``stats["alpha_dropped"]``), 16-bit gray stays
-  16-bit (:func:`dae.shards.image_to_array`);
+* RGBA/LA images lose their alpha channel (counted in ``stats["alpha_dropped"]``), 16-bit gray or
+  color stays 16-bit (:func:`dae.shards.decode_png`);
 * unreadable files go to ``Prepared.errors`` (path + reason; :mod:`dae.prepare` writes ``errors.jsonl``) and
   are never silently skipped.
 

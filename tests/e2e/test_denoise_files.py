@@ -12,6 +12,7 @@ import uuid
 import numpy as np
 import pytest
 import ray  # noqa: F401  (imported here: Ray's log handlers must not bind to a test's capsys stream)
+import tifffile
 from PIL import Image
 
 from dae import shards, storage
@@ -26,7 +27,7 @@ def run(*argv):
 
 
 def _photos(root) -> dict[str, tuple]:
-    """Six files: {relative path: (shape the model sees, dtype)} for the five images, None for the corrupt one."""
+    """Seven files: {relative path: (shape the model sees, dtype)} for the six images, None for the corrupt one."""
     rng = np.random.default_rng(5)
     smooth = np.linspace(40, 200, 24 * 32).reshape(24, 32)
 
@@ -41,13 +42,15 @@ def _photos(root) -> dict[str, tuple]:
     exif[274] = 6  # stored 24x32, shown (and denoised) upright as 32x24
     save("trip/rot.jpg", np.stack([noisy] * 3, axis=2).astype(np.uint8), exif=exif.tobytes(), quality=95)
     save("trip/raw/deep16.tif", (noisy * 257).astype(np.uint16))
+    tifffile.imwrite(os.path.join(root, "rgb16.tif"), (np.stack([noisy] * 3, axis=2) * 257).astype(np.uint16),
+                     photometric="rgb")  # 16-bit RGB: Pillow would read it as 8-bit
     save("trip/c.bmp", rng.integers(0, 256, (16, 20, 3), dtype=np.uint8))
     save("w.webp", rng.integers(0, 256, (16, 18, 3), dtype=np.uint8), lossless=True)
     with open(os.path.join(root, "trip", "broken.jpg"), "wb") as fh:
         fh.write(b"\xff\xd8\xff\xe0 a JPEG that stops here")
     return {"gray.png": ((24, 32, 1), np.uint8), "trip/rot.jpg": ((32, 24, 3), np.uint8),
             "trip/raw/deep16.tif": ((24, 32, 1), np.uint16), "trip/c.bmp": ((16, 20, 3), np.uint8),
-            "w.webp": ((16, 18, 3), np.uint8), "trip/broken.jpg": None}
+            "w.webp": ((16, 18, 3), np.uint8), "rgb16.tif": ((24, 32, 3), np.uint16), "trip/broken.jpg": None}
 
 
 def test_a_folder_of_photos_in_and_out(ray_session, tmp_path):
@@ -78,7 +81,7 @@ def test_a_folder_of_photos_in_and_out(ray_session, tmp_path):
     assert s["files_processed"] == 0 and s["listing"]["kind"] == "files" and s["export"]["refused"] == 0
     exported = sorted(os.path.relpath(p, exp) for p in glob.glob(str(exp / "**" / "*"), recursive=True)
                       if os.path.isfile(p))
-    assert exported == sorted(["gray.png", "trip/rot.png", "trip/raw/deep16.png", "trip/c.png", "w.png"])
+    assert exported == sorted(["gray.png", "trip/rot.png", "trip/raw/deep16.png", "trip/c.png", "w.png", "rgb16.png"])
     for rid in rows:
         name = os.path.splitext(rid)[0] + ".png"
         assert (exp / name).read_bytes() == rows[rid]["denoised"], rid  # the denoised PNG, 16-bit included
@@ -87,18 +90,19 @@ def test_a_folder_of_photos_in_and_out(ray_session, tmp_path):
     before = {p: os.path.getmtime(p) for p in glob.glob(str(tmp_path / "**"), recursive=True)
               if os.path.isfile(p) and not p.endswith(("summary.json", "config.resolved.json", "samples.png"))}
     s = run(*argv)
-    assert s["files_processed"] == 0 and s["export"]["groups"] == 0 and s["rows_in"] == 6
+    assert s["files_processed"] == 0 and s["export"]["groups"] == 0 and s["rows_in"] == 7
     assert before == {p: os.path.getmtime(p) for p in before}
     # the output and the export mirror the folder: a photo removed, one added
     os.remove(src / "w.webp")
     Image.fromarray(np.full((9, 10), 77, np.uint8)).save(src / "trip" / "new.png")
     s = run(*argv)
-    assert s["rows_in"] == 6 and s["export"]["refused"] == 0
+    assert s["rows_in"] == 7 and s["export"]["refused"] == 0
     ids = sorted(read_outputs(str(out)).column("id").to_pylist())
-    assert ids == sorted(["gray.png", "trip/rot.jpg", "trip/raw/deep16.tif", "trip/c.bmp", "trip/new.png"])
+    assert ids == sorted(["gray.png", "trip/rot.jpg", "trip/raw/deep16.tif", "trip/c.bmp", "trip/new.png", "rgb16.tif"])
     exported = sorted(os.path.relpath(p, exp) for p in glob.glob(str(exp / "**" / "*"), recursive=True)
                       if os.path.isfile(p))
-    assert exported == sorted(["gray.png", "trip/rot.png", "trip/raw/deep16.png", "trip/c.png", "trip/new.png"])
+    assert exported == sorted(["gray.png", "trip/rot.png", "trip/raw/deep16.png", "trip/c.png", "trip/new.png",
+                               "rgb16.png"])
 
 
 def test_photos_that_all_mismatch_the_model_fail_before_any_work(ray_session, tmp_path):

@@ -168,6 +168,56 @@ def test_16_bit_tiff_stays_16_bit_through_the_read_stage(tmp_path):
     assert prepared[inference.DEPTH][0] == 16  # the denoised PNG is written with 16 bits
 
 
+def _tiff16(a: np.ndarray, orientation: int = 1, **kw) -> bytes:
+    import tifffile
+
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, a, photometric="rgb", extratags=[(274, "H", 1, orientation, True)], **kw)
+    return buf.getvalue()
+
+
+def test_16_bit_rgb_files_stay_16_bit_upright_through_the_read_stage(tmp_path):
+    # Pillow opens 16-bit RGB PNGs and TIFFs as 8-bit RGB without a word: these must not go through it.
+    import imagecodecs
+
+    a = np.random.default_rng(3).integers(0, 65536, (5, 7, 3), dtype=np.uint16)
+    rgba = np.concatenate([a, np.full((5, 7, 1), 65535, np.uint16)], axis=2)
+    want = {"rgb16.png": a, "rgba16.png": a, "rgb16-lzw-rot.tif": np.rot90(a, -1), "rgb16-planes.tif": a}
+    for rel, data in [("rgb16.png", imagecodecs.png_encode(a)), ("rgba16.png", imagecodecs.png_encode(rgba)),
+                      ("rgb16-lzw-rot.tif", _tiff16(a, 6, compression="lzw")),  # 6: rotate 90 clockwise
+                      ("rgb16-planes.tif", _tiff16(np.moveaxis(a, -1, 0).copy(), planarconfig="separate"))]:
+        (tmp_path / rel).write_bytes(bytes(data))
+    lst = files.list_any(str(tmp_path))
+    (block,) = files.file_blocks(lst.images, lst.files, rows=8)
+    out = files.read_files_batch({k: block.column(k).to_numpy(zero_copy_only=False) for k in block.column_names})
+    for rel, png, err in zip(out["id"], out["image"], out["read_error"]):
+        assert err == "", rel
+        got = shards.decode_png(png)
+        assert got.dtype == np.uint16, rel
+        np.testing.assert_array_equal(got, want[rel], err_msg=rel)
+        assert shards.png_header(png)[2:] == (3, 16)
+    prepared = auto.prepare_rows(out, 1)
+    assert list(prepared[inference.DEPTH]) == [16] * 4  # the denoised PNGs are written with 16 bits
+    big = shards.DEFAULT_MAX_PIXELS
+    with pytest.raises(shards.ImageDecodeError, match="decompression bomb"):
+        images.decode_image(_tiff16(a), max_pixels=34)
+    assert images.decode_image(_tiff16(a), max_pixels=big).shape == (5, 7, 3)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_orient_turns_arrays_as_pillows_exif_transpose(orientation):
+    from PIL import ImageOps
+
+    a = np.random.default_rng(orientation).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[274] = orientation
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, format="PNG", exif=exif.tobytes())
+    assert images.exif_orientation(buf.getvalue()) == orientation
+    want = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(buf.getvalue()))))
+    np.testing.assert_array_equal(images.orient(a, orientation), want)
+
+
 def test_merge_rows_restores_the_order():
     parts = [(np.array([2, 0]), {"x": np.array([20, 0]), "img": np.zeros((2, 3, 3, 1))}),
              (np.array([1]), {"x": np.array([10]), "img": np.ones((1, 4, 4, 3))})]
@@ -216,6 +266,12 @@ def test_export_encoding_keeps_the_format_and_16_bits():
     lo, hi = (images.encode_export(rgb, "p.jpg", "same", q) for q in (20, 95))
     assert Image.open(io.BytesIO(hi)).format == "JPEG" and len(lo) < len(hi)
     assert Image.open(io.BytesIO(images.encode_export(png16, "a.jpeg", "same"))).mode == "L"  # 8-bit JPEG
+    rgb16 = np.random.default_rng(2).integers(0, 65536, (6, 5, 3), dtype=np.uint16)
+    png = shards.encode_png(rgb16)
+    np.testing.assert_array_equal(images.decode_image(images.encode_export(png, "a.TIF", "same")), rgb16)
+    flat = shards.encode_png(np.full((6, 5, 3), (1000, 30000, 65535), np.uint16))
+    jpeg = images.decode_image(images.encode_export(flat, "a.jpg", "same", 100))
+    assert jpeg.dtype == np.uint8 and np.abs(jpeg.astype(int) - [4, 117, 255]).max() <= 1  # 16 -> 8 bit
 
 
 # ---------------------------------------------------------------- the channel error (issue 29: it suggested

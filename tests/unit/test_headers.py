@@ -61,7 +61,7 @@ def test_png_header_gives_the_shape_decode_png_returns(name):
     h, w, c, depth = shards.png_header(data)
     assert (h, w, c) == shards.decode_png(data).shape == (5, 7, c)
     assert depth == data[24] and depth in (1, 2, 4, 8, 16)
-    assert c == (1 if name.startswith("gray") or name == "LA" else 3)  # Pillow opens 16-bit LA as RGBA
+    assert c == (1 if name.startswith(("gray", "LA")) else 3)
 
 
 # every (bit depth, color type) pair the PNG standard allows
