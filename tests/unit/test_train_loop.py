@@ -20,6 +20,7 @@ from dae.train import (
     TrainState,
     batches,
     collapsed,
+    format_summary,
     load_train,
     load_validation,
     make_objective,
@@ -215,6 +216,34 @@ def test_validate_flags_a_model_with_one_output_for_every_input(digits):
     assert row["output_spread"] == 0.0 and collapsed(row)
     identity = validate(Plain(torch.nn.Identity()), val)  # output = noisy input: the noisy scores
     assert identity["val_psnr"] == pytest.approx(val.noisy_psnr, rel=1e-9)
+
+
+@pytest.mark.parametrize("loss, collapses", [("mse", True), ("bce", False)])
+def test_collapse_is_flagged_and_bce_avoids_it(loss, collapses):
+    """conv28k (sigmoid output) with MSE on MNIST digits settles on one all-black output for every
+    input (seen in the quality sweep at every noise level); validation must say so, and BCE, the seed
+    notebooks' loss, trains the same model from the same start (256 digits, 3 epochs, lr 0.01)."""
+    x, _ = mnist5k_digits(320)
+    x, ids = (x[..., None] / 255).astype(np.float32), np.array([f"d/{i:03d}" for i in range(320)])
+    cfg = dataclasses.replace(CFG, model="conv28k", model_kwargs={}, loss=loss, batch_size=32)
+    data = load_train(FakeIterator(x[:256], ids[:256]), loop_config(cfg, train_rows=256))
+    val = load_validation(FakeIterator(x[256:], ids[256:]), cfg)
+    torch.set_num_threads(1)
+    model, opt, sched = setup(cfg, total_steps=24)
+    for epoch in range(3):
+        train_one_epoch(model, batches(data, cfg, epoch, 0, cfg.batch_size), opt, sched, make_objective(cfg))
+    last = validate(model, val)
+    assert collapsed(last) is collapses and (last["output_spread"] < 1e-3) is collapses, last
+    if not collapses:
+        assert last["val_psnr"] > last["noisy_psnr"] + 1.0, last
+    # the job's closing lines warn about it, naming the settings (a summary as dae.train.run returns it)
+    row = {"epoch": 3, "images_per_s": 1000.0, **last}
+    summary = {"best": row, "last": row, "history": [row], "config": {**dataclasses.asdict(cfg), "workers": 1},
+               "data_mode": "cache", "data_s": 0.0, "fit_s": 1.0, "total_s": 1.0, "best_model": "b", "out": "o",
+               "run_dir": "r", "collapsed": collapsed(last)}
+    warned = f"WARNING: the model outputs the same image for every input (it collapsed; output spread < 0.001). " \
+             f"conv28k with --loss {loss}, --lr 0.01"
+    assert (warned in format_summary(summary)) is collapses
 
 
 def test_checkpoint_restores_model_optimizer_and_schedule(digits, tmp_path):
