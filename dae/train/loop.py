@@ -23,6 +23,7 @@ Rules it keeps:
 
 from __future__ import annotations
 
+import logging
 import math
 import tempfile
 import time
@@ -337,11 +338,26 @@ def report_epoch(w: Worker, row: dict) -> None:
     row["report_s"] = time.perf_counter() - t2  # after the save: metrics.jsonl gets it with the next epoch's rewrite
 
 
+def quiet_ray_reports() -> None:
+    """Ray Train's worker lines at every report, "Reporting training result N: TrainingReport(...every
+    metric...)" and "Checkpoint successfully created at: ...", repeat what say_epoch prints, on every
+    rank: shown at --log-level debug only (Ray 2.58's loggers; the first is named by its file)."""
+    from ..jobutil import log_level
+
+    if log_level() <= logging.DEBUG:
+        return
+    from ray.train.v2._internal.execution import context, storage
+
+    for name in (context.__file__, storage.__name__):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def train_loop_per_worker(lc: LoopConfig) -> None:
     """Per-worker training function (runs in each Ray Train worker)."""
     import ray.train
     import ray.train.torch
 
+    quiet_ray_reports()
     ctx = ray.train.get_context()
     torch.set_num_threads(lc.torch_threads)
     w = setup_worker(lc, ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device())

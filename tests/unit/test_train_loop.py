@@ -296,6 +296,31 @@ def test_checkpoint_restores_model_optimizer_and_schedule(digits, tmp_path):
                 dataclasses.replace(cfg, model_kwargs={"depth": 3, "width": 4}), 12)
 
 
+def test_ray_trains_per_report_lines_are_for_debug_only(monkeypatch):
+    import logging
+
+    from ray.train.v2._internal.execution import context, storage
+
+    from dae.train.loop import quiet_ray_reports
+
+    loggers = (context.logger, storage.logger)  # the loggers those lines go through
+    root = logging.getLogger()
+    root_level = root.level
+    root.setLevel(logging.INFO)  # as in a Ray worker, where the lines are shown
+    try:
+        monkeypatch.setenv("DAE_LOG_LEVEL", "debug")
+        quiet_ray_reports()
+        assert all(lg.isEnabledFor(logging.INFO) for lg in loggers)
+        monkeypatch.setenv("DAE_LOG_LEVEL", "info")
+        quiet_ray_reports()
+        assert not any(lg.isEnabledFor(logging.INFO) for lg in loggers)
+        assert all(lg.isEnabledFor(logging.WARNING) for lg in loggers)
+    finally:
+        root.setLevel(root_level)
+        for lg in loggers:
+            lg.setLevel(logging.NOTSET)
+
+
 def test_pieces_need_no_ray():
     code = ("import sys, dae.train, dae.inference, dae.models, dae.noise, dae.metrics; "
             "assert 'ray' not in sys.modules, sorted(m for m in sys.modules if m.startswith('ray'))")
