@@ -290,6 +290,20 @@ def test_decode_files_batch_is_pure_and_keeps_bad_rows(tmp_path):
     assert shards.decode_png(out["png"][0]).shape == (2, 3, 3)
 
 
+def test_a_16_bit_rgb_file_is_prepared_16_bit():
+    # Pillow reads a 16-bit RGB TIFF as 8-bit RGB without a word (dae.codec.decode_wide reads it)
+    import io
+
+    import tifffile
+
+    a = np.random.default_rng(4).integers(0, 65536, (5, 6, 3), dtype=np.uint16)
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, a, photometric="rgb")
+    enc, had_alpha = folder.decode_file(buf.getvalue())
+    assert (enc.height, enc.width, enc.channels, had_alpha) == (5, 6, 3, False)
+    np.testing.assert_array_equal(shards.decode_png(enc.png), a)
+
+
 # ---------------------------------------------------------------- torchvision (offline)
 
 
