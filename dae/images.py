@@ -11,7 +11,7 @@ Rules:
 - Formats: PNG, JPEG, TIFF, BMP, and WebP where this Pillow reads it (:data:`EXTENSIONS`).
 - Decoding is :func:`dae.shards.image_to_array` after ``ImageOps.exif_transpose``: phone photos come
   upright, gray stays 1 channel, alpha is dropped. 16-bit stays 16-bit: 16-bit color PNGs and TIFFs,
-  which Pillow would make 8-bit, are decoded by :func:`dae.shards.decode_wide` and turned upright by
+  which Pillow would make 8-bit, are decoded by :func:`dae.codec.decode_wide` and turned upright by
   :func:`orient` with the EXIF orientation Pillow reads from the header. The decompression-bomb guard
   is checked from the header, before any pixel is decoded (as :func:`dae.shards.decode_png`).
 - An id is a relative path as listed; an export path is that id under the export folder, and a path
