@@ -129,6 +129,7 @@ class Progress:
         self.what, self.total, self.every, self.unit = what, total, every, unit
         self.start = self.last = time.perf_counter()
         self.done = 0
+        self.said = -1  # ``done`` at the last line
 
     def update(self, n: int) -> None:
         self.done += n
@@ -137,7 +138,14 @@ class Progress:
             self.last = now
             self.report()
 
+    def finish(self) -> None:
+        """The closing line, unless the last line already said the same count (a slow last batch
+        printed it twice)."""
+        if self.said != self.done:
+            self.report()
+
     def report(self) -> None:
+        self.said = self.done
         el = time.perf_counter() - self.start
         rate = self.done / el if el > 0 else 0.0
         eta = f", ETA {(self.total - self.done) / rate:.0f}s" if self.total and rate > 0 else ""

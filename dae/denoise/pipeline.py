@@ -173,7 +173,7 @@ def run_pipeline(cfg: DenoiseConfig, files: list[InputFile], model_channels: int
             books.cpu_s += time.thread_time() - t
         for stem, fut in pending:
             markers[stem] = fut.result()
-    progress.report()
+    progress.finish()
     if books.open:
         lost = {by_stem[s].rel: p.rows_in - p.rows for s, p in books.open.items()}
         raise RuntimeError(f"rows missing from the pipeline output (file: missing rows): {lost}")

@@ -32,7 +32,7 @@ def collect(ds, columns: list[str], n_images: int, n_specs: int) -> dict[str, np
     for b in ds.iter_batches(batch_format="pyarrow", batch_size=1024):
         tables.append(b)
         prog.update(b.num_rows)
-    prog.report()
+    prog.finish()
     table = pa.concat_tables(tables) if tables else pa.table({c: [] for c in columns})
     if len(table) != n_images * n_specs:
         raise RuntimeError(f"pipeline returned {len(table)} rows, expected {n_images} images x {n_specs} specs")

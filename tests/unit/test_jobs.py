@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from dae.jobutil import cli
+from dae.jobutil import Progress, cli
 from helpers import REPO, job_env, tail
 
 
@@ -65,3 +65,33 @@ def test_every_jobs_help_renders(job):
     import importlib
 
     assert "--" in importlib.import_module(f"jobs.{job}").get_args_parser().format_help()
+
+
+def test_progress_says_the_closing_count_once():
+    """A slow last batch printed its periodic line, then the closing line said the same again."""
+    import logging
+
+    lines = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            lines.append(record.getMessage())
+
+    log, keep = logging.getLogger("dae"), Keep()
+    level = log.level
+    log.addHandler(keep)
+    log.setLevel(logging.INFO)
+    try:
+        slow = Progress("denoise", total=8, every=0.0)  # every update prints, as after a slow batch
+        slow.update(5)
+        slow.update(3)
+        slow.finish()
+        assert [m.split(",")[0] for m in lines] == ["denoise: 5/8 images", "denoise: 8/8 images"]
+        lines.clear()
+        fast = Progress("evaluate", total=8, every=1e9, unit="rows")  # no periodic line: finish says it
+        fast.update(8)
+        fast.finish()
+        assert [m.split(",")[0] for m in lines] == ["evaluate: 8/8 rows"]
+    finally:
+        log.removeHandler(keep)
+        log.setLevel(level)
