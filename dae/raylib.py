@@ -33,8 +33,12 @@ _PG_CLEANER_NOISE = "Failed to query Ray Train Controller actor state"
 
 
 def drop_pg_cleaner_noise() -> None:
-    """worker_process_setup_hook of a private local Ray: drops the one warning above."""
+    """worker_process_setup_hook of a private local Ray: drops the one warning above, and names this
+    Ray for the cleaner's State API queries. They look for "the" Ray on the machine when RAY_ADDRESS is
+    unset: beside a second local Ray (another job running) the cleaner's thread died with a traceback,
+    "ConnectionError: Found multiple active Ray instances" (seen with a training run beside another)."""
     logging.getLogger(_PG_CLEANER_LOGGER).addFilter(lambda record: _PG_CLEANER_NOISE not in record.getMessage())
+    os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None, training: bool = False) -> bool:

@@ -20,10 +20,13 @@ def _positive(x) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
 
 
-def test_cpu_dry_run_end_to_end(tmp_path):
+def test_cpu_dry_run_end_to_end(tmp_path, ray_session):
+    """ray_session: this session's Ray runs beside the script's own, as a second job on a laptop would.
+    Ray Train's placement-group cleaner then looked for "the" local Ray and died with a traceback."""
     out = tmp_path / "out"
     p = run_gpu_check(["--device", "cpu", "--small", "--out", str(out), "--work", str(tmp_path / "work")], timeout=600)
     assert p.returncode == 0, tail(p)
+    assert "Found multiple active Ray instances" not in p.stdout + p.stderr, tail(p)
     r = json.loads((out / "gpu_check.json").read_text())
     assert r["device"] == "cpu" and r["small"] and r["ok"] and r["errors"] == {}, r
     assert r["versions"]["torch"] and r["versions"]["ray"] and "gpu_name" not in r["versions"]
