@@ -41,6 +41,10 @@ def drop_pg_cleaner_noise() -> None:
     os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
 
 
+# The runtime_env of a private local Ray that trains (init_ray's, and the GPU check's own ray.init).
+TRAIN_RUNTIME_ENV = {"worker_process_setup_hook": f"{__name__}.drop_pg_cleaner_noise"}
+
+
 def init_ray(address: str | None = None, num_cpus: int | None = None, training: bool = False) -> bool:
     """Join or start Ray once. Returns True when this call started it.
 
@@ -61,7 +65,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, training: 
         # because it slows every local start (see the measurements above).
         kwargs.update(include_dashboard=os.environ.get(DASHBOARD_ENV) == "1", num_cpus=num_cpus)
         if training:  # only Train runs the cleaner; the hook's runtime env slows every worker's start
-            kwargs["runtime_env"] = {"worker_process_setup_hook": f"{__name__}.drop_pg_cleaner_noise"}
+            kwargs["runtime_env"] = TRAIN_RUNTIME_ENV
     ray.init(**kwargs)
     storage.share_with_ray()
     log.info("ray: %s, resources %s", address, ray.cluster_resources())
