@@ -67,7 +67,7 @@ def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
-            _check_pixels(*img.size, max_pixels)
+            check_pixels(*img.size, max_pixels)
             img.load()
     except ImageDecodeError:
         raise
@@ -104,7 +104,7 @@ def decode_wide(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray
             return None
         if depth != 16 or head[25] == 0:  # 16-bit gray: Pillow's I;16 is right
             return None
-        _check_pixels(w, h, max_pixels)
+        check_pixels(w, h, max_pixels)
         import imagecodecs
 
         try:
@@ -121,7 +121,7 @@ def decode_wide(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray
                 rgb16 = page.dtype == np.uint16 and page.photometric == 2 and page.samplesperpixel >= 3
                 if not rgb16:
                     return None
-                _check_pixels(page.imagewidth, page.imagelength, max_pixels)
+                check_pixels(page.imagewidth, page.imagelength, max_pixels)
                 a = page.asarray()
                 separate = page.planarconfig == 2
         except ImageDecodeError:
@@ -134,7 +134,8 @@ def decode_wide(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray
     return None
 
 
-def _check_pixels(width: int, height: int, max_pixels: int) -> None:
+def check_pixels(width: int, height: int, max_pixels: int) -> None:
+    """ImageDecodeError for an empty image or one over ``max_pixels`` (a decompression bomb?)."""
     if width == 0 or height == 0:
         raise ImageDecodeError(f"empty image ({width}x{height})")
     if width * height > max_pixels:

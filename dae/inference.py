@@ -50,6 +50,7 @@ from .noise import NoiseSpec, image_rng, noise_sigmas
 from .shards import (
     DEFAULT_MAX_PIXELS,
     ImageDecodeError,
+    check_pixels,
     decode_png,
     encode_png,
     from_float,
@@ -146,8 +147,10 @@ def check_header(data: bytes, columns: tuple[int, int, int], max_pixels: int = D
         h, w, c, _ = png_header(data)
     except ImageDecodeError as e:
         return str(e), "decode"
-    if w * h > max_pixels:  # decode_png's words for it
-        return f"image of {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels} (decompression bomb?)", "decode"
+    try:
+        check_pixels(w, h, max_pixels)  # decode_png's check, and its words
+    except ImageDecodeError as e:
+        return str(e), "decode"
     if (h, w, c) != columns:
         return header_mismatch_message((h, w, c), columns), "header"
     return "", ""

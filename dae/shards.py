@@ -36,6 +36,7 @@ from .codec import (  # noqa: F401 - the shard format's image codec, used as sha
     PNG_CHANNELS,
     PNG_SIGNATURE,
     ImageDecodeError,
+    check_pixels,
     decode_png,
     decode_wide,
     encode_png,
@@ -57,7 +58,6 @@ SCHEMA = pa.schema([
     pa.field("split", pa.string(), nullable=False),
 ])
 COLUMNS = tuple(SCHEMA.names)
-
 
 
 class ShardSchemaError(ValueError):
