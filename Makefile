@@ -49,8 +49,9 @@ quality-sweep: $(STAMP) data
 	$(BIN)/python -m jobs.quality_sweep --config quality-sweep-cpu --out bench_out/quality-sweep
 
 # The natural-photo table (Set12, BSD68, CBSD68, Kodak24 at sigma 15/25/50 from ../shared/datasets/natural):
-# trains the gray and color blind models and a sigma-25 gray one (22-60 min each on 2 CPU cores, gray-blind
-# about 100 min, color-blind 30 epochs then 40 more fine-tuned; a finished run is reused), then scores them
+# trains every run of dae/experiments/recipes/quality-natural.yaml (gray-blind and color-blind, recipe-2:
+# about 2 h each on 2 CPU cores; the first shipped ones and a sigma-25 gray one: 22-100 min each; a finished
+# run is reused), then scores them
 # plain and x8 (self-ensemble), NLM and BM3D (the bm3d extra, first 8 images per set) beside the published
 # figures.
 quality-natural: $(STAMP)

@@ -8,6 +8,7 @@ it stopped; a result made with other settings is an error, never a result to reu
 
 from __future__ import annotations
 
+import json
 import logging
 
 from dae import shards, storage
@@ -56,9 +57,23 @@ def _check_same_run(tcfg, run_dir: str, same_run: tuple) -> None:
                          f"--out, or delete that run to retrain it")
 
 
+def _epochs_seconds(run_dir: str) -> float:
+    """The training and validation seconds of every epoch in the run's metrics.jsonl, over all its
+    attempts (0 when there is none)."""
+    path = storage.join(run_dir, "metrics.jsonl")
+    if not storage.exists(path):
+        return 0.0
+    rows = [json.loads(line) for line in storage.read_bytes(path).decode().splitlines() if line.strip()]
+    return sum(r.get("train_s", 0.0) + r.get("val_s", 0.0) for r in rows)
+
+
 def train_or_reuse(tcfg, what: str, same_run: tuple = SAME_RUN) -> dict:
     """Train ``tcfg`` or reuse its finished run (a run there with other ``same_run`` settings is an
-    error, not a result). Returns {model_dir, seconds, reused, last}."""
+    error, not a result). Returns {model_dir, seconds, reused, last}.
+
+    seconds: the run's summary counts the attempts made here; a run resumed by hand (``dae train
+    --config RUN/config.resolved.json``, e.g. to cut its epochs) adds attempts it does not count, so
+    seconds is at least the sum of its epochs' training and validation time (metrics.jsonl)."""
     from dae.train import check_config, run as train_run
 
     tcfg = check_config(tcfg)
@@ -71,7 +86,8 @@ def train_or_reuse(tcfg, what: str, same_run: tuple = SAME_RUN) -> dict:
         done, before = (s.get("last") or {}).get("epoch", 0), s.get("total_s") or 0.0
         if done >= tcfg.epochs:
             log.info("sweep: %s: reusing the finished run", what)
-            return {"model_dir": final, "seconds": before, "reused": True, "last": s.get("last")}
+            return {"model_dir": final, "seconds": max(before, _epochs_seconds(run_dir)), "reused": True,
+                    "last": s.get("last")}
     # (with epochs not among same_run, a finished shorter run is continued: resumed by its name)
     log.info("sweep: train %s (%s, %d epochs%s)", what, tcfg.model, tcfg.epochs,
              f", continuing after epoch {done}" if done else "")
@@ -79,7 +95,8 @@ def train_or_reuse(tcfg, what: str, same_run: tuple = SAME_RUN) -> dict:
     if before:  # seconds of the whole lineage (the summary written now counts this attempt only)
         storage.write_json(storage.join(run_dir, "summary.json"), {
             **storage.read_json(storage.join(run_dir, "summary.json")), "total_s": before + s["total_s"]})
-    return {"model_dir": s["final_model"], "seconds": before + s["total_s"], "reused": False, "last": s["last"]}
+    return {"model_dir": s["final_model"], "seconds": max(before + s["total_s"], _epochs_seconds(run_dir)),
+            "reused": False, "last": s["last"]}
 
 
 def evaluate_or_reuse(ecfg, name: str) -> dict:

@@ -104,3 +104,25 @@ def test_ship_writes_a_weights_only_model_dir_with_its_card(tmp_path, monkeypatc
 def test_ship_names_only_trained_runs():
     with pytest.raises(ValueError, match="--ship 'x': not a run of --train"):
         check_config(QualityNaturalConfig(ship=("x",)))
+
+
+def test_a_run_resumed_by_hand_counts_every_attempts_seconds(tmp_path):
+    """A run cut with `dae train --config RUN/config.resolved.json --epochs N` adds an attempt the
+    experiment's summary does not count: the shipped color-blind card said 4,081 s of a 6,477 s run."""
+    import json
+
+    from dae import checkpoint
+    from dae.experiments.reuse import train_or_reuse
+    from dae.models import create_model
+    from dae.train import TrainConfig
+
+    run = tmp_path / "runs" / "blind"
+    checkpoint.save_model(create_model("cunet", channels=1, width=4), str(run / "final_model"), epoch=3)
+    (run / "summary.json").write_text(json.dumps({"total_s": 100.0, "last": {"epoch": 3}}))
+    rows = [{"epoch": e, "attempt": 1 + (e > 1), "train_s": 60.0, "val_s": 5.0} for e in (1, 2, 3)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tcfg = TrainConfig(data=str(tmp_path / "data"), storage=str(tmp_path / "runs"), run_name="blind", epochs=3)
+    t = train_or_reuse(tcfg, "blind")
+    assert t["reused"] and t["seconds"] == 195.0
+    (run / "summary.json").write_text(json.dumps({"total_s": 500.0, "last": {"epoch": 3}}))
+    assert train_or_reuse(tcfg, "blind")["seconds"] == 500.0  # never less than the summary's count

@@ -17,17 +17,19 @@ def test_the_natural_recipes_are_the_shipped_models_recipes():
     assert RECIPE == {"model": "cunet", "model_kwargs": {"width": 20}, "noise": "awgn:0-55", "crop": 64,
                       "crops_per_image": 8, "batch_size": 32, "schedule": "cosine", "lr": 1e-3, "epochs": 30,
                       "val_limit": 4}
-    assert list(TRAIN) == ["gray-blind", "gray-blind-1", "color-blind-30", "color-blind", "gray-s25"]
+    assert list(TRAIN) == ["gray-blind", "gray-blind-1", "color-blind", "color-blind-30", "color-blind-1", "gray-s25"]
     # recipe-2 (issue 28: the bf16 step spent on a bigger network and more crops)
     assert TRAIN["gray-blind"] == {"kind": "gray", **RECIPE, "model_kwargs": {"width": 24, "levels": 3},
                                    "crops_per_image": 16, "epochs": 110}
     assert TRAIN["gray-blind-1"] == {"kind": "gray", **RECIPE, "epochs": 60}
+    assert TRAIN["color-blind"] == {"kind": "color", **RECIPE, "model_kwargs": {"width": 24, "levels": 3},
+                                    "crops_per_image": 16, "epochs": 100}
     assert TRAIN["color-blind-30"] == {"kind": "color", **RECIPE}
-    assert TRAIN["color-blind"] == {"kind": "color", **RECIPE, "init": "color-blind-30", "lr": 5e-4, "epochs": 40,
-                                    "seed": 1}
+    assert TRAIN["color-blind-1"] == {"kind": "color", **RECIPE, "init": "color-blind-30", "lr": 5e-4, "epochs": 40,
+                                      "seed": 1}
     assert TRAIN["gray-s25"] == {"kind": "gray", **RECIPE, "model": "unet", "noise": "awgn:25"}
     # the order the recipe text of the table lists them in (YAML merge keys keep the recipe's order)
-    assert [k for k in TRAIN["color-blind"] if k != "kind"] == [*RECIPE, "init", "seed"]
+    assert [k for k in TRAIN["color-blind-1"] if k != "kind"] == [*RECIPE, "init", "seed"]
 
 
 def test_the_selfsup_recipe_and_the_sweep_defaults():
