@@ -95,6 +95,10 @@ export DAE_RAY_CLUSTER="$CLUSTER_DIR"
 # dashboard past `ray start`'s 60 s).
 export RAY_DASHBOARD_SUBPROCESS_MODULE_WAIT_READY_TIMEOUT="${RAY_DASHBOARD_SUBPROCESS_MODULE_WAIT_READY_TIMEOUT:-120}"
 export RAY_DASHBOARD_STARTUP_TIMEOUT_S="${RAY_DASHBOARD_STARTUP_TIMEOUT_S:-180}"
+# Idle worker processes live 60 s instead of Ray's 1 s once there are more workers than CPUs: a job's
+# task rounds (scan, pipeline, export) then reuse warm workers instead of starting fresh ones that
+# import torch again (dae.raylib.LOCAL_SYSTEM_CONFIG has the figures). The raylets read it at start.
+export RAY_idle_worker_killing_time_threshold_ms="${RAY_idle_worker_killing_time_threshold_ms:-60000}"
 
 if [[ "$AUTH" == "token" ]]; then
     export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH="$CLUSTER_DIR/auth_token"

@@ -18,9 +18,13 @@ os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 def ray_session():
     import ray
 
+    from dae.raylib import LOCAL_SYSTEM_CONFIG
+
     if not ray.is_initialized():
-        # "local": always a fresh private instance, never a cluster some other process started.
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+        # "local": always a fresh private instance, never a cluster some other process started; idle
+        # workers kept as a job's own local Ray keeps them (the jobs the tests run in this process).
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 _system_config=LOCAL_SYSTEM_CONFIG)
     yield ray
     ray.shutdown()
 

@@ -22,7 +22,7 @@ from dae.denoise import read_outputs
 from dae.jobutil import setup_logging
 from dae.models import create_model
 from dae.precision import native_bf16
-from dae.raylib import TRAIN_RUNTIME_ENV
+from dae.raylib import LOCAL_SYSTEM_CONFIG, TRAIN_RUNTIME_ENV
 
 from .config import (
     DENOISE_TARGET,
@@ -124,7 +124,8 @@ def run_check(cfg: GpuCheckConfig, chk: Check) -> None:
     # A private local Ray with the GPUs torch sees (none on a dry run: nothing may touch a GPU then);
     # no dashboard: its dependencies are not on the GPU machine. The stages then join this Ray.
     ray.init(address="local", include_dashboard=False, num_gpus=torch.cuda.device_count() if gpu else 0,
-             log_to_driver=True, runtime_env=TRAIN_RUNTIME_ENV)  # it trains: dae.raylib says why
+             log_to_driver=True, runtime_env=TRAIN_RUNTIME_ENV,  # it trains: dae.raylib says why
+             _system_config=LOCAL_SYSTEM_CONFIG)
     cluster_cpus = float(ray.cluster_resources().get("CPU", 0))
     r["ray_resources"] = {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU")}
     small_root, photo_root = r["data"]["small"]["root"], r["data"]["photos"]["root"]
