@@ -104,7 +104,8 @@ def test_the_installed_command_denoises_with_a_pretrained_model_from_another_dir
     assert all(w.startswith(str(target)) for w in where), where
     models = json.loads(run("models", "--json"))
     assert {m["name"] for m in models} >= {"pretrained:gray-blind", "pretrained:color-blind"}
-    assert "--config" in run("train", "--help") and "train-fashion" in run("train", "--help")
+    train_help = run("train", "--help")
+    assert "--config" in train_help and "train-fashion" in train_help
 
     # a few smooth RGB images (what the color model is for) as shards, written with the checkout
     rng = np.random.default_rng(0)
