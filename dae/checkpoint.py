@@ -10,7 +10,8 @@ card, README.md; installed, the package's ``dae/pretrained/NAME/``): ``dae denoi
 pretrained:gray-blind ...``; ``dae models`` lists them. The name is resolved where the model is loaded
 (each Ray worker finds the models beside its own copy of the package), so it travels to a cluster as a
 name, not as a path of the submitting machine.
-No Ray import.
+No Ray import; torch is imported by the functions that save or load weights: the denoise job's CPU
+tasks import this module (its manifest's weights digest) and never need torch.
 """
 
 from __future__ import annotations
@@ -18,13 +19,14 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from typing import Any
-
-import torch
-from safetensors.torch import load as st_load, save as st_save
+from typing import TYPE_CHECKING, Any
 
 from . import storage
-from .models import AnySize, create_model
+
+if TYPE_CHECKING:
+    import torch
+
+    from .models import AnySize
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
@@ -57,6 +59,8 @@ def model_dir(path: str) -> str:
 
 
 def _unwrap(model: torch.nn.Module) -> AnySize:
+    from .models import AnySize
+
     # DDP and torch.compile wrap the module; the checkpoint holds the plain AnySize model.
     while not isinstance(model, AnySize):
         inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
@@ -69,6 +73,8 @@ def _unwrap(model: torch.nn.Module) -> AnySize:
 def save_model(model: torch.nn.Module, path: str, **info: Any) -> str:
     """Write MODEL_DIR with the model's name, kwargs and channels plus ``info`` (noise, data,
     metrics, ...) in config.json and its weights in safetensors."""
+    from safetensors.torch import save as st_save
+
     m = _unwrap(model)
     config = {"model": m.name, "model_kwargs": m.kwargs, "channels": m.channels,
               "format": 1, "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **info}
@@ -93,6 +99,10 @@ def weights_digest(path: str) -> str:
 
 def load_model(path: str, device: str | torch.device = "cpu") -> tuple[AnySize, dict]:
     """(model in eval mode on ``device``, its config) from a model directory."""
+    from safetensors.torch import load as st_load
+
+    from .models import create_model
+
     config = load_config(path)
     kwargs = config.get("model_kwargs", {})
     model = create_model(config["model"], channels=int(config["channels"]), **kwargs)

@@ -16,7 +16,16 @@ run's settings), :mod:`.rerun` (what a rerun does), :mod:`.lease` (one writer); 
 """
 
 from .config import DenoiseConfig, validate
-from .pipeline import run
 from .reader import committed_parts, read_outputs
 
 __all__ = ["DenoiseConfig", "committed_parts", "read_outputs", "run", "validate"]
+
+
+def __getattr__(name: str):
+    # run on first use: the workers' tasks import this package for its modules (scan, outputs, export,
+    # files), and the pipeline module brings torch with it (dae.inference says why that matters).
+    if name == "run":
+        from .pipeline import run
+
+        return run
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -4,6 +4,8 @@ argument checks and the duplicate finder. The job end to end on Ray is in tests/
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -14,7 +16,7 @@ from dae.commands import denoise
 from dae.denoise.scan import bucket_of, find_duplicates, scan_files
 from dae.inference_spec import InferenceSpec
 from dae.models import create_model
-from helpers import HOSTILE, fashion
+from helpers import HOSTILE, REPO, fashion
 
 
 def test_export_name_never_leaves_the_folder():
@@ -163,3 +165,16 @@ def test_the_denoiser_tells_a_conditioned_model_its_level_and_says_which(tmp_pat
     other = inference.Denoiser(str(tmp_path / "unet"), InferenceSpec(device="cpu"))(
         inference.prepare_batch(batch, 1, sigma=0.1))
     assert np.isnan(other[inference.SIGMA]).all()
+
+
+def test_the_cpu_tasks_modules_import_without_torch():
+    """The job's CPU tasks (scan, read and prepare, finish and write, export) run in Ray worker processes
+    that import the tasks' modules: torch came with them, about 2 s of CPU and 0.5 GB per worker,
+    and a job starts several such workers (more on every node of a cluster)."""
+    code = ("import sys; import dae.denoise, dae.denoise.scan, dae.denoise.files, dae.denoise.outputs, "
+            "dae.denoise.export, dae.inference; print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))")
+    p = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.strip() == "[]", p.stdout[:500]
+    # the actor's names are still there, from dae.forward on first use
+    assert inference.denoise_images.__module__ == "dae.forward" and inference.DIHEDRAL

@@ -3,7 +3,7 @@ import pytest
 import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from dae.metrics import PSNR_CAP, psnr, ssim
+from dae.metrics import PSNR_CAP, psnr, psnr_np, ssim, ssim_np
 
 
 @pytest.mark.parametrize("shape", [(3, 28, 28, 1), (2, 33, 20, 3), (1, 8, 8, 1)])
@@ -33,3 +33,16 @@ def test_torch_nchw_input_matches_numpy():
     y = (x + 0.05 * torch.randn_like(x)).clamp(0, 1)
     np.testing.assert_allclose(ssim(y, x).numpy(), ssim(y.permute(0, 2, 3, 1).numpy(), x.permute(0, 2, 3, 1).numpy()),
                                rtol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(3, 28, 28, 1), (2, 33, 20, 3)])
+def test_the_numpy_metrics_are_the_torch_ones(shape):
+    """psnr_np / ssim_np: what the denoise job's CPU tasks compute without torch."""
+    rng = np.random.default_rng(1)
+    clean = rng.random(shape)
+    noisy = np.clip(clean + 0.1 * rng.standard_normal(shape), 0, 1)
+    p, s = psnr_np(noisy, clean), ssim_np(noisy, clean)
+    assert isinstance(p, np.ndarray) and isinstance(s, np.ndarray) and p.shape == s.shape == (shape[0],)
+    np.testing.assert_allclose(p, psnr(noisy, clean).numpy(), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(s, ssim(noisy, clean).numpy(), rtol=0, atol=1e-15)
+    assert psnr_np(clean, clean).tolist() == [PSNR_CAP] * shape[0]
