@@ -29,7 +29,7 @@ test: $(STAMP) data
 	$(BIN)/ruff check dae jobs tests
 	$(BIN)/python -m pytest -q --durations=40 tests
 
-# The unit tier only: no Ray, no cluster, no S3 server (under a minute on 2 cores). `make test` runs both tiers.
+# The unit tier only: no Ray, no cluster, no S3 server (about a minute and a half on 2 cores). `make test` runs both tiers.
 test-unit: $(STAMP)
 	$(BIN)/ruff check dae jobs tests
 	$(BIN)/python -m pytest -q tests/unit

@@ -20,7 +20,7 @@ Also here, for the code that imports them from ``dae.inference``: the forward pa
 
 The CPU stages never import torch: only the actor does (and :mod:`dae.forward`'s names, looked up
 here on first use). A Ray worker that runs a prepare or finish task then starts without it: some 2 s
-less CPU each (many such workers start per job on a cluster) and about 0.5 GB less memory.
+less CPU each (many such workers start per job on a cluster) and about 0.6 GB less memory.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ the model's bf16 forward pass (72 ms); running sums take about 90 ms, the same v
 
 ``psnr`` and ``ssim`` return torch tensors (training and evaluation hold tensors); ``psnr_np`` and
 ``ssim_np`` return numpy arrays from numpy images without importing torch, for the denoise job's CPU
-tasks (dae.inference: a worker process that imports torch costs some 2 s of CPU and 0.5 GB more).
+tasks (dae.inference: a worker process that imports torch costs some 2 s of CPU and 0.6 GB more).
 """
 
 from __future__ import annotations

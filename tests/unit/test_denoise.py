@@ -169,7 +169,7 @@ def test_the_denoiser_tells_a_conditioned_model_its_level_and_says_which(tmp_pat
 
 def test_the_cpu_tasks_modules_import_without_torch():
     """The job's CPU tasks (scan, read and prepare, finish and write, export) run in Ray worker processes
-    that import the tasks' modules: torch came with them, about 2 s of CPU and 0.5 GB per worker,
+    that import the tasks' modules: torch came with them, about 2 s of CPU and 0.6 GB per worker,
     and a job starts several such workers (more on every node of a cluster)."""
     code = ("import sys; import dae.denoise, dae.denoise.scan, dae.denoise.files, dae.denoise.outputs, "
             "dae.denoise.export, dae.inference; print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))")
