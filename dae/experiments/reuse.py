@@ -8,7 +8,6 @@ it stopped; a result made with other settings is an error, never a result to reu
 
 from __future__ import annotations
 
-import json
 import logging
 
 from dae import shards, storage
@@ -60,11 +59,11 @@ def _check_same_run(tcfg, run_dir: str, same_run: tuple) -> None:
 def _epochs_seconds(run_dir: str) -> float:
     """The training and validation seconds of every epoch in the run's metrics.jsonl, over all its
     attempts (0 when there is none)."""
-    path = storage.join(run_dir, "metrics.jsonl")
-    if not storage.exists(path):
+    from dae.train.report import read_metrics
+
+    if not storage.exists(storage.join(run_dir, "metrics.jsonl")):
         return 0.0
-    rows = [json.loads(line) for line in storage.read_bytes(path).decode().splitlines() if line.strip()]
-    return sum(r.get("train_s", 0.0) + r.get("val_s", 0.0) for r in rows)
+    return sum(r.get("train_s", 0.0) + r.get("val_s", 0.0) for r in read_metrics(run_dir))
 
 
 def train_or_reuse(tcfg, what: str, same_run: tuple = SAME_RUN) -> dict:
