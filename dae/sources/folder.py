@@ -5,6 +5,9 @@
   in the same split whatever else is in the folder and however many workers read it;
 * with ``labels_from_subdirs`` the first path component is the class; sorted class names map to
   0, 1, ... (:mod:`dae.prepare` saves the mapping as ``classes.json``);
+* images are decoded as the denoise job decodes files (:func:`dae.images.decode_image`): upright, EXIF
+  orientation applied (phone photos are stored sideways with a tag), so a photo prepared into shards and
+  the same file denoised directly are the same pixels;
 * RGBA/LA images lose their alpha channel (counted in ``stats["alpha_dropped"]``), 16-bit gray or
   color stays 16-bit (:func:`dae.shards.decode_png`);
 * unreadable files go to ``Prepared.errors`` (path + reason; :mod:`dae.prepare` writes ``errors.jsonl``) and
@@ -32,7 +35,7 @@ from typing import Iterator
 import numpy as np
 from PIL import Image
 
-from .. import shards, storage
+from .. import images, shards, storage
 from .base import SPLITS, Encoded, Prepared, SourceError, is_test, parse_pairs, read_raw
 from .registry import given_input, register_source
 
@@ -64,8 +67,8 @@ def decode_file(data: bytes, max_pixels: int = shards.DEFAULT_MAX_PIXELS) -> tup
             head = Image.open(io.BytesIO(data))  # lazy: reads the header only
             had_alpha = head.mode in ALPHA_MODES or (head.mode == "P" and "transparency" in head.info)
     except Exception:
-        pass  # decode_png gives the real reason
-    a = shards.decode_png(data, max_pixels)  # (H, W, C) uint8/uint16, alpha dropped
+        pass  # decode_image gives the real reason
+    a = images.decode_image(data, max_pixels)  # (H, W, C) uint8/uint16, upright, alpha dropped
     return Encoded(shards.encode_png(a), a.shape[0], a.shape[1], a.shape[2]), had_alpha
 
 

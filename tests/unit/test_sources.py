@@ -304,6 +304,24 @@ def test_a_16_bit_rgb_file_is_prepared_16_bit():
     np.testing.assert_array_equal(shards.decode_png(enc.png), a)
 
 
+def test_a_phone_photo_is_prepared_upright_as_denoise_reads_it():
+    """A JPEG stored sideways with an EXIF orientation (as phones write them) becomes the same upright
+    image in a prepared shard as in the denoise job's file reader (dae.images.decode_image)."""
+    import io
+
+    from dae import images
+
+    rgb = np.zeros((4, 6, 3), np.uint8)
+    rgb[0, :, 0] = 255  # a red top row: where it lands shows the rotation
+    exif = Image.Exif()
+    exif[274] = 6  # "rotate 90 clockwise to view"
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="JPEG", quality=95, exif=exif.tobytes())
+    enc, _ = folder.decode_file(buf.getvalue())
+    assert (enc.height, enc.width) == (6, 4)
+    np.testing.assert_array_equal(shards.decode_png(enc.png), images.decode_image(buf.getvalue()))
+
+
 # ---------------------------------------------------------------- torchvision (offline)
 
 
