@@ -100,7 +100,9 @@ def train_or_reuse(tcfg, what: str, same_run: tuple = SAME_RUN) -> dict:
 
 def evaluate_or_reuse(ecfg, name: str) -> dict:
     """The evaluate stage's report for ``ecfg``, reused when one made with exactly these settings
-    and these very weights is there (a retrained model keeps its dir, not its weights)."""
+    and these very weights is there (a retrained model keeps its dir, not its weights), and no method
+    it skipped (an optional package missing then, e.g. the bm3d extra) can run now."""
+    from dae.baselines import availability
     from dae.checkpoint import weights_digest
     from dae.evaluate import run as eval_run
 
@@ -108,9 +110,12 @@ def evaluate_or_reuse(ecfg, name: str) -> dict:
     report_path = storage.join(ecfg.out, "report.json")
     if storage.exists(report_path):
         old = storage.read_json(report_path)
+        runnable_now = [s["method"] for s in old.get("skipped", []) if availability(s["method"])[0]]
         if not differences(old.get("config", {}), ecfg) and {m["dir"]: m.get("weights") for m in old.get(
-                "models", [])} == {d: weights_digest(d) for d in model_dirs}:
+                "models", [])} == {d: weights_digest(d) for d in model_dirs} and not runnable_now:
             log.info("sweep: eval %s: reusing %s", name, report_path)
             return old
+        if runnable_now:
+            log.info("sweep: eval %s: %s skipped there can run now", name, ", ".join(runnable_now))
     log.info("sweep: evaluate %s: %d models, %d levels", name, len(model_dirs), len(levels))
     return eval_run(ecfg, command_line("evaluate", ecfg, full=True))

@@ -69,3 +69,25 @@ def test_a_report_made_before_a_setting_existed_is_reused_with_that_settings_def
     assert not qs.evaluate_or_reuse(dataclasses.replace(ecfg, ensemble=(1, 8)), "d")["reused"]
     save_model(create_model("conv28k", channels=1, filters=4), model)  # retrained: other weights
     assert not qs.evaluate_or_reuse(ecfg, "d")["reused"] and len(reran) == 2
+
+
+def test_a_report_that_skipped_a_method_is_redone_once_the_method_can_run(tmp_path, monkeypatch):
+    """A report made without the bm3d extra skipped BM3D; once the extra is installed, a rerun of the
+    benchmark scores it instead of reusing the report without it. Still missing: reused."""
+    from dae import baselines, evaluate, storage
+    from dae.checkpoint import save_model, weights_digest
+    from dae.config import config_dict
+    from dae.models import create_model
+
+    model = save_model(create_model("conv28k", channels=1, filters=4), str(tmp_path / "m"))
+    ecfg = evaluate.EvaluateConfig(data="d", out=str(tmp_path / "eval"), models=(model,), baselines=("bm3d",))
+    storage.write_json(str(tmp_path / "eval" / "report.json"), {
+        "config": {k: list(v) if isinstance(v, tuple) else v for k, v in config_dict(ecfg).items()},
+        "models": [{"dir": model, "weights": weights_digest(model)}], "reused": True,
+        "skipped": [{"method": "bm3d", "reason": "needs the bm3d extra"}]})
+    reran = []
+    monkeypatch.setattr(evaluate, "run", lambda cfg, command="": reran.append(cfg) or {"reused": False})
+    monkeypatch.setattr(baselines, "availability", lambda n: (False, "needs the bm3d extra"))
+    assert qs.evaluate_or_reuse(ecfg, "d")["reused"] and not reran
+    monkeypatch.setattr(baselines, "availability", lambda n: (True, ""))
+    assert not qs.evaluate_or_reuse(ecfg, "d")["reused"] and len(reran) == 1
