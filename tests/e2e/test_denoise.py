@@ -341,14 +341,15 @@ def test_noisy_photos_with_the_pretrained_model_and_no_sigma(ray_session, tmp_pa
         got = read_output(tmp_path / tag)
         runs[tag] = {r["id"]: shards.to_float(shards.decode_png(r["denoised"]))[..., :1] for r in got}
         levels = [r["noise_sigma"] for r in got]  # the level each photo was denoised with, written out
-        # the estimate on an 8-bit photo reads low where clipping ate noise
-        assert all(abs(v - 25) < 5 for v in levels) and (tag == "estimated" or levels == [25.0] * 3), levels
+        # 8-bit photos: clipping ate the noise in blacks and whites, and the estimate leaves those pixels out
+        # (26.1 / 25.3 / 24.8 here; 25.5 / 21.0 / 24.8 when it counted them)
+        assert all(abs(v - 25) < 2 for v in levels) and (tag == "estimated" or levels == [25.0] * 3), levels
     for rid, _, _ in rows:
         base = metrics.psnr(shards.to_float(next(r[1] for r in rows if r[0] == rid))[..., None], clean[rid]).item()
         est, given = (metrics.psnr(runs[t][rid], clean[rid]).item() for t in ("estimated", "given"))
         # +4 dB: 8-bit clipped inputs, textured photos (+5.0 on the first; the unit test holds +5 unclipped)
         assert est >= base + 4 and given >= base + 4, (rid, base, est, given)
-        assert abs(est - given) < 1.0  # the estimate costs little (up to 0.67 dB seen, where it read 21.6 for 25)
+        assert abs(est - given) < 0.5  # the estimate costs little: 0.11 dB at most here (1.07 when it read 21.0)
     # --ensemble 8: the mean over the 8 flips/rotations beats one pass
     gain = np.mean([metrics.psnr(runs["x8"][r], clean[r]).item() - metrics.psnr(runs["given"][r], clean[r]).item()
                     for r in clean])
