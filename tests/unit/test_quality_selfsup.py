@@ -2,6 +2,8 @@
 to supervised, the targets met or missed, CBM3D on its subset, the config checks. The real run is
 ``make quality-selfsup`` (a benchmark, not a test)."""
 
+import dataclasses
+
 import pytest
 
 from dae.experiments.natural import collect
@@ -37,6 +39,19 @@ def test_gaps_targets_and_cbm3d_subset():
     assert "- n2n within 0.3 dB of supervised on Kodak24: -0.20 dB, met" in md
     assert "- nb2nb at least CBM3D on Kodak24 (first 8): 30.40 vs 30.20, met" in md
     assert f"| {PUBLISHED['nb2nb']:.2f} |" in md and "12 epochs, 600 s" in md
+
+
+def test_a_skipped_cbm3d_is_said_not_left_out():
+    """Without the bm3d extra the evaluate reports skip CBM3D: the table says its target was not checked
+    (it used to drop the row and the target without a word)."""
+    cfg = QualitySelfSupConfig(sets=("Kodak24",), objectives=("nb2nb",))
+    table = collect({"Kodak24": _report("Kodak24", {("awgn:25", "noisy"): 20.18, ("awgn:25", "nb2nb"): 31.2},
+                                        images=24)})
+    trained = {"nb2nb": {"seconds": 60.0, "last": {"epoch": 2}, "command": "dae train --objective nb2nb"}}
+    md = markdown(cfg, table, summarize(cfg, table, trained), trained)
+    assert "- nb2nb at least CBM3D: **not checked**, CBM3D was not scored (skipped where the `bm3d` extra" in md
+    no_bm3d = dataclasses.replace(cfg, baselines=())
+    assert "not checked" not in markdown(no_bm3d, table, summarize(no_bm3d, table, trained), trained)
 
 
 @pytest.mark.parametrize("changes, says", [
